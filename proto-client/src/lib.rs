@@ -1,0 +1,67 @@
+//! `rill-client`: a pure-Rust Apache Kafka client.
+//!
+//! It speaks the Kafka wire protocol itself, with the `kafka-protocol` crate
+//! for message schemas; there is no C library underneath.
+//!
+//! # Layout
+//!
+//! Bottom up; each layer only uses the ones above it in this list.
+//!
+//! - [`error`]: the [`Error`] type and the one table ([`error::classify`])
+//!   that says what to do about each Kafka error code.
+//! - [`config`]: [`ClientConfig`], typed settings with documented defaults,
+//!   and `from_properties` for librdkafka/Java property names.
+//! - [`wire`]: bytes ↔ messages, no IO: framing, version negotiation, and a
+//!   shape walk that bounds every count before the crate decodes it.
+//! - [`net`]: tokio starts here. [`Connection`] (one socket, pipelined
+//!   requests matched by correlation id, timeouts, frame cap), broker links
+//!   with reconnect backoff.
+//! - [`cluster`]: [`Metadata`] snapshots and their refresh.
+//! - [`client`]: [`Client`], the shared handle everything else builds on.
+//! - [`admin`]: [`Admin`]: topics and offsets.
+//!
+//! # Logging
+//!
+//! `tracing` with one target per debug context, so that
+//! `RUST_LOG=rill::metadata=debug` is the equivalent of librdkafka's
+//! `debug=metadata`: `rill::broker` (connections), `rill::protocol`
+//! (every request and reply), `rill::metadata`, `rill::admin`.
+
+pub mod admin;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod net;
+pub mod wire;
+
+use std::fmt;
+
+pub use admin::{Admin, ListedOffset, NewTopic, OffsetSpec};
+pub use client::Client;
+pub use cluster::{BrokerInfo, Metadata, PartitionInfo, TopicInfo, TopicScope};
+pub use config::{ClientConfig, ConfigError};
+pub use error::{Error, ErrorAction, ResponseError, Result};
+pub use net::{BrokerAddress, Connection};
+
+/// A partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// A topic partition.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition { topic: topic.into(), partition }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}

@@ -1,0 +1,83 @@
+//! Bytes ↔ `kafka-protocol` types. No sockets, no clock.
+//!
+//! - [`ApiRequest`]: the requests this client sends, with the versions it
+//!   speaks and the response it expects.
+//! - `frame`: the size prefix, request header encoding, response decoding and
+//!   the incremental [`FrameReader`](frame::FrameReader).
+//! - [`versions`]: ApiVersions negotiation, the only place a version is
+//!   chosen.
+//! - `shape` (+ generated `shapes`): the walk that bounds every count in a
+//!   response before the crate decodes it.
+
+pub(crate) mod frame;
+pub(crate) mod shape;
+#[rustfmt::skip]
+pub(crate) mod shapes;
+pub mod versions;
+
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
+
+use shape::StructShape;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A request this client knows how to send.
+///
+/// Sealed: each implementation comes with the wire shape of its response
+/// (see `wire::shape`), which only this crate can provide.
+pub trait ApiRequest: sealed::Sealed + Encodable + HeaderVersion + Message + Send + Sync + 'static {
+    /// The API key.
+    const KEY: ApiKey;
+    /// The versions this client sends, a subset of [`Message::VERSIONS`].
+    /// Negotiation picks the highest one the broker also supports.
+    const SUPPORTED: VersionRange;
+    /// The response type.
+    type Response: Decodable + HeaderVersion + Message + Send + 'static;
+    #[doc(hidden)]
+    fn response_shape() -> &'static StructShapeHandle;
+}
+
+/// Opaque handle on a response shape.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct StructShapeHandle(pub(crate) &'static StructShape);
+
+macro_rules! api_requests {
+    ($($request:ident => $response:ident, $key:ident, $min:literal..=$max:literal, $shape:ident;)*) => {
+        $(
+            impl sealed::Sealed for $request {}
+            impl ApiRequest for $request {
+                const KEY: ApiKey = ApiKey::$key;
+                const SUPPORTED: VersionRange = VersionRange { min: $min, max: $max };
+                type Response = $response;
+                fn response_shape() -> &'static StructShapeHandle {
+                    static HANDLE: StructShapeHandle = StructShapeHandle(&shapes::$shape);
+                    &HANDLE
+                }
+            }
+        )*
+
+        /// Every API this client uses, with the versions it speaks.
+        pub const CLIENT_APIS: &[(ApiKey, VersionRange)] = &[
+            $((ApiKey::$key, VersionRange { min: $min, max: $max }),)*
+        ];
+    };
+}
+
+api_requests! {
+    // v3+ carries the client software name and version (KIP-511); v4 adds
+    // nothing a client needs.
+    ApiVersionsRequest => ApiVersionsResponse, ApiVersions, 0..=3, API_VERSIONS_RESPONSE;
+    // v0 reads an empty topic list as "all topics"; from v1 on an empty
+    // list means none and null means all, which is what this client relies on.
+    MetadataRequest => MetadataResponse, Metadata, 1..=13, METADATA_RESPONSE;
+    CreateTopicsRequest => CreateTopicsResponse, CreateTopics, 2..=7, CREATE_TOPICS_RESPONSE;
+    DeleteTopicsRequest => DeleteTopicsResponse, DeleteTopics, 1..=6, DELETE_TOPICS_RESPONSE;
+    ListOffsetsRequest => ListOffsetsResponse, ListOffsets, 1..=10, LIST_OFFSETS_RESPONSE;
+}

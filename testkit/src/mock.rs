@@ -1,0 +1,177 @@
+//! librdkafka's in-process mock cluster, through the `rdkafka` crate.
+//!
+//! N brokers on random loopback ports with fault injection: request errors,
+//! broker down/up, round-trip time, leader moves, API version limits.
+//!
+//! The cluster handle is not `Send`, so it lives on a thread of its own and
+//! [`MockKafka`] talks to it over a channel; the handle can then be used from
+//! any task.
+//!
+//! Where the mock departs from Kafka (see FIXTURES.md): no CreateTopics,
+//! DeleteTopics, DescribeGroups, ListGroups or DescribeConfigs; ApiVersions
+//! v3 gets UNSUPPORTED_VERSION with a non-v0 body; unknown topics are
+//! auto-created with 4 partitions; plain idempotent batches are not
+//! sequence-checked; each partition keeps only 5 MiB or 100,000 message sets;
+//! a non-transactional InitProducerId v3 carrying an existing pid/epoch
+//! crashes the process.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use crate::TestkitError;
+
+type Reply = mpsc::Sender<Result<(), String>>;
+
+enum Command {
+    CreateTopic { name: String, partitions: i32, replication_factor: i32 },
+    BrokerDown(i32),
+    BrokerUp(i32),
+    RoundTripTime(i32, Duration),
+    RequestErrors(RDKafkaApiKey, Vec<RDKafkaRespErr>),
+    ClearRequestErrors(RDKafkaApiKey),
+    PartitionLeader { topic: String, partition: i32, broker: Option<i32> },
+    ApiVersion(RDKafkaApiKey, Option<i16>, Option<i16>),
+}
+
+/// A running mock cluster.
+#[derive(Debug)]
+pub struct MockKafka {
+    commands: Option<mpsc::Sender<(Command, Reply)>>,
+    bootstrap: String,
+    brokers: i32,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock command")
+    }
+}
+
+impl MockKafka {
+    /// Starts a cluster of `brokers` brokers, ids 1..=brokers.
+    pub fn start(brokers: i32) -> Result<MockKafka, TestkitError> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (commands, receiver) = mpsc::channel::<(Command, Reply)>();
+        let thread = thread::Builder::new()
+            .name("rill-mock-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(brokers) {
+                    Ok(cluster) => cluster,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Ends when the handle is dropped; the cluster goes with it.
+                for (command, reply) in receiver {
+                    let _ = reply.send(apply(&cluster, command));
+                }
+            })
+            .map_err(|e| TestkitError::Start(format!("cannot start the mock cluster thread: {e}")))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| TestkitError::Start("mock cluster thread died".into()))?
+            .map_err(|e| TestkitError::Start(format!("mock cluster: {e}")))?;
+        Ok(MockKafka { commands: Some(commands), bootstrap, brokers, thread: Some(thread) })
+    }
+
+    /// The comma-separated bootstrap list.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Number of brokers.
+    pub fn brokers(&self) -> i32 {
+        self.brokers
+    }
+
+    fn run(&self, command: Command) -> Result<(), TestkitError> {
+        let (reply, answer) = mpsc::channel();
+        self.commands
+            .as_ref()
+            .expect("commands live until drop")
+            .send((command, reply))
+            .map_err(|_| TestkitError::Mock("mock cluster thread is gone".into()))?;
+        answer.recv().map_err(|_| TestkitError::Mock("mock cluster thread is gone".into()))?.map_err(TestkitError::Mock)
+    }
+
+    /// Creates a topic (the mock has no CreateTopics API).
+    pub fn create_topic(&self, name: &str, partitions: i32, replication_factor: i32) -> Result<(), TestkitError> {
+        self.run(Command::CreateTopic { name: name.into(), partitions, replication_factor })
+    }
+
+    /// Takes a broker down: its connections close, new ones are refused.
+    pub fn broker_down(&self, broker: i32) -> Result<(), TestkitError> {
+        self.run(Command::BrokerDown(broker))
+    }
+
+    /// Brings a broker back.
+    pub fn broker_up(&self, broker: i32) -> Result<(), TestkitError> {
+        self.run(Command::BrokerUp(broker))
+    }
+
+    /// Adds round-trip time to a broker's responses.
+    pub fn round_trip_time(&self, broker: i32, rtt: Duration) -> Result<(), TestkitError> {
+        self.run(Command::RoundTripTime(broker, rtt))
+    }
+
+    /// The next requests of an API get these errors, in order.
+    pub fn request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> Result<(), TestkitError> {
+        self.run(Command::RequestErrors(api, errors.to_vec()))
+    }
+
+    /// Forgets queued request errors of an API.
+    pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<(), TestkitError> {
+        self.run(Command::ClearRequestErrors(api))
+    }
+
+    /// Moves a partition's leadership (`None`: no leader).
+    pub fn partition_leader(&self, topic: &str, partition: i32, broker: Option<i32>) -> Result<(), TestkitError> {
+        self.run(Command::PartitionLeader { topic: topic.into(), partition, broker })
+    }
+
+    /// Limits the versions an API is offered at; `None, None` removes it.
+    pub fn api_version(&self, api: RDKafkaApiKey, min: Option<i16>, max: Option<i16>) -> Result<(), TestkitError> {
+        self.run(Command::ApiVersion(api, min, max))
+    }
+}
+
+fn apply(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    command: Command,
+) -> Result<(), String> {
+    let result = match command {
+        Command::CreateTopic { name, partitions, replication_factor } => {
+            cluster.create_topic(&name, partitions, replication_factor)
+        }
+        Command::BrokerDown(id) => cluster.broker_down(id),
+        Command::BrokerUp(id) => cluster.broker_up(id),
+        Command::RoundTripTime(id, rtt) => cluster.broker_round_trip_time(id, rtt),
+        Command::RequestErrors(api, errors) => {
+            cluster.request_errors(api, &errors);
+            Ok(())
+        }
+        Command::ClearRequestErrors(api) => {
+            cluster.clear_request_errors(api);
+            Ok(())
+        }
+        Command::PartitionLeader { topic, partition, broker } => cluster.partition_leader(&topic, partition, broker),
+        Command::ApiVersion(api, min, max) => cluster.apiversion(api, min, max),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+impl Drop for MockKafka {
+    fn drop(&mut self) {
+        self.commands.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The command line.
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use rill_client::{ClientConfig, ConfigError};
+
+/// Rill: a pure-Rust Kafka client and stream processor.
+#[derive(Debug, Parser)]
+#[command(name = "rill", version, about = "Rill: a pure-Rust Kafka client and stream processor")]
+pub(crate) struct Args {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, ClapArgs)]
+pub(crate) struct Common {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    #[arg(short = 'b', long, env = "RILL_BROKERS", global = true)]
+    pub(crate) brokers: Option<String>,
+    /// Sets a client property by its librdkafka/Java name, as kcat does
+    /// (`-X request.timeout.ms=5000`). Repeatable.
+    #[arg(short = 'X', value_name = "KEY=VALUE", global = true, value_parser = parse_key_value)]
+    pub(crate) properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create, list or delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Show brokers, topics, partitions, leaders and negotiated API versions.
+    Metadata,
+    /// Run the demo end to end on a local broker (started here unless
+    /// --brokers is given).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Number of partitions (broker default when omitted).
+        #[arg(short, long)]
+        partitions: Option<i32>,
+        /// Replication factor (broker default when omitted).
+        #[arg(short, long)]
+        replication_factor: Option<i16>,
+        /// A topic config, `key=value`. Repeatable.
+        #[arg(short, long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+        /// Topic name.
+        name: String,
+    },
+    /// List topics.
+    List,
+    /// Delete a topic.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct DemoArgs {
+    /// Partitions of the demo topic.
+    #[arg(long, default_value_t = 6)]
+    pub(crate) partitions: i32,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not key=value")),
+    }
+}
+
+impl Common {
+    /// Client settings: the `-X` properties, then `--brokers` on top.
+    pub(crate) fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut properties = self.properties.clone();
+        if let Some(brokers) = &self.brokers {
+            properties.push(("bootstrap.servers".to_owned(), brokers.clone()));
+        }
+        if !properties.iter().any(|(k, _)| k == "bootstrap.servers" || k == "metadata.broker.list") {
+            return Err(ConfigError::Invalid("no brokers: pass --brokers or set RILL_BROKERS".into()));
+        }
+        ClientConfig::from_properties(properties)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_and_brokers_combine() {
+        let args = Args::try_parse_from(["rill", "topic", "list", "-X", "client.id=cli", "--brokers", "h:1"]).unwrap();
+        assert_eq!(args.common.properties, [("client.id".to_owned(), "cli".to_owned())]);
+        assert!(args.common.client_config().is_ok());
+    }
+
+    #[test]
+    fn unknown_property_is_an_error_naming_it() {
+        let args = Args::try_parse_from(["rill", "metadata", "-b", "h:1", "-X", "no.such.key=1"]).unwrap();
+        let error = args.common.client_config().unwrap_err();
+        assert!(error.to_string().contains("no.such.key"), "{error}");
+    }
+
+    #[test]
+    fn malformed_property_is_rejected_by_the_parser() {
+        assert!(Args::try_parse_from(["rill", "metadata", "-X", "novalue"]).is_err());
+    }
+}

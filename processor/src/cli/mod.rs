@@ -1,0 +1,35 @@
+//! Subcommands of the `rill` binary.
+
+pub(crate) mod args;
+mod demo;
+mod metadata;
+mod topic;
+
+use args::{Args, Command};
+
+/// Any error a subcommand returns; printed as one line.
+pub(crate) type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) async fn run(args: Args) -> Result<(), CliError> {
+    match &args.command {
+        Command::Topic(command) => topic::run(&args.common, command).await,
+        Command::Metadata => metadata::run(&args.common).await,
+        Command::Demo(demo) => demo::run(&args.common, demo).await,
+    }
+}
+
+/// An error and its sources on one line: `outer: inner: root`. Sources
+/// already quoted by the outer message are not repeated.
+pub(crate) fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}

@@ -1,0 +1,44 @@
+//! The `rill` command-line tool.
+//!
+//! # Layout
+//!
+//! - `cli::args`: the command line (clap), and the one place where
+//!   `--brokers`/`RILL_BROKERS` and `-X key=value` become client settings.
+//! - `cli::topic`: `rill topic create|list|delete`.
+//! - `cli::metadata`: `rill metadata` (brokers, topics, leaders, API versions).
+//! - `cli::demo`: `rill demo`, the end-to-end demo on a local broker.
+//!
+//! Errors print as one line on stderr and exit non-zero.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::args::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // The final error is printed anyway; RUST_LOG=rill=debug (or
+                // rill::broker=debug, …) shows what led to it.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rill: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rill: {}", cli::one_line(&*error));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The `rill` binary end to end: topic admin and metadata against Tansu,
+//! the demo on a fresh broker, and one-line errors with a non-zero exit.
+
+use std::process::{Command, Output};
+
+use rill_testkit::Tansu;
+use rill_testkit::cluster::brokers_required;
+
+fn rill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rill"))
+        .args(args)
+        .env_remove("RILL_BROKERS")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the rill binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn tansu() -> Option<Tansu> {
+    match Tansu::start().await {
+        Ok(tansu) => Some(tansu),
+        Err(error) if brokers_required() => panic!("CI=true and tansu did not start: {error}"),
+        Err(error) => {
+            eprintln!("skipping: {error}");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn topic_create_list_delete_and_metadata() {
+    let Some(tansu) = tansu().await else { return };
+    let brokers = tansu.bootstrap();
+    let topic = rill_testkit::unique_topic("cli");
+
+    let created = rill(&["topic", "create", "--brokers", &brokers, "--partitions", "3", &topic]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert_eq!(stdout(&created).trim(), format!("created topic {topic} with 3 partitions"));
+
+    // -X sets client properties by their librdkafka/Java names.
+    let listed = rill(&["topic", "list", "-b", &brokers, "-X", "client.id=cli-test", "-X", "request.timeout.ms=5000"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(stdout(&listed).lines().any(|l| l == format!("{topic}\t3 partitions")), "{}", stdout(&listed));
+
+    let metadata = rill(&["metadata", "--brokers", &brokers]);
+    assert!(metadata.status.success(), "{}", stderr(&metadata));
+    let text = stdout(&metadata);
+    assert!(text.contains("1 brokers:"), "{text}");
+    assert!(text.contains(&format!("topic {topic} with 3 partitions")), "{text}");
+    assert!(text.contains("partition 2 leader 111"), "{text}");
+    assert!(text.contains("Metadata") && text.contains("-> v12"), "{text}");
+
+    let exists = rill(&["topic", "create", "--brokers", &brokers, "--partitions", "3", &topic]);
+    assert!(!exists.status.success());
+    assert!(stderr(&exists).contains("TopicAlreadyExists"), "{}", stderr(&exists));
+
+    let deleted = rill(&["topic", "delete", "--brokers", &brokers, &topic]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    let listed = rill(&["topic", "list", "--brokers", &brokers]);
+    assert!(!stdout(&listed).contains(&topic), "{}", stdout(&listed));
+}
+
+#[test]
+fn errors_are_one_line_and_exit_non_zero() {
+    let unknown = rill(&["topic", "list", "--brokers", "127.0.0.1:1", "-X", "linger.msec=5"]);
+    assert!(!unknown.status.success());
+    assert_eq!(stderr(&unknown).trim(), "rill: unknown configuration property `linger.msec`");
+
+    let bad_value = rill(&["metadata", "--brokers", "127.0.0.1:1", "-X", "request.timeout.ms=soon"]);
+    assert!(!bad_value.status.success());
+    assert_eq!(stderr(&bad_value).lines().count(), 1, "{}", stderr(&bad_value));
+    assert!(stderr(&bad_value).contains("`request.timeout.ms`"), "{}", stderr(&bad_value));
+
+    let no_brokers = rill(&["topic", "list"]);
+    assert!(!no_brokers.status.success());
+    assert!(stderr(&no_brokers).contains("--brokers"), "{}", stderr(&no_brokers));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let unreachable = rill(&["metadata", "--brokers", &format!("127.0.0.1:{port}")]);
+    assert!(!unreachable.status.success());
+    let text = stderr(&unreachable);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("no broker reachable") && text.contains(&port.to_string()), "{text}");
+}
+
+#[test]
+fn demo_runs_on_a_fresh_local_broker() {
+    let demo = rill(&["demo", "--partitions", "4"]);
+    if !demo.status.success() && !brokers_required() && stderr(&demo).contains("install") {
+        return eprintln!("skipping: {}", stderr(&demo));
+    }
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    let text = stdout(&demo);
+    assert!(text.contains("with 4 partitions"), "{text}");
+    assert!(text.contains("partition 3 leader 111"), "{text}");
+    assert!(text.contains("api versions negotiated with broker 111"), "{text}");
+}

@@ -1,0 +1,4 @@
+//! Integration tests of Rill against real brokers live in `tests/`, one file
+//! per area; run them with `cargo nextest run -p rill-tests` (or `cargo
+//! test`). This library target exists because cargo requires one; it holds
+//! no code.

@@ -40,7 +40,17 @@ async fn topic_create_list_delete_and_metadata() {
     let brokers = tansu.bootstrap();
     let topic = rill_testkit::unique_topic("cli");
 
-    let created = rill(&["topic", "create", "--brokers", &brokers, "--partitions", "3", &topic]);
+    let created = rill(&[
+        "topic",
+        "create",
+        "--brokers",
+        &brokers,
+        "--partitions",
+        "3",
+        "--config",
+        "retention.ms=60000",
+        &topic,
+    ]);
     assert!(created.status.success(), "{}", stderr(&created));
     assert_eq!(stdout(&created).trim(), format!("created topic {topic} with 3 partitions"));
 

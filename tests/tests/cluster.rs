@@ -146,6 +146,17 @@ async fn a_dead_bootstrap_broker_does_not_fail_the_client() {
             let metadata = client.refresh_metadata(TopicScope::None).await.unwrap();
             assert!(!metadata.brokers.is_empty());
         }
+        // Names, not only addresses: every address `localhost` resolves to is
+        // tried (on a machine where it is ::1 first, that one is refused).
+        let by_name = cluster.bootstrap().replace("127.0.0.1", "localhost");
+        let client = Client::new(
+            cluster
+                .client_config()
+                .bootstrap_servers(by_name.split(',').map(|s| BrokerAddress::parse(s).unwrap()).collect()),
+        )
+        .unwrap();
+        client.refresh_metadata(TopicScope::None).await.unwrap();
+
         let nobody = cluster
             .client_config()
             .bootstrap_servers(vec![BrokerAddress::new("127.0.0.1", dead)])
@@ -224,6 +235,55 @@ async fn older_metadata_versions_negotiate_and_decode() {
         let Error::NoBrokerAvailable { last, .. } = &error else { panic!("{error:?}") };
         assert!(matches!(**last, Error::UnsupportedApi { api: ApiKey::Metadata, .. }), "{last:?}");
         assert!(last.to_string().contains("does not support Metadata"), "{last}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_refreshes_itself_for_topics_in_use() {
+    on_mock(async |cluster, mock| {
+        let topic = unique_topic("refresh");
+        mock.create_topic(&topic, 2, 3).unwrap();
+        mock.partition_leader(&topic, 0, Some(1)).unwrap();
+        let config = cluster.client_config().metadata_max_age(Duration::from_millis(200));
+        let client = Client::new(config).unwrap();
+        // Listing offsets puts the topic among those the refresher covers.
+        let tp = TopicPartition::new(&topic, 0);
+        client.admin().list_offsets(&[(tp.clone(), OffsetSpec::Latest)]).await.unwrap();
+        assert_eq!(client.metadata().leader(&topic, 0).map(|(b, _)| b.id), Some(1));
+
+        mock.partition_leader(&topic, 0, Some(3)).unwrap();
+        // No request from us: the snapshot changes by itself.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.metadata().leader(&topic, 0).map(|(b, _)| b.id) != Some(3) {
+            assert!(tokio::time::Instant::now() < deadline, "metadata was not refreshed within 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_errors_are_retried_after_a_metadata_refresh() {
+    on_mock(async |cluster, mock| {
+        let topic = unique_topic("not-leader");
+        mock.create_topic(&topic, 1, 3).unwrap();
+        let client = cluster.client();
+        let tp = TopicPartition::new(&topic, 0);
+        client.admin().list_offsets(&[(tp.clone(), OffsetSpec::Earliest)]).await.unwrap();
+        use rill_testkit::mock::RDKafkaRespErr::*;
+        mock.request_errors(
+            RDKafkaApiKey::ListOffsets,
+            &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE],
+        )
+        .unwrap();
+        let offsets = client.admin().list_offsets(&[(tp.clone(), OffsetSpec::Latest)]).await.unwrap();
+        assert_eq!(offsets[&tp].offset, 0);
+
+        // A fatal code is not retried.
+        mock.request_errors(RDKafkaApiKey::ListOffsets, &[RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED]).unwrap();
+        let error = client.admin().list_offsets(&[(tp.clone(), OffsetSpec::Latest)]).await.unwrap_err();
+        assert_eq!(error.code(), Some(ResponseError::TopicAuthorizationFailed), "{error}");
     })
     .await;
 }

@@ -158,7 +158,9 @@ pub(crate) fn correlation_id(frame: &[u8]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest, MetadataResponse};
+    use kafka_protocol::messages::{
+        ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsRequest, MetadataRequest,
+    };
     use proptest::prelude::*;
 
     #[test]
@@ -227,35 +229,52 @@ mod tests {
         assert_eq!(response.controller_id.0, 1);
     }
 
+    /// Decodes `frame` as the answer to every request type this client
+    /// sends, at every version it speaks.
+    fn decode_as_everything(frame: &Bytes) {
+        fn all_versions<R: ApiRequest>(frame: &Bytes) {
+            for version in R::SUPPORTED.min..=R::SUPPORTED.max {
+                let _ = decode_response::<R>(frame.clone(), version);
+            }
+        }
+        all_versions::<ApiVersionsRequest>(frame);
+        all_versions::<MetadataRequest>(frame);
+        all_versions::<CreateTopicsRequest>(frame);
+        all_versions::<DeleteTopicsRequest>(frame);
+        all_versions::<ListOffsetsRequest>(frame);
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
         /// The whole client-side decode path, fed arbitrary bytes: framing,
-        /// then the response header and body at every Metadata version.
-        /// Errors are fine; panics and aborts are not.
+        /// then response header and body for every response type and
+        /// version. Errors are fine; panics and aborts are not.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 4usize..2048) {
             let mut reader = FrameReader::new(max);
             reader.extend(&bytes);
             while let Ok(Some(frame)) = reader.next_frame() {
                 prop_assert!(frame.len() >= 4 && frame.len() <= max);
-                for version in 1..=13 {
-                    let _ = decode_response::<MetadataRequest>(frame.clone(), version);
-                }
+                decode_as_everything(&frame);
             }
         }
 
-        /// Same, with a valid size prefix in front so that every input
-        /// reaches the body decoders.
+        /// Same, with a valid size prefix in front, so that every input
+        /// reaches the body decoders; and bytes that start like a real
+        /// answer (a small count where arrays begin) to get deeper.
         #[test]
-        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 4..512)) {
+        fn arbitrary_bodies_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 4..512),
+            prefix in proptest::collection::vec(0u8..4, 0..24),
+        ) {
+            let mut joined = prefix;
+            joined.extend_from_slice(&body);
             let mut reader = FrameReader::new(4096);
-            reader.extend(&(body.len() as u32).to_be_bytes());
-            reader.extend(&body);
+            reader.extend(&(joined.len() as u32).to_be_bytes());
+            reader.extend(&joined);
             let frame = reader.next_frame().unwrap().unwrap();
-            for version in 1..=13 {
-                if let Ok(response) = decode_response::<MetadataRequest>(frame.clone(), version) {
-                    let _: MetadataResponse = response;
-                }
-            }
+            decode_as_everything(&frame);
         }
     }
 }

@@ -225,3 +225,28 @@ async fn api_versions_v3_rejected_with_an_unreadable_body_retries_at_v0() {
     assert_eq!(broker.requests()[..2], [(18, 3), (18, 0)]);
     assert_eq!(connection.api_versions().range(ApiKey::ApiVersions), Some((0, 3)));
 }
+
+#[tokio::test]
+async fn reconnects_back_off_exponentially() {
+    // Accepts and hangs up at once: every attempt fails in the handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = BrokerAddress::new("127.0.0.1", listener.local_addr().unwrap().port());
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let config = config(&address).reconnect_backoff(Duration::from_millis(100), Duration::from_secs(10));
+    let client = Client::new(config).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert!(client.any_connection().await.is_err());
+    }
+    // Backoff 100, 200, 400, 800 ms (±20 %): four or five attempts in 1.5 s,
+    // not the hundreds a tight loop would make.
+    let made = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((3..=6).contains(&made), "{made} connection attempts in 1.5 s");
+}

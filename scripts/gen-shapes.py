@@ -23,6 +23,9 @@ RESPONSES = [
     ("create_topics_response", "CreateTopicsResponse"),
     ("delete_topics_response", "DeleteTopicsResponse"),
     ("list_offsets_response", "ListOffsetsResponse"),
+    ("produce_response", "ProduceResponse"),
+    ("init_producer_id_response", "InitProducerIdResponse"),
+    ("fetch_response", "FetchResponse"),
 ]
 
 PRIMS = {
@@ -157,9 +160,13 @@ def parse_struct(name, body, fields):
             for arm in re.finditer(r"\n\s*(\d+) => \{\n(.*?)\n\s*\}", s, re.S):
                 tag, block = int(arm.group(1)), arm.group(2)
                 fname = re.search(r"(\w+) =", block).group(1)
-                # The decoder matches tags whatever the version.
-                assert "version" not in block.replace("Struct { version }", ""), (name, fname, block)
-                tagged.append((tag, fname, kind_of(block, fields[fname])))
+                # Some tags are valid in some versions only; outside them
+                # the decoder fails (`bail!("Tag {} is not valid ...")`).
+                vm = re.search(r"if (version [^{]*) \{", block)
+                vmin, vmax = versions_of(vm.group(1), lo, hi) if vm else (lo, hi)
+                if vm:
+                    assert "is not valid for version" in s, (name, fname)
+                tagged.append((tag, fname, vmin, vmax, kind_of(block, fields[fname])))
             continue
         raise AssertionError(f"{name}: unparsed statement:\n{s}")
     return lo, hi, flexible, field_shapes, tagged
@@ -167,30 +174,46 @@ def parse_struct(name, body, fields):
 
 def main():
     root = crate_dir()
-    emitted = {}
+    emitted = {}  # (module, struct) -> shape
     order = []
+    static_of = {}  # (module, struct) -> static name
+    used = {}  # static name -> (module, struct)
+
+    def static_name(module, name):
+        key = (module, name)
+        if key not in static_of:
+            candidate = snake(name)
+            if candidate in used and used[candidate] != key:
+                # Same struct name in two messages (LeaderIdAndEpoch…).
+                candidate = f"{module.upper()}_{candidate}"
+            used[candidate] = key
+            static_of[key] = candidate
+        return static_of[key]
 
     def visit(module, name):
-        if name in emitted:
+        if (module, name) in emitted:
             return
         src = open(f"{root}/src/messages/{module}.rs").read()
         fields = struct_fields(src)[name]
         body = decode_bodies(src)[name]
-        shape = parse_struct(name, body, fields)
-        emitted[name] = shape
-        for _, _, _, kind in shape[3]:
+        emitted[(module, name)] = None
+        lo, hi, flexible, field_shapes, tagged = parse_struct(name, body, fields)
+        def resolve(kind):
             for dep in re.findall(r"&([A-Z_]+)\)", kind):
-                visit(module, camel_of[dep])
-        for _, _, kind in shape[4]:
-            for dep in re.findall(r"&([A-Z_]+)\)", kind):
-                visit(module, camel_of[dep])
-        order.append(name)
+                camel = camel_of[module][dep]
+                visit(module, camel)
+                kind = kind.replace(f"&{dep})", f"&{static_name(module, camel)})")
+            return kind
+        field_shapes = [(f, a, b, resolve(k)) for f, a, b, k in field_shapes]
+        tagged = [(t, f, a, b, resolve(k)) for t, f, a, b, k in tagged]
+        emitted[(module, name)] = (lo, hi, flexible, field_shapes, tagged)
+        static_name(module, name)
+        order.append((module, name))
 
     camel_of = {}
     for module, _ in RESPONSES:
         src = open(f"{root}/src/messages/{module}.rs").read()
-        for struct in struct_fields(src):
-            camel_of[snake(struct)] = struct
+        camel_of[module] = {snake(struct): struct for struct in struct_fields(src)}
     for module, name in RESPONSES:
         visit(module, name)
 
@@ -198,10 +221,10 @@ def main():
     print("//! Wire shapes of the responses this client decodes (see `shape`).")
     print()
     print("use super::shape::{Elem, Field, Kind, Prim, StructShape, Tagged};")
-    for name in order:
-        lo, hi, flexible, field_shapes, tagged = emitted[name]
+    for module, name in order:
+        lo, hi, flexible, field_shapes, tagged = emitted[(module, name)]
         print()
-        print(f"pub(crate) static {snake(name)}: StructShape = StructShape {{")
+        print(f"pub(crate) static {static_of[(module, name)]}: StructShape = StructShape {{")
         print(f'    name: "{name}",')
         print(f"    versions: ({lo}, {hi}),")
         print(f"    flexible_since: {flexible if flexible is not None else 'i16::MAX'},")
@@ -210,10 +233,9 @@ def main():
             print(f'        Field {{ name: "{fname}", versions: ({vmin}, {vmax}), kind: {kind} }},')
         print("    ],")
         print("    tagged: &[")
-        for tag, fname, kind in tagged:
-            print(f'        Tagged {{ tag: {tag}, name: "{fname}", kind: {kind} }},')
+        for tag, fname, vmin, vmax, kind in tagged:
+            print(f'        Tagged {{ tag: {tag}, name: "{fname}", versions: ({vmin}, {vmax}), kind: {kind} }},')
         print("    ],")
         print("};")
-
 
 main()

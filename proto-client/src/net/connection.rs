@@ -17,6 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -116,8 +117,36 @@ impl Connection {
 
     /// Sends a request at a given version with a given timeout.
     pub async fn send_at<R: ApiRequest>(&self, request: &R, version: i16, timeout: Duration) -> Result<R::Response> {
-        let frame = self.inner.pipe.roundtrip(request, version, &self.inner.client_id, timeout).await?;
-        frame::decode_response::<R>(frame, version).map_err(|message| Error::protocol(self.broker(), message))
+        self.enqueue(request, version, timeout).await?.await
+    }
+
+    /// Queues a request and returns the future of its reply. Requests
+    /// queued by one task reach the socket in the order of the calls, which
+    /// the producer relies on to keep sequence numbers in order.
+    pub(crate) async fn enqueue<R: ApiRequest>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<impl Future<Output = Result<R::Response>> + Send + 'static> {
+        let answer = self.inner.pipe.enqueue(request, version, &self.inner.client_id, timeout, true).await?;
+        let broker = self.inner.pipe.broker.clone();
+        let closed = self.inner.pipe.closed.clone();
+        Ok(async move {
+            let closed_error = || Error::ConnectionClosed {
+                broker: broker.clone(),
+                reason: closed.get().cloned().unwrap_or_else(|| "connection task ended".into()),
+            };
+            let frame = answer.expect("a reply was asked for").await.map_err(|_| closed_error())??;
+            frame::decode_response::<R>(frame, version).map_err(|message| Error::protocol(&broker, message))
+        })
+    }
+
+    /// Queues a request the broker does not answer (Produce with acks=0).
+    /// Returns once the request is queued, in call order.
+    pub(crate) async fn enqueue_without_reply<R: ApiRequest>(&self, request: &R, version: i16) -> Result<()> {
+        let timeout = self.inner.request_timeout;
+        self.inner.pipe.enqueue(request, version, &self.inner.client_id, timeout, false).await.map(|_| ())
     }
 
     /// Whether the connection is gone (it never comes back; connect again).
@@ -146,7 +175,8 @@ struct Command {
     api: ApiKey,
     frame: Bytes,
     timeout: Duration,
-    reply: oneshot::Sender<Result<Bytes>>,
+    /// `None` for a request the broker does not answer.
+    reply: Option<oneshot::Sender<Result<Bytes>>>,
 }
 
 impl Pipe {
@@ -182,14 +212,32 @@ impl Pipe {
         client_id: &StrBytes,
         timeout: Duration,
     ) -> Result<Bytes> {
+        let answer = self.enqueue(request, version, client_id, timeout, true).await?;
+        answer.expect("a reply was asked for").await.map_err(|_| self.closed_error())?
+    }
+
+    /// Encodes and queues a request; returns the receiver of its reply.
+    async fn enqueue<R: ApiRequest>(
+        &self,
+        request: &R,
+        version: i16,
+        client_id: &StrBytes,
+        timeout: Duration,
+        expect_reply: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
         let frame = frame::encode_request(request, version, correlation_id, client_id)
             .map_err(|message| Error::protocol(&self.broker, message))?;
         trace!(target: "rill::protocol", broker = %self.broker, api = ?R::KEY, version, correlation_id, bytes = frame.len(), "send");
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = if expect_reply {
+            let (reply, answer) = oneshot::channel();
+            (Some(reply), Some(answer))
+        } else {
+            (None, None)
+        };
         let command = Command { correlation_id, api: R::KEY, frame, timeout, reply };
         self.commands.send(command).await.map_err(|_| self.closed_error())?;
-        answer.await.map_err(|_| self.closed_error())?
+        Ok(answer)
     }
 }
 
@@ -336,7 +384,9 @@ impl Task {
             let _ = pending.reply.send(Err(closed()));
         }
         while let Ok(command) = self.commands.try_recv() {
-            let _ = command.reply.send(Err(closed()));
+            if let Some(reply) = command.reply {
+                let _ = reply.send(Err(closed()));
+            }
         }
     }
 
@@ -401,17 +451,21 @@ impl Task {
     }
 
     fn accept(&mut self, command: Command) {
-        if command.reply.is_closed() {
+        let Some(reply) = command.reply else {
+            // No answer will come: just write it.
+            self.outbox_bytes += command.frame.len();
+            self.outbox.push_back(command.frame);
+            return;
+        };
+        if reply.is_closed() {
             // The caller gave up before the request was written.
             return;
         }
         let deadline = Instant::now() + command.timeout;
         self.outbox_bytes += command.frame.len();
         self.outbox.push_back(command.frame);
-        self.in_flight.insert(
-            command.correlation_id,
-            Pending { api: command.api, timeout: command.timeout, deadline, reply: command.reply },
-        );
+        self.in_flight
+            .insert(command.correlation_id, Pending { api: command.api, timeout: command.timeout, deadline, reply });
     }
 
     fn consume_outbox(&mut self, mut written: usize) {

@@ -159,7 +159,8 @@ pub(crate) fn correlation_id(frame: &[u8]) -> i32 {
 mod tests {
     use super::*;
     use kafka_protocol::messages::{
-        ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsRequest, MetadataRequest,
+        ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, InitProducerIdRequest,
+        ListOffsetsRequest, MetadataRequest, ProduceRequest,
     };
     use proptest::prelude::*;
 
@@ -242,6 +243,9 @@ mod tests {
         all_versions::<CreateTopicsRequest>(frame);
         all_versions::<DeleteTopicsRequest>(frame);
         all_versions::<ListOffsetsRequest>(frame);
+        all_versions::<ProduceRequest>(frame);
+        all_versions::<InitProducerIdRequest>(frame);
+        all_versions::<FetchRequest>(frame);
     }
 
     proptest! {

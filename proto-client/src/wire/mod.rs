@@ -17,7 +17,8 @@ pub mod versions;
 
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
 
@@ -80,4 +81,13 @@ api_requests! {
     CreateTopicsRequest => CreateTopicsResponse, CreateTopics, 2..=7, CREATE_TOPICS_RESPONSE;
     DeleteTopicsRequest => DeleteTopicsResponse, DeleteTopics, 1..=6, DELETE_TOPICS_RESPONSE;
     ListOffsetsRequest => ListOffsetsResponse, ListOffsets, 1..=10, LIST_OFFSETS_RESPONSE;
+    // v3 brought record batch v2 (idempotence), v7 zstd. v13 names topics
+    // by id only; this client stops at v12 and names them.
+    ProduceRequest => ProduceResponse, Produce, 3..=12, PRODUCE_RESPONSE;
+    // Tansu answers v0-2 with UNKNOWN_SERVER_ERROR; v3+ carries the
+    // producer id and epoch for an epoch bump (KIP-360).
+    InitProducerIdRequest => InitProducerIdResponse, InitProducerId, 0..=5, INIT_PRODUCER_ID_RESPONSE;
+    // v4 is the crate's oldest; v13 names topics by id only, so this
+    // client stops at v12.
+    FetchRequest => FetchResponse, Fetch, 4..=12, FETCH_RESPONSE;
 }

@@ -58,12 +58,13 @@ pub(crate) struct Field {
     pub(crate) kind: Kind,
 }
 
-/// A tagged field the decoder knows by its tag (in any flexible version,
-/// as the decoder does not look at the version for tags).
+/// A tagged field the decoder knows by its tag. Outside `versions` the
+/// decoder rejects the tag.
 #[derive(Debug)]
 pub(crate) struct Tagged {
     pub(crate) tag: u32,
     pub(crate) name: &'static str,
+    pub(crate) versions: (i16, i16),
     pub(crate) kind: Kind,
 }
 
@@ -222,6 +223,9 @@ impl Cursor<'_> {
                 // Like the decoder: a known tag is read from the stream by its
                 // type (its size is not consulted), an unknown one is skipped.
                 match shape.tagged.iter().find(|t| t.tag == tag) {
+                    Some(known) if version < known.versions.0 || version > known.versions.1 => {
+                        return Err("tagged field not valid in this version");
+                    }
                     Some(known) => {
                         self.path.push(known.name);
                         self.walk_kind(known.kind, version, true)?;
@@ -242,7 +246,8 @@ mod tests {
     use crate::wire::shapes::*;
     use bytes::{BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
-        ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, ListOffsetsResponse, MetadataResponse,
+        ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, FetchResponse, InitProducerIdResponse,
+        ListOffsetsResponse, MetadataResponse, ProduceResponse,
     };
     use kafka_protocol::protocol::Decodable;
     use proptest::prelude::*;
@@ -322,8 +327,12 @@ mod tests {
                 }
             }
             if flexible {
-                let known: Vec<&Tagged> =
-                    shape.tagged.iter().filter(|_| self.rng.next_u32().is_multiple_of(2)).collect();
+                let known: Vec<&Tagged> = shape
+                    .tagged
+                    .iter()
+                    .filter(|t| version >= t.versions.0 && version <= t.versions.1)
+                    .filter(|_| self.rng.next_u32().is_multiple_of(2))
+                    .collect();
                 let unknown = self.rng.next_u32() % 2;
                 self.varint(known.len() as u32 + unknown);
                 for tagged in known {
@@ -368,6 +377,9 @@ mod tests {
             (&CREATE_TOPICS_RESPONSE, decodes_fully::<CreateTopicsResponse>),
             (&DELETE_TOPICS_RESPONSE, decodes_fully::<DeleteTopicsResponse>),
             (&LIST_OFFSETS_RESPONSE, decodes_fully::<ListOffsetsResponse>),
+            (&PRODUCE_RESPONSE, decodes_fully::<ProduceResponse>),
+            (&INIT_PRODUCER_ID_RESPONSE, decodes_fully::<InitProducerIdResponse>),
+            (&FETCH_RESPONSE, decodes_fully::<FetchResponse>),
         ]
     }
 
@@ -393,7 +405,7 @@ mod tests {
         /// Arbitrary bytes never make the walk panic, and whatever it
         /// accepts is safe to hand to the decoder.
         #[test]
-        fn walk_survives_garbage(body in proptest::collection::vec(any::<u8>(), 0..256), pick in 0usize..5, version in 0i16..14) {
+        fn walk_survives_garbage(body in proptest::collection::vec(any::<u8>(), 0..256), pick in 0usize..8, version in 0i16..14) {
             let (shape, decode) = cases()[pick];
             let version = version.clamp(shape.versions.0, shape.versions.1);
             if check(shape, version, &body).is_ok() {

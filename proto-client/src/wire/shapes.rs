@@ -52,10 +52,10 @@ pub(crate) static API_VERSIONS_RESPONSE: StructShape = StructShape {
         Field { name: "throttle_time_ms", versions: (1, 4), kind: Kind::Prim(Prim::Int32) },
     ],
     tagged: &[
-        Tagged { tag: 0, name: "supported_features", kind: Kind::Array(Elem::Struct(&SUPPORTED_FEATURE_KEY)) },
-        Tagged { tag: 1, name: "finalized_features_epoch", kind: Kind::Prim(Prim::Int64) },
-        Tagged { tag: 2, name: "finalized_features", kind: Kind::Array(Elem::Struct(&FINALIZED_FEATURE_KEY)) },
-        Tagged { tag: 3, name: "zk_migration_ready", kind: Kind::Prim(Prim::Bool) },
+        Tagged { tag: 0, name: "supported_features", versions: (0, 4), kind: Kind::Array(Elem::Struct(&SUPPORTED_FEATURE_KEY)) },
+        Tagged { tag: 1, name: "finalized_features_epoch", versions: (0, 4), kind: Kind::Prim(Prim::Int64) },
+        Tagged { tag: 2, name: "finalized_features", versions: (0, 4), kind: Kind::Array(Elem::Struct(&FINALIZED_FEATURE_KEY)) },
+        Tagged { tag: 3, name: "zk_migration_ready", versions: (0, 4), kind: Kind::Prim(Prim::Bool) },
     ],
 };
 
@@ -152,7 +152,7 @@ pub(crate) static CREATABLE_TOPIC_RESULT: StructShape = StructShape {
         Field { name: "configs", versions: (5, 7), kind: Kind::Array(Elem::Struct(&CREATABLE_TOPIC_CONFIGS)) },
     ],
     tagged: &[
-        Tagged { tag: 0, name: "topic_config_error_code", kind: Kind::Prim(Prim::Int16) },
+        Tagged { tag: 0, name: "topic_config_error_code", versions: (2, 7), kind: Kind::Prim(Prim::Int16) },
     ],
 };
 
@@ -230,5 +230,214 @@ pub(crate) static LIST_OFFSETS_RESPONSE: StructShape = StructShape {
         Field { name: "topics", versions: (1, 10), kind: Kind::Array(Elem::Struct(&LIST_OFFSETS_TOPIC_RESPONSE)) },
     ],
     tagged: &[
+    ],
+};
+
+pub(crate) static BATCH_INDEX_AND_ERROR_MESSAGE: StructShape = StructShape {
+    name: "BatchIndexAndErrorMessage",
+    versions: (3, 13),
+    flexible_since: 9,
+    fields: &[
+        Field { name: "batch_index", versions: (8, 13), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "batch_index_error_message", versions: (8, 13), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static LEADER_ID_AND_EPOCH: StructShape = StructShape {
+    name: "LeaderIdAndEpoch",
+    versions: (3, 13),
+    flexible_since: 9,
+    fields: &[
+        Field { name: "leader_id", versions: (10, 13), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "leader_epoch", versions: (10, 13), kind: Kind::Prim(Prim::Int32) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static PARTITION_PRODUCE_RESPONSE: StructShape = StructShape {
+    name: "PartitionProduceResponse",
+    versions: (3, 13),
+    flexible_since: 9,
+    fields: &[
+        Field { name: "index", versions: (3, 13), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (3, 13), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "base_offset", versions: (3, 13), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "log_append_time_ms", versions: (3, 13), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "log_start_offset", versions: (5, 13), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "record_errors", versions: (8, 13), kind: Kind::Array(Elem::Struct(&BATCH_INDEX_AND_ERROR_MESSAGE)) },
+        Field { name: "error_message", versions: (8, 13), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+        Tagged { tag: 0, name: "current_leader", versions: (10, 13), kind: Kind::Struct(&LEADER_ID_AND_EPOCH) },
+    ],
+};
+
+pub(crate) static TOPIC_PRODUCE_RESPONSE: StructShape = StructShape {
+    name: "TopicProduceResponse",
+    versions: (3, 13),
+    flexible_since: 9,
+    fields: &[
+        Field { name: "name", versions: (3, 12), kind: Kind::Prim(Prim::Str) },
+        Field { name: "topic_id", versions: (13, 13), kind: Kind::Prim(Prim::Uuid) },
+        Field { name: "partition_responses", versions: (3, 13), kind: Kind::Array(Elem::Struct(&PARTITION_PRODUCE_RESPONSE)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static NODE_ENDPOINT: StructShape = StructShape {
+    name: "NodeEndpoint",
+    versions: (3, 13),
+    flexible_since: 9,
+    fields: &[
+        Field { name: "node_id", versions: (10, 13), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "host", versions: (10, 13), kind: Kind::Prim(Prim::Str) },
+        Field { name: "port", versions: (10, 13), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "rack", versions: (10, 13), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static PRODUCE_RESPONSE: StructShape = StructShape {
+    name: "ProduceResponse",
+    versions: (3, 13),
+    flexible_since: 9,
+    fields: &[
+        Field { name: "responses", versions: (3, 13), kind: Kind::Array(Elem::Struct(&TOPIC_PRODUCE_RESPONSE)) },
+        Field { name: "throttle_time_ms", versions: (3, 13), kind: Kind::Prim(Prim::Int32) },
+    ],
+    tagged: &[
+        Tagged { tag: 0, name: "node_endpoints", versions: (10, 13), kind: Kind::Array(Elem::Struct(&NODE_ENDPOINT)) },
+    ],
+};
+
+pub(crate) static INIT_PRODUCER_ID_RESPONSE: StructShape = StructShape {
+    name: "InitProducerIdResponse",
+    versions: (0, 6),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 6), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 6), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "producer_id", versions: (0, 6), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "producer_epoch", versions: (0, 6), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "ongoing_txn_producer_id", versions: (6, 6), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "ongoing_txn_producer_epoch", versions: (6, 6), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ABORTED_TRANSACTION: StructShape = StructShape {
+    name: "AbortedTransaction",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "producer_id", versions: (4, 18), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "first_offset", versions: (4, 18), kind: Kind::Prim(Prim::Int64) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static EPOCH_END_OFFSET: StructShape = StructShape {
+    name: "EpochEndOffset",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "epoch", versions: (12, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "end_offset", versions: (12, 18), kind: Kind::Prim(Prim::Int64) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static FETCH_RESPONSE_LEADER_ID_AND_EPOCH: StructShape = StructShape {
+    name: "LeaderIdAndEpoch",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "leader_id", versions: (12, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "leader_epoch", versions: (12, 18), kind: Kind::Prim(Prim::Int32) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static SNAPSHOT_ID: StructShape = StructShape {
+    name: "SnapshotId",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "end_offset", versions: (4, 18), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "epoch", versions: (4, 18), kind: Kind::Prim(Prim::Int32) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static PARTITION_DATA: StructShape = StructShape {
+    name: "PartitionData",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "partition_index", versions: (4, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (4, 18), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "high_watermark", versions: (4, 18), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "last_stable_offset", versions: (4, 18), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "log_start_offset", versions: (5, 18), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "aborted_transactions", versions: (4, 18), kind: Kind::Array(Elem::Struct(&ABORTED_TRANSACTION)) },
+        Field { name: "preferred_read_replica", versions: (11, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "records", versions: (4, 18), kind: Kind::Prim(Prim::Bytes) },
+    ],
+    tagged: &[
+        Tagged { tag: 0, name: "diverging_epoch", versions: (4, 18), kind: Kind::Struct(&EPOCH_END_OFFSET) },
+        Tagged { tag: 1, name: "current_leader", versions: (4, 18), kind: Kind::Struct(&FETCH_RESPONSE_LEADER_ID_AND_EPOCH) },
+        Tagged { tag: 2, name: "snapshot_id", versions: (4, 18), kind: Kind::Struct(&SNAPSHOT_ID) },
+    ],
+};
+
+pub(crate) static FETCHABLE_TOPIC_RESPONSE: StructShape = StructShape {
+    name: "FetchableTopicResponse",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "topic", versions: (4, 12), kind: Kind::Prim(Prim::Str) },
+        Field { name: "topic_id", versions: (13, 18), kind: Kind::Prim(Prim::Uuid) },
+        Field { name: "partitions", versions: (4, 18), kind: Kind::Array(Elem::Struct(&PARTITION_DATA)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static FETCH_RESPONSE_NODE_ENDPOINT: StructShape = StructShape {
+    name: "NodeEndpoint",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "node_id", versions: (16, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "host", versions: (16, 18), kind: Kind::Prim(Prim::Str) },
+        Field { name: "port", versions: (16, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "rack", versions: (16, 18), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static FETCH_RESPONSE: StructShape = StructShape {
+    name: "FetchResponse",
+    versions: (4, 18),
+    flexible_since: 12,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (4, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (7, 18), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "session_id", versions: (7, 18), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "responses", versions: (4, 18), kind: Kind::Array(Elem::Struct(&FETCHABLE_TOPIC_RESPONSE)) },
+    ],
+    tagged: &[
+        Tagged { tag: 0, name: "node_endpoints", versions: (16, 18), kind: Kind::Array(Elem::Struct(&FETCH_RESPONSE_NODE_ENDPOINT)) },
     ],
 };

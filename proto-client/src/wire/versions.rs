@@ -118,6 +118,12 @@ mod tests {
             ("DeleteTopicsResponse", range::<DeleteTopicsResponse>()),
             ("ListOffsetsRequest", range::<ListOffsetsRequest>()),
             ("ListOffsetsResponse", range::<ListOffsetsResponse>()),
+            ("ProduceRequest", range::<ProduceRequest>()),
+            ("ProduceResponse", range::<ProduceResponse>()),
+            ("FetchRequest", range::<FetchRequest>()),
+            ("FetchResponse", range::<FetchResponse>()),
+            ("InitProducerIdRequest", range::<InitProducerIdRequest>()),
+            ("InitProducerIdResponse", range::<InitProducerIdResponse>()),
         ];
         let reviewed = [
             ("ApiVersionsRequest", (0, 4)),
@@ -130,6 +136,14 @@ mod tests {
             ("DeleteTopicsResponse", (1, 6)),
             ("ListOffsetsRequest", (1, 10)),
             ("ListOffsetsResponse", (1, 10)),
+            ("ProduceRequest", (3, 13)),
+            ("ProduceResponse", (3, 13)),
+            ("FetchRequest", (4, 18)),
+            ("FetchResponse", (4, 18)),
+            ("InitProducerIdRequest", (0, 5)),
+            // One more than the request: the crate drops the unstable v6
+            // request but keeps the response.
+            ("InitProducerIdResponse", (0, 6)),
         ];
         assert_eq!(actual, reviewed);
     }
@@ -151,6 +165,9 @@ mod tests {
         check::<CreateTopicsRequest>();
         check::<DeleteTopicsRequest>();
         check::<ListOffsetsRequest>();
+        check::<ProduceRequest>();
+        check::<InitProducerIdRequest>();
+        check::<FetchRequest>();
     }
 
     #[test]

@@ -122,6 +122,39 @@ pub enum Error {
     #[error("unknown topic or partition: {0}")]
     UnknownTopicOrPartition(String),
 
+    /// A record is larger than `message.max.bytes`.
+    #[error("record of {size} bytes exceeds message.max.bytes ({max})")]
+    RecordTooLarge {
+        /// Encoded size, batch overhead included.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A record could not be delivered within `delivery.timeout.ms`.
+    #[error("delivery timed out after {after:?}; {}", if *maybe_written {
+        "the record may have been written (its last attempt's outcome is unknown)"
+    } else {
+        "the record was not written"
+    })]
+    DeliveryTimeout {
+        /// The timeout.
+        after: Duration,
+        /// Whether an attempt may have reached the log.
+        maybe_written: bool,
+        /// What the last attempt ran into, if there was one.
+        #[source]
+        last_error: Option<Arc<Error>>,
+    },
+
+    /// The producer hit an error it cannot recover from; every pending and
+    /// later record fails with it.
+    #[error("producer failed: {reason}")]
+    ProducerFailed {
+        /// What happened.
+        reason: Arc<str>,
+    },
+
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -163,6 +196,9 @@ impl Error {
             | Error::Protocol { .. }
             | Error::UnsupportedApi { .. }
             | Error::Timeout { .. }
+            | Error::RecordTooLarge { .. }
+            | Error::DeliveryTimeout { .. }
+            | Error::ProducerFailed { .. }
             | Error::Closed => ErrorAction::Fatal,
         }
     }

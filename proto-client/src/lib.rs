@@ -16,9 +16,11 @@
 //! - [`net`]: tokio starts here. [`Connection`] (one socket, pipelined
 //!   requests matched by correlation id, timeouts, frame cap), broker links
 //!   with reconnect backoff.
+//! - [`records`]: record batches v2 and the compression codecs (pure).
 //! - [`cluster`]: [`Metadata`] snapshots and their refresh.
 //! - [`client`]: [`Client`], the shared handle everything else builds on.
 //! - [`admin`]: [`Admin`]: topics and offsets.
+//! - [`producer`]: the idempotent, batching producer.
 //!
 //! # Logging
 //!
@@ -33,6 +35,8 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod net;
+pub mod producer;
+pub mod records;
 pub mod wire;
 
 use std::fmt;

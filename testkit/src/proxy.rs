@@ -37,6 +37,10 @@ pub enum Fault {
     TruncateResponse(usize),
     /// Close connections on their next chunk.
     Cut,
+    /// Forward requests, but close the connection instead of forwarding any
+    /// answer: the broker acts on each request and the client never learns
+    /// it did.
+    CutResponses,
 }
 
 /// Random faults, each with a probability per chunk.
@@ -225,6 +229,8 @@ async fn pump(
                 return;
             }
             Fault::TruncateResponse(_) => {}
+            Fault::CutResponses if to_client => return,
+            Fault::CutResponses => {}
         }
         if let Some(chaos) = chaos {
             let roll = rng.unit();

@@ -73,6 +73,11 @@ impl Cluster {
         self.metadata.borrow().clone()
     }
 
+    /// A receiver that sees every new snapshot.
+    pub(crate) fn watch(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.metadata.subscribe()
+    }
+
     /// Adds topics to those the periodic refresh covers.
     pub(crate) fn want_topics<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
         let mut wanted = lock(&self.wanted);

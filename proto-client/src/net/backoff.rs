@@ -22,10 +22,9 @@ impl Backoff {
 
     /// The delay after one more failure. `jitter` is uniform in `[0, 1)`.
     pub(crate) fn next_delay(&mut self, jitter: f64) -> Duration {
-        let exponent = self.failures.min(31);
+        let delay = delay(self.initial, self.max, self.failures, jitter);
         self.failures = self.failures.saturating_add(1);
-        let base = self.initial.saturating_mul(1u32 << exponent).min(self.max);
-        base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(self.max)
+        delay
     }
 
     /// Forget past failures.
@@ -37,6 +36,13 @@ impl Backoff {
     fn failures(&self) -> u32 {
         self.failures
     }
+}
+
+/// The delay after `failures` earlier failures: `initial × 2^failures`,
+/// capped at `max`, spread by ±20 % (`jitter` uniform in `[0, 1)`).
+pub(crate) fn delay(initial: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
+    let base = initial.saturating_mul(1u32 << failures.min(31)).min(max);
+    base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(max)
 }
 
 thread_local! {

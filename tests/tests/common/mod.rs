@@ -3,3 +3,5 @@
 #![allow(dead_code, unreachable_pub, reason = "each test file uses a different part")]
 
 pub mod fake_broker;
+pub mod read_back;
+pub mod rill_read;

@@ -1,0 +1,649 @@
+//! The accumulator: records waiting to be sent, one open batch per
+//! partition. Pure: no IO; time comes in as `now`.
+//!
+//! ```text
+//!  append ──▶ open batch ──(batch.size, batch.num.messages)──▶ closed queue
+//!                 │                                               │
+//!                 └──(linger expired, flush, close)───────────────┤
+//!                                                                 ▼
+//!                                               drain (sender, one per partition)
+//! ```
+//!
+//! Buffer accounting (records and bytes) covers every record from append
+//! until its batch completes, wherever the batch is by then; `append`
+//! refuses past the limits and the producer turns that into waiting or
+//! `QueueFull`. A batch is numbered in creation order within its partition;
+//! the sequencer uses those numbers to complete results in send order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::delivery::{BatchDelivery, DeliveryGuard};
+use crate::error::Error;
+use crate::records::Compression;
+use crate::records::batch::{BATCH_HEADER_SIZE, BatchBuilder, Header, SealedBatch, record_size};
+
+/// The accumulator's limits, from the producer config.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) batch_size: usize,
+    pub(crate) batch_records: usize,
+    pub(crate) linger: Duration,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) buffer_records: usize,
+    pub(crate) max_record_bytes: usize,
+}
+
+/// Why a record was not appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AppendError {
+    /// The buffer is at its record or byte limit.
+    Full,
+    /// The record alone is larger than `message.max.bytes`.
+    TooLarge { size: usize, max: usize },
+    /// The topic's partitions are not known yet.
+    UnknownTopic,
+    /// The partition does not exist.
+    NoSuchPartition { partitions: i32 },
+}
+
+/// A record's place after an append.
+#[derive(Debug)]
+pub(crate) struct AppendOutcome {
+    pub(crate) delivery: Arc<BatchDelivery>,
+    /// Index of the record in its batch.
+    pub(crate) index: u32,
+    #[cfg_attr(not(test), allow(dead_code, reason = "the producer reads the partition from the delivery"))]
+    pub(crate) partition: i32,
+    /// A batch opened (its linger timer must start) or closed (it is
+    /// ready): the sender should look.
+    pub(crate) wake_sender: bool,
+}
+
+/// How the partition of a record is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A partition the caller picked (explicit, or from the key).
+    Partition(i32),
+    /// No key: sticky partitioning (KIP-480).
+    Sticky,
+}
+
+/// A record, borrowed for the time of the append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Appended<'a> {
+    pub(crate) timestamp: i64,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) headers: &'a [Header<'a>],
+}
+
+/// The body of a batch: records being encoded, or a finished batch.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// Closed but not yet compressed; sealing happens outside the lock.
+    Closed(BatchBuilder),
+    Sealed(SealedBatch),
+}
+
+/// A batch on its way: closed, in flight, or waiting for a retry.
+#[derive(Debug)]
+pub(crate) struct ProducerBatch {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    /// Creation order within the partition.
+    pub(crate) number: u64,
+    pub(crate) payload: Payload,
+    pub(crate) delivery: DeliveryGuard,
+    pub(crate) created: Instant,
+    pub(crate) records: i32,
+    /// Bytes counted against the buffer.
+    pub(crate) accounted_bytes: usize,
+    /// Set by the sequencer when the batch is first (or, after an epoch
+    /// bump, again) given a sequence.
+    pub(crate) base_sequence: Option<i32>,
+    /// Producer id and epoch the payload is stamped with.
+    pub(crate) stamped: Option<(i64, i16, i32)>,
+    pub(crate) attempts: u32,
+    /// An attempt ended without knowing whether the broker wrote it.
+    pub(crate) maybe_written: bool,
+    /// What the last failed attempt ran into.
+    pub(crate) last_error: Option<Arc<Error>>,
+    pub(crate) retry_at: Option<Instant>,
+}
+
+impl ProducerBatch {
+    /// Compresses the batch if that has not happened yet.
+    pub(crate) fn seal(&mut self, compression: Compression, level: Option<u32>) -> &mut SealedBatch {
+        if let Payload::Closed(builder) = &mut self.payload {
+            let builder = std::mem::replace(builder, BatchBuilder::new(0));
+            self.payload = Payload::Sealed(builder.seal(compression, level));
+        }
+        match &mut self.payload {
+            Payload::Sealed(sealed) => sealed,
+            Payload::Closed(_) => unreachable!("sealed just above"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    builder: BatchBuilder,
+    delivery: DeliveryGuard,
+    created: Instant,
+    accounted_bytes: usize,
+    number: u64,
+}
+
+#[derive(Debug, Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    closed: VecDeque<ProducerBatch>,
+    next_number: u64,
+}
+
+#[derive(Debug)]
+struct TopicQueues {
+    name: Arc<str>,
+    partitions: Vec<PartitionQueue>,
+    /// Partitions with a leader, for sticky choices.
+    available: Vec<i32>,
+    sticky: Option<i32>,
+}
+
+/// Records waiting to be sent.
+#[derive(Debug)]
+pub(crate) struct Accumulator {
+    limits: Limits,
+    topics: HashMap<Arc<str>, TopicQueues>,
+    buffered_bytes: usize,
+    buffered_records: usize,
+    /// Every open batch is ready now (flush or close in progress).
+    flushing: bool,
+}
+
+impl Accumulator {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Accumulator { limits, topics: HashMap::new(), buffered_bytes: 0, buffered_records: 0, flushing: false }
+    }
+
+    /// Records and bytes held, from append to completion.
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        (self.buffered_records, self.buffered_bytes)
+    }
+
+    /// The partition count known for a topic.
+    pub(crate) fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.topics.get(topic).map(|t| t.partitions.len() as i32)
+    }
+
+    /// Learns (or updates) a topic's partitions and which have a leader.
+    pub(crate) fn set_topic(&mut self, topic: &str, partitions: i32, available: Vec<i32>) {
+        let queues = self.topics.entry(Arc::from(topic)).or_insert_with_key(|name| TopicQueues {
+            name: name.clone(),
+            partitions: Vec::new(),
+            available: Vec::new(),
+            sticky: None,
+        });
+        // Kafka never removes partitions; a shorter answer is stale.
+        let partitions = partitions.max(queues.partitions.len() as i32) as usize;
+        queues.partitions.resize_with(partitions, PartitionQueue::default);
+        queues.available = available;
+    }
+
+    /// Topics the accumulator holds queues for.
+    pub(crate) fn topics(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.topics.keys()
+    }
+
+    /// Appends a record. `random` is a uniform value used for sticky
+    /// choices. Returns the batch's delivery and the record's index in it.
+    pub(crate) fn append(
+        &mut self,
+        topic: &str,
+        target: Target,
+        record: Appended<'_>,
+        now: Instant,
+        random: u64,
+    ) -> Result<AppendOutcome, AppendError> {
+        let Some(queues) = self.topics.get_mut(topic) else {
+            return Err(AppendError::UnknownTopic);
+        };
+        let count = queues.partitions.len() as i32;
+        if count == 0 {
+            return Err(AppendError::UnknownTopic);
+        }
+        let size = record_size(0, 0, record.key, record.value, record.headers);
+        if BATCH_HEADER_SIZE + size > self.limits.max_record_bytes {
+            return Err(AppendError::TooLarge { size: BATCH_HEADER_SIZE + size, max: self.limits.max_record_bytes });
+        }
+        // Deltas can make the encoding a few bytes longer than `size`; the
+        // accounting uses the real size below and checks with a margin here.
+        if self.buffered_records + 1 > self.limits.buffer_records
+            || self.buffered_bytes + size + 16 > self.limits.buffer_bytes
+        {
+            return Err(AppendError::Full);
+        }
+        let partition = match target {
+            Target::Partition(p) if (0..count).contains(&p) => p,
+            Target::Partition(_) => return Err(AppendError::NoSuchPartition { partitions: count }),
+            Target::Sticky => {
+                let current = queues.sticky.filter(|p| queues.partitions[*p as usize].open.is_some());
+                match current {
+                    Some(p) => p,
+                    None => {
+                        let p = pick_sticky(&queues.available, count, queues.sticky, random);
+                        queues.sticky = Some(p);
+                        p
+                    }
+                }
+            }
+        };
+        let queue = &mut queues.partitions[partition as usize];
+        let limits = &self.limits;
+        let mut wake_sender = false;
+        // Close the open batch if this record would overflow it.
+        if let Some(open) = &queue.open {
+            let next = open.builder.size_of_next(record.timestamp, record.key, record.value, record.headers);
+            if open.builder.size() + next > limits.batch_size {
+                let open = queue.open.take().expect("checked above");
+                queue.closed.push_back(close(&queues.name, partition, open));
+                wake_sender = true;
+            }
+        }
+        let open = queue.open.get_or_insert_with(|| {
+            let number = queue.next_number;
+            queue.next_number += 1;
+            OpenBatch {
+                builder: BatchBuilder::new(limits.batch_size.min(64 * 1024)),
+                delivery: DeliveryGuard::new(partition),
+                created: now,
+                accounted_bytes: 0,
+                number,
+            }
+        });
+        let index = open.builder.record_count() as u32;
+        let added = open.builder.append(record.timestamp, record.key, record.value, record.headers);
+        open.accounted_bytes += added;
+        let delivery = open.delivery.shared().clone();
+        if open.builder.record_count() as usize >= limits.batch_records || open.builder.size() >= limits.batch_size {
+            let open = queue.open.take().expect("just appended");
+            queue.closed.push_back(close(&queues.name, partition, open));
+            wake_sender = true;
+        }
+        self.buffered_records += 1;
+        self.buffered_bytes += added;
+        Ok(AppendOutcome { delivery, index, partition, wake_sender: wake_sender || index == 0 })
+    }
+
+    /// Takes the next batch of a partition if one may be sent now: a closed
+    /// one, or the open one once its linger expired (or a flush is on).
+    pub(crate) fn drain(&mut self, topic: &str, partition: i32, now: Instant) -> Option<ProducerBatch> {
+        let flushing = self.flushing;
+        let linger = self.limits.linger;
+        let queues = self.topics.get_mut(topic)?;
+        let queue = queues.partitions.get_mut(partition as usize)?;
+        if let Some(batch) = queue.closed.pop_front() {
+            return Some(batch);
+        }
+        let open = queue.open.as_ref()?;
+        if flushing || now >= open.created + linger {
+            let open = queue.open.take().expect("checked above");
+            return Some(close(&queues.name, partition, open));
+        }
+        None
+    }
+
+    /// Partitions (topic, partition) with anything queued, ready or not.
+    pub(crate) fn partitions_with_data(&self) -> Vec<(Arc<str>, i32)> {
+        let mut out = Vec::new();
+        for queues in self.topics.values() {
+            for (p, queue) in queues.partitions.iter().enumerate() {
+                if queue.open.is_some() || !queue.closed.is_empty() {
+                    out.push((queues.name.clone(), p as i32));
+                }
+            }
+        }
+        out
+    }
+
+    /// When the earliest open batch's linger ends.
+    pub(crate) fn next_linger_deadline(&self) -> Option<Instant> {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter_map(|q| q.open.as_ref().map(|open| open.created + self.limits.linger))
+            .min()
+    }
+
+    /// Batches created so far per partition: a flush waits until that many
+    /// have finished.
+    pub(crate) fn batch_counts(&self) -> Vec<((Arc<str>, i32), u64)> {
+        let mut out = Vec::new();
+        for queues in self.topics.values() {
+            for (p, queue) in queues.partitions.iter().enumerate() {
+                if queue.next_number > 0 {
+                    out.push(((queues.name.clone(), p as i32), queue.next_number));
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes every open batch ready now, and keeps doing so until
+    /// [`Self::end_flush`].
+    pub(crate) fn begin_flush(&mut self) {
+        self.flushing = true;
+    }
+
+    pub(crate) fn end_flush(&mut self) {
+        self.flushing = false;
+    }
+
+    /// Takes every batch (open or closed) created at or before `deadline`:
+    /// they have waited `delivery.timeout.ms` without ever being sent.
+    pub(crate) fn expire(&mut self, created_before: Instant) -> Vec<ProducerBatch> {
+        let mut out = Vec::new();
+        for queues in self.topics.values_mut() {
+            for (p, queue) in queues.partitions.iter_mut().enumerate() {
+                while queue.closed.front().is_some_and(|b| b.created <= created_before) {
+                    out.push(queue.closed.pop_front().expect("checked"));
+                }
+                if queue.closed.is_empty() && queue.open.as_ref().is_some_and(|o| o.created <= created_before) {
+                    let open = queue.open.take().expect("checked");
+                    out.push(close(&queues.name, p as i32, open));
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes every batch: the producer is closing or failed.
+    pub(crate) fn take_all(&mut self) -> Vec<ProducerBatch> {
+        let mut out = Vec::new();
+        for queues in self.topics.values_mut() {
+            for (p, queue) in queues.partitions.iter_mut().enumerate() {
+                out.extend(queue.closed.drain(..));
+                if let Some(open) = queue.open.take() {
+                    out.push(close(&queues.name, p as i32, open));
+                }
+            }
+        }
+        out
+    }
+
+    /// A batch completed (delivered or failed): its records leave the buffer.
+    pub(crate) fn release(&mut self, records: i32, bytes: usize) {
+        self.buffered_records -= records as usize;
+        self.buffered_bytes -= bytes;
+    }
+}
+
+fn close(topic: &Arc<str>, partition: i32, open: OpenBatch) -> ProducerBatch {
+    ProducerBatch {
+        topic: topic.clone(),
+        partition,
+        number: open.number,
+        records: open.builder.record_count(),
+        payload: Payload::Closed(open.builder),
+        delivery: open.delivery,
+        created: open.created,
+        accounted_bytes: open.accounted_bytes,
+        base_sequence: None,
+        stamped: None,
+        attempts: 0,
+        maybe_written: false,
+        last_error: None,
+        retry_at: None,
+    }
+}
+
+/// A partition for keyless records: a random available one, different from
+/// the previous choice when there is another.
+fn pick_sticky(available: &[i32], count: i32, previous: Option<i32>, random: u64) -> i32 {
+    let candidates: Vec<i32> = if available.is_empty() { (0..count).collect() } else { available.to_vec() };
+    let choices: Vec<i32> = match previous {
+        Some(previous) if candidates.len() > 1 => candidates.iter().copied().filter(|p| *p != previous).collect(),
+        _ => candidates,
+    };
+    choices[(random % choices.len() as u64) as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            batch_size: 10_000,
+            batch_records: 100,
+            linger: Duration::from_millis(5),
+            buffer_bytes: 1_000_000,
+            buffer_records: 1_000,
+            max_record_bytes: 5_000,
+        }
+    }
+
+    fn record(value: &[u8]) -> Appended<'_> {
+        Appended { timestamp: 1, key: None, value: Some(value), headers: &[] }
+    }
+
+    fn accumulator(limits: Limits) -> Accumulator {
+        let mut acc = Accumulator::new(limits);
+        acc.set_topic("t", 3, vec![0, 1, 2]);
+        acc
+    }
+
+    #[test]
+    fn linger_holds_a_batch_until_it_expires() {
+        let t0 = Instant::now();
+        let mut acc = accumulator(limits());
+        acc.append("t", Target::Partition(1), record(b"a"), t0, 0).unwrap();
+        assert_eq!(acc.next_linger_deadline(), Some(t0 + Duration::from_millis(5)));
+        assert!(acc.drain("t", 1, t0 + Duration::from_millis(4)).is_none());
+        let batch = acc.drain("t", 1, t0 + Duration::from_millis(5)).unwrap();
+        assert_eq!((batch.partition, batch.records, batch.number), (1, 1, 0));
+        assert_eq!(acc.next_linger_deadline(), None);
+    }
+
+    #[test]
+    fn batch_size_and_record_count_close_batches() {
+        let t0 = Instant::now();
+        let mut small = limits();
+        small.batch_size = 1_000;
+        let mut acc = accumulator(small);
+        let value = [7u8; 100];
+        for _ in 0..25 {
+            acc.append("t", Target::Partition(0), record(&value), t0, 0).unwrap();
+        }
+        // Closed batches are ready at once, linger or not.
+        let mut sizes = Vec::new();
+        while let Some(batch) = acc.drain("t", 0, t0) {
+            let Payload::Closed(builder) = &batch.payload else { panic!() };
+            assert!(builder.size() <= 1_000, "batch of {} bytes", builder.size());
+            sizes.push(batch.records);
+        }
+        assert_eq!(sizes.iter().sum::<i32>(), 25 - acc.drain("t", 0, t0 + Duration::from_secs(1)).unwrap().records);
+
+        let mut acc = accumulator(limits());
+        for _ in 0..250 {
+            acc.append("t", Target::Partition(2), record(b"x"), t0, 0).unwrap();
+        }
+        let counts: Vec<i32> = std::iter::from_fn(|| acc.drain("t", 2, t0)).map(|b| b.records).collect();
+        assert_eq!(counts, [100, 100]);
+        let numbers: Vec<u64> =
+            std::iter::from_fn(|| acc.drain("t", 2, t0 + Duration::from_secs(1))).map(|b| b.number).collect();
+        assert_eq!(numbers, [2]);
+    }
+
+    #[test]
+    fn buffer_limits_refuse_and_release_frees() {
+        let t0 = Instant::now();
+        let mut tight = limits();
+        tight.buffer_records = 3;
+        let mut acc = accumulator(tight);
+        for _ in 0..3 {
+            acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap();
+        }
+        assert_eq!(acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap_err(), AppendError::Full);
+        let batch = acc.drain("t", 0, t0 + Duration::from_secs(1)).unwrap();
+        // Drained is not delivered: still counted.
+        assert_eq!(acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap_err(), AppendError::Full);
+        acc.release(batch.records, batch.accounted_bytes);
+        assert_eq!(acc.buffered(), (0, 0));
+        acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap();
+
+        let mut bytes = limits();
+        bytes.buffer_bytes = 5_100;
+        let mut acc = accumulator(bytes);
+        acc.append("t", Target::Partition(0), record(&[0; 4_000]), t0, 0).unwrap();
+        assert_eq!(acc.append("t", Target::Partition(0), record(&[0; 2_000]), t0, 0).unwrap_err(), AppendError::Full);
+    }
+
+    #[test]
+    fn oversize_records_and_bad_partitions_are_refused() {
+        let t0 = Instant::now();
+        let mut acc = accumulator(limits());
+        let error = acc.append("t", Target::Partition(0), record(&[0; 5_000]), t0, 0).unwrap_err();
+        assert!(matches!(error, AppendError::TooLarge { max: 5_000, .. }), "{error:?}");
+        assert_eq!(
+            acc.append("t", Target::Partition(3), record(b"v"), t0, 0).unwrap_err(),
+            AppendError::NoSuchPartition { partitions: 3 }
+        );
+        assert_eq!(acc.append("other", Target::Sticky, record(b"v"), t0, 0).unwrap_err(), AppendError::UnknownTopic);
+    }
+
+    #[test]
+    fn sticky_partitioning_stays_until_the_batch_closes() {
+        let t0 = Instant::now();
+        let mut acc = accumulator(limits());
+        let first: Vec<i32> =
+            (0..100).map(|i| acc.append("t", Target::Sticky, record(b"v"), t0, i).unwrap().partition).collect();
+        // 100 records fill the batch (batch_records = 100): all on one partition.
+        assert!(first.iter().all(|p| *p == first[0]), "{first:?}");
+        let next = acc.append("t", Target::Sticky, record(b"v"), t0, 0).unwrap().partition;
+        assert_ne!(next, first[0], "a new batch moves to another partition");
+        // Only partitions with a leader are chosen.
+        acc.set_topic("t", 3, vec![2]);
+        acc.drain("t", next, t0 + Duration::from_secs(1));
+        assert_eq!(acc.append("t", Target::Sticky, record(b"v"), t0, 7).unwrap().partition, 2);
+    }
+
+    #[test]
+    fn flush_makes_open_batches_ready() {
+        let t0 = Instant::now();
+        let mut acc = accumulator(limits());
+        acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap();
+        assert!(acc.drain("t", 0, t0).is_none());
+        acc.begin_flush();
+        assert!(acc.drain("t", 0, t0).is_some());
+        acc.end_flush();
+    }
+
+    #[test]
+    fn expiry_takes_old_batches_in_order() {
+        let t0 = Instant::now();
+        let mut acc = accumulator(limits());
+        acc.append("t", Target::Partition(0), record(b"old"), t0, 0).unwrap();
+        acc.append("t", Target::Partition(1), record(b"new"), t0 + Duration::from_secs(10), 0).unwrap();
+        let expired = acc.expire(t0 + Duration::from_secs(1));
+        assert_eq!(expired.iter().map(|b| b.partition).collect::<Vec<_>>(), [0]);
+        assert_eq!(acc.partitions_with_data(), [(Arc::from("t"), 1)]);
+        assert_eq!(acc.take_all().len(), 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append { partition: Option<i32>, size: usize },
+        Drain { partition: i32 },
+        Tick { ms: u64 },
+        Release,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (proptest::option::of(0..3i32), 0..700usize).prop_map(|(partition, size)| Op::Append { partition, size }),
+            3 => (0..3i32).prop_map(|partition| Op::Drain { partition }),
+            1 => (0..8u64).prop_map(|ms| Op::Tick { ms }),
+            1 => Just(Op::Release),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Random appends, drains, clock ticks and completions: every record
+        /// comes out exactly once, in append order per partition, batches
+        /// stay within batch.size (unless one record is larger) and
+        /// batch.num.messages, and the buffer counts exactly what has not
+        /// completed.
+        #[test]
+        fn no_record_lost_order_kept_batches_within_limits(ops in proptest::collection::vec(op(), 1..400)) {
+            use crate::records::decode_batch;
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut limits = limits();
+            limits.batch_size = 2_000;
+            limits.batch_records = 7;
+            limits.buffer_records = 60;
+            let mut acc = accumulator(limits.clone());
+            let mut appended: Vec<Vec<u64>> = vec![Vec::new(); 3];
+            let mut drained: Vec<Vec<u64>> = vec![Vec::new(); 3];
+            let mut unreleased: Vec<ProducerBatch> = Vec::new();
+            let mut counter = 0u64;
+            let check = |batch: ProducerBatch, drained: &mut Vec<Vec<u64>>| -> Result<ProducerBatch, proptest::test_runner::TestCaseError> {
+                let Payload::Closed(builder) = &batch.payload else { unreachable!() };
+                proptest::prop_assert!(builder.record_count() as usize <= limits.batch_records);
+                proptest::prop_assert!(builder.size() <= limits.batch_size || builder.record_count() == 1);
+                let mut batch = batch;
+                let bytes = batch.seal(Compression::None, None).bytes();
+                for record in decode_batch(bytes, 1 << 20).unwrap().records {
+                    let id = u64::from_be_bytes(record.value.unwrap()[..8].try_into().unwrap());
+                    drained[batch.partition as usize].push(id);
+                }
+                Ok(batch)
+            };
+            for op in ops {
+                match op {
+                    Op::Append { partition, size } => {
+                        let mut value = counter.to_be_bytes().to_vec();
+                        value.resize(8 + size, b'x');
+                        let target = partition.map_or(Target::Sticky, Target::Partition);
+                        let record = Appended { timestamp: 1, key: None, value: Some(&value), headers: &[] };
+                        match acc.append("t", target, record, now, counter) {
+                            Ok(outcome) => {
+                                appended[outcome.partition as usize].push(counter);
+                                counter += 1;
+                            }
+                            Err(AppendError::Full) => {}
+                            Err(other) => proptest::prop_assert!(false, "{other:?}"),
+                        }
+                    }
+                    Op::Drain { partition } => {
+                        if let Some(batch) = acc.drain("t", partition, now) {
+                            unreleased.push(check(batch, &mut drained)?);
+                        }
+                    }
+                    Op::Tick { ms } => now += Duration::from_millis(ms),
+                    Op::Release => {
+                        if !unreleased.is_empty() {
+                            let batch = unreleased.remove(0);
+                            acc.release(batch.records, batch.accounted_bytes);
+                        }
+                    }
+                }
+                let held: i32 = unreleased.iter().map(|b| b.records).sum();
+                let queued = appended.iter().map(Vec::len).sum::<usize>() - drained.iter().map(Vec::len).sum::<usize>();
+                proptest::prop_assert_eq!(acc.buffered().0, held as usize + queued);
+                proptest::prop_assert!(acc.buffered().0 <= limits.buffer_records);
+            }
+            acc.begin_flush();
+            for partition in 0..3 {
+                while let Some(batch) = acc.drain("t", partition, now) {
+                    unreleased.push(check(batch, &mut drained)?);
+                }
+            }
+            proptest::prop_assert_eq!(appended, drained);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Delivery results.
+//!
+//! A batch's records share one [`BatchDelivery`]: the batch's outcome is set
+//! once, and each record's [`DeliveryFuture`] is that shared state plus the
+//! record's index in the batch. A record costs an `Arc` clone, not a channel
+//! and an allocation of its own; a future dropped unawaited costs nothing
+//! more. Waiters register a waker only when they poll before the outcome.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use crate::error::Error;
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// The partition.
+    pub partition: i32,
+    /// The record's offset. `None` when the broker acknowledged a retry as
+    /// a duplicate of a batch it already had (DUPLICATE_SEQUENCE_NUMBER):
+    /// the record is written exactly once, at an offset this answer does not
+    /// carry.
+    pub offset: Option<i64>,
+    /// The record's timestamp: its CreateTime, or the broker's
+    /// LogAppendTime when the topic uses that.
+    pub timestamp: i64,
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Acked {
+    pub(crate) base_offset: Option<i64>,
+    pub(crate) log_append_time: Option<i64>,
+}
+
+/// The outcome shared by the records of one batch.
+#[derive(Debug)]
+pub(crate) struct BatchDelivery {
+    partition: i32,
+    outcome: OnceLock<Result<Acked, Error>>,
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl BatchDelivery {
+    pub(crate) fn new(partition: i32) -> Arc<Self> {
+        Arc::new(BatchDelivery { partition, outcome: OnceLock::new(), waiters: Mutex::new(Vec::new()) })
+    }
+
+    /// Sets the outcome (once; later calls are ignored) and wakes waiters.
+    fn complete(&self, outcome: Result<Acked, Error>) {
+        if self.outcome.set(outcome).is_err() {
+            debug_assert!(false, "a batch completed twice");
+            return;
+        }
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.outcome.get().is_some()
+    }
+}
+
+/// Owns a batch's outcome until it is set: whoever holds the batch holds
+/// the guard, and a batch dropped without an outcome (the producer task
+/// ended, the runtime shut down) fails its records instead of leaving
+/// their futures pending forever.
+#[derive(Debug)]
+pub(crate) struct DeliveryGuard(Arc<BatchDelivery>);
+
+impl DeliveryGuard {
+    pub(crate) fn new(partition: i32) -> Self {
+        DeliveryGuard(BatchDelivery::new(partition))
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<BatchDelivery> {
+        &self.0
+    }
+
+    /// Sets the outcome.
+    pub(crate) fn complete(self, outcome: Result<Acked, Error>) {
+        self.0.complete(outcome);
+    }
+}
+
+impl Drop for DeliveryGuard {
+    fn drop(&mut self) {
+        if !self.0.is_complete() {
+            self.0.complete(Err(Error::ProducerFailed {
+                reason: "the producer stopped before the record's outcome was known; it may have been written".into(),
+            }));
+        }
+    }
+}
+
+/// Resolves to where a record landed, or why it did not.
+///
+/// Dropping it does not cancel the record; it is delivered all the same.
+#[derive(Debug)]
+#[must_use = "the record is sent either way; await this to learn its outcome"]
+pub struct DeliveryFuture {
+    batch: Arc<BatchDelivery>,
+    index: u32,
+    timestamp: i64,
+}
+
+impl DeliveryFuture {
+    pub(crate) fn new(batch: Arc<BatchDelivery>, index: u32, timestamp: i64) -> Self {
+        DeliveryFuture { batch, index, timestamp }
+    }
+
+    /// The outcome if known, without waiting.
+    pub fn try_result(&self) -> Option<Result<RecordMetadata, Error>> {
+        self.batch.outcome.get().map(|outcome| self.metadata(outcome))
+    }
+
+    fn metadata(&self, outcome: &Result<Acked, Error>) -> Result<RecordMetadata, Error> {
+        match outcome {
+            Ok(acked) => Ok(RecordMetadata {
+                partition: self.batch.partition,
+                offset: acked.base_offset.map(|base| base + i64::from(self.index)),
+                timestamp: acked.log_append_time.unwrap_or(self.timestamp),
+            }),
+            Err(error) => Err(error.clone()),
+        }
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = self.try_result() {
+            return Poll::Ready(result);
+        }
+        let mut waiters = self.batch.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        // Completion may have happened between the check and the lock.
+        if let Some(result) = self.try_result() {
+            return Poll::Ready(result);
+        }
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_record_of_a_batch_sees_its_own_offset() {
+        let batch = DeliveryGuard::new(3);
+        let futures: Vec<_> =
+            (0..4).map(|i| DeliveryFuture::new(batch.shared().clone(), i, 100 + i64::from(i))).collect();
+        assert!(futures[0].try_result().is_none());
+        let waiter = tokio::spawn(async move {
+            let mut out = Vec::new();
+            for f in futures {
+                out.push(f.await.unwrap());
+            }
+            out
+        });
+        tokio::task::yield_now().await;
+        batch.complete(Ok(Acked { base_offset: Some(40), log_append_time: None }));
+        let results = waiter.await.unwrap();
+        let offsets: Vec<_> = results.iter().map(|m| (m.partition, m.offset, m.timestamp)).collect();
+        assert_eq!(offsets, [(3, Some(40), 100), (3, Some(41), 101), (3, Some(42), 102), (3, Some(43), 103)]);
+    }
+
+    #[tokio::test]
+    async fn log_append_time_and_failures_reach_every_record() {
+        let batch = DeliveryGuard::new(0);
+        let f = DeliveryFuture::new(batch.shared().clone(), 1, 5);
+        batch.complete(Ok(Acked { base_offset: None, log_append_time: Some(999) }));
+        assert_eq!(f.await.unwrap(), RecordMetadata { partition: 0, offset: None, timestamp: 999 });
+
+        let batch = DeliveryGuard::new(0);
+        let f = DeliveryFuture::new(batch.shared().clone(), 0, 5);
+        batch.complete(Err(Error::Closed));
+        assert!(matches!(f.await, Err(Error::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_batch_fails_its_records() {
+        let batch = DeliveryGuard::new(0);
+        let f = DeliveryFuture::new(batch.shared().clone(), 0, 5);
+        drop(batch);
+        assert!(matches!(f.await, Err(Error::ProducerFailed { .. })));
+    }
+}

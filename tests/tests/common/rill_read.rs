@@ -1,0 +1,61 @@
+//! Reads a partition with Rill's own wire client and batch decoder: a Fetch
+//! request per round, batches walked and decoded by `rill_client::records`.
+
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use rill_client::records::{Batches, DecodedRecord, decode_batch};
+use rill_client::{Client, TopicScope};
+
+/// Every record of `topic`/`partition` from offset 0 until `expected`
+/// records were read or `timeout` passed. Control batches are skipped.
+pub async fn fetch_all(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<DecodedRecord> {
+    let metadata = client.refresh_metadata(TopicScope::Named(vec![topic.to_owned()])).await.unwrap();
+    let leader = metadata.topics[topic].partitions[partition as usize].leader.unwrap();
+    let connection = client.broker_connection(leader).await.unwrap();
+    let mut offset = 0;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < expected && Instant::now() < deadline {
+        let fetch_offset = offset;
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![
+                FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.to_owned()))).with_partitions(
+                    vec![
+                        FetchPartition::default()
+                            .with_partition(partition)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(4 << 20),
+                    ],
+                ),
+            ]);
+        let response = connection.send(&request).await.unwrap();
+        let data = &response.responses[0].partitions[0];
+        assert_eq!(data.error_code, 0, "fetch error");
+        let Some(records) = data.records.clone() else { continue };
+        for batch in Batches::new(records) {
+            let batch = decode_batch(batch.unwrap(), 64 << 20).unwrap();
+            offset = offset.max(batch.header.last_offset() + 1);
+            if batch.header.is_control() {
+                continue;
+            }
+            // A compressed batch comes whole, records before the offset asked
+            // for included.
+            out.extend(batch.records.into_iter().filter(|r| r.offset >= fetch_offset));
+        }
+    }
+    out
+}

@@ -1,7 +1,8 @@
 //! The `rill` binary end to end: topic admin and metadata against Tansu,
 //! the demo on a fresh broker, and one-line errors with a non-zero exit.
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use rill_testkit::Tansu;
 use rill_testkit::cluster::brokers_required;
@@ -111,4 +112,96 @@ fn demo_runs_on_a_fresh_local_broker() {
     assert!(text.contains("with 4 partitions"), "{text}");
     assert!(text.contains("partition 3 leader 111"), "{text}");
     assert!(text.contains("api versions negotiated with broker 111"), "{text}");
+}
+
+fn rill_with_input(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rill"))
+        .args(args)
+        .env_remove("RILL_BROKERS")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the rill binary runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn produce_reads_stdin_and_perf_reports_one_json_line() {
+    let Some(tansu) = tansu().await else { return };
+    let brokers = tansu.bootstrap();
+    let topic = rill_testkit::unique_topic("cli-produce");
+    assert!(rill(&["topic", "create", "-b", &brokers, "-p", "2", &topic]).status.success());
+
+    let input = b"alpha:one\nbeta:two:with:colons\nno-delimiter\n\nlast-without-newline:x";
+    let produced = rill_with_input(
+        &[
+            "produce",
+            "-b",
+            &brokers,
+            "--topic",
+            &topic,
+            "--key-delimiter",
+            ":",
+            "--header",
+            "source=cli",
+            "-X",
+            "linger.ms=1",
+        ],
+        input,
+    );
+    assert!(produced.status.success(), "{}", stderr(&produced));
+    let summary = stderr(&produced);
+    assert_eq!(summary.lines().count(), 1, "{summary}");
+    assert!(summary.starts_with(&format!("rill: produced 5 records to {topic}")), "{summary}");
+    let client = rill_client::Client::new(rill_client::ClientConfig::new(&brokers).unwrap()).unwrap();
+    let mut records = Vec::new();
+    for partition in 0..2 {
+        records.extend(
+            rill_testkit::read::fetch_all(&client, &topic, partition, 0, std::time::Duration::from_secs(5)).await,
+        );
+    }
+    let mut pairs: Vec<(Option<String>, String)> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(r.headers.len(), 1);
+            assert_eq!((r.headers[0].key.as_str(), r.headers[0].value.as_deref()), ("source", Some(&b"cli"[..])));
+            let text = |b: &bytes::Bytes| String::from_utf8(b.to_vec()).unwrap();
+            (r.key.as_ref().map(text), text(r.value.as_ref().unwrap()))
+        })
+        .collect();
+    pairs.sort();
+    let expected = [
+        (None, ""),
+        (None, "no-delimiter"),
+        (Some("alpha"), "one"),
+        (Some("beta"), "two:with:colons"),
+        (Some("last-without-newline"), "x"),
+    ];
+    let expected: Vec<(Option<String>, String)> =
+        expected.iter().map(|(k, v)| (k.map(str::to_owned), (*v).to_owned())).collect();
+    assert_eq!(pairs, expected, "keys split at the first delimiter");
+
+    let perf =
+        rill(&["perf", "produce", "-b", &brokers, "--topic", &topic, "--messages", "20000", "--compression", "lz4"]);
+    assert!(perf.status.success(), "{}", stderr(&perf));
+    let out = stdout(&perf);
+    assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
+    let report = rill_testkit::perf::Report::from_json(&out).expect("parses");
+    assert_eq!((report.client.as_str(), report.scenario.as_str()), ("rill", "produce"));
+    assert_eq!((report.messages, report.value_bytes, report.partitions), (20_000, 100, 2));
+    assert!(report.msgs_per_s > 0.0 && report.cpu_us_per_msg > 0.0 && report.max_rss_kb > 0);
+    for field in ["wall_s", "mb_per_s", "cpu_user_s", "cpu_sys_s", "cpu_us_per_msg", "max_rss_kb"] {
+        assert!(out.contains(&format!("\"{field}\":")), "{field} missing: {out}");
+    }
+
+    // A record that cannot be delivered: non-zero exit, the reason on stderr.
+    let failed = rill_with_input(
+        &["produce", "-b", &brokers, "--topic", &topic, "-X", "message.max.bytes=2000", "-X", "batch.size=2000"],
+        &[b'x'; 5000],
+    );
+    assert!(!failed.status.success());
+    assert!(stderr(&failed).contains("exceeds message.max.bytes"), "{}", stderr(&failed));
 }

@@ -41,6 +41,10 @@ pub mod wire;
 
 use std::fmt;
 
+/// The message schemas, at the exact version this client speaks: for raw
+/// requests through [`Connection::send`].
+pub use kafka_protocol;
+
 pub use admin::{Admin, ListedOffset, NewTopic, OffsetSpec};
 pub use client::Client;
 pub use cluster::{BrokerInfo, Metadata, PartitionInfo, TopicInfo, TopicScope};

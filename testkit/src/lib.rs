@@ -11,12 +11,17 @@
 //!   available ([`each_broker`]), with per-kind capability gaps.
 //! - [`proxy`]: a seeded fault-injecting TCP proxy (delay, cut, blackhole,
 //!   truncate).
+//! - [`perf`]: CPU and wall-time measurement and the JSON report of `rill perf`
+//!   and the benchmarks.
+//! - [`read`]: reads a partition back with Rill's own decoder.
 //! - [`unique_topic`]: topic names that never collide between tests.
 
 pub mod cluster;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod perf;
 pub mod proxy;
+pub mod read;
 pub mod tansu;
 
 use std::path::PathBuf;

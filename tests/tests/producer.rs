@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::read_back::{by_partition, read_all};
-use common::rill_read::fetch_all;
 use rdkafka::message::{Header as RdHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rill_client::producer::{Header, Producer, ProducerConfig, Record, TrySendError, murmur2_partition};
@@ -16,6 +15,7 @@ use rill_client::records::Compression;
 use rill_client::{ClientConfig, Error, TopicScope};
 use rill_testkit::cluster::brokers_required;
 use rill_testkit::mock::{RDKafkaApiKey, RDKafkaRespErr};
+use rill_testkit::read::fetch_all;
 use rill_testkit::{
     BrokerKind, ClusterOptions, Fault, Proxy, Tansu, TansuOptions, TestCluster, each_broker, unique_topic,
 };

@@ -1,6 +1,8 @@
 //! The command line.
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use rill_client::producer::ProducerConfig;
+use rill_client::records::Compression;
 use rill_client::{ClientConfig, ConfigError};
 
 /// Rill: a pure-Rust Kafka client and stream processor.
@@ -32,6 +34,11 @@ pub(crate) enum Command {
     Topic(TopicCommand),
     /// Show brokers, topics, partitions, leaders and negotiated API versions.
     Metadata,
+    /// Produce one record per line of standard input.
+    Produce(ProduceArgs),
+    /// Measure throughput and CPU; ends with one JSON line on stdout.
+    #[command(subcommand)]
+    Perf(PerfCommand),
     /// Run the demo end to end on a local broker (started here unless
     /// --brokers is given).
     Demo(DemoArgs),
@@ -63,6 +70,64 @@ pub(crate) enum TopicCommand {
 }
 
 #[derive(Debug, ClapArgs)]
+pub(crate) struct ProduceArgs {
+    /// Topic to produce to.
+    #[arg(short, long)]
+    pub(crate) topic: String,
+    /// Split each line at the first occurrence of this delimiter: key before,
+    /// value after. Without it, lines are values with no key.
+    #[arg(short = 'K', long)]
+    pub(crate) key_delimiter: Option<String>,
+    /// Send every record to this partition.
+    #[arg(short, long)]
+    pub(crate) partition: Option<i32>,
+    #[command(flatten)]
+    pub(crate) producer: ProducerFlags,
+    /// A header for every record, `key=value`. Repeatable; keys may repeat.
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+/// Producer settings with flags of their own (also settable with -X).
+#[derive(Debug, ClapArgs)]
+pub(crate) struct ProducerFlags {
+    /// linger.ms: how long a batch waits for more records.
+    #[arg(long)]
+    pub(crate) linger_ms: Option<u64>,
+    /// compression.type: none, gzip, snappy, lz4 or zstd.
+    #[arg(long)]
+    pub(crate) compression: Option<Compression>,
+    /// partitioner for keyed records: murmur2 (Java's) or consistent_random
+    /// (librdkafka's).
+    #[arg(long)]
+    pub(crate) partitioner: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PerfCommand {
+    /// Produce records as fast as the producer takes them.
+    Produce(PerfProduceArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct PerfProduceArgs {
+    /// Topic to produce to (must exist).
+    #[arg(short, long)]
+    pub(crate) topic: String,
+    /// Records to produce.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) messages: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) value_bytes: usize,
+    /// Distinct keys, used in turn; 0 sends keyless records.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) keys: u64,
+    #[command(flatten)]
+    pub(crate) producer: ProducerFlags,
+}
+
+#[derive(Debug, ClapArgs)]
 pub(crate) struct DemoArgs {
     /// Partitions of the demo topic.
     #[arg(long, default_value_t = 6)]
@@ -77,8 +142,8 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 }
 
 impl Common {
-    /// Client settings: the `-X` properties, then `--brokers` on top.
-    pub(crate) fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+    /// The `-X` properties, then `--brokers` on top.
+    fn properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
         let mut properties = self.properties.clone();
         if let Some(brokers) = &self.brokers {
             properties.push(("bootstrap.servers".to_owned(), brokers.clone()));
@@ -86,7 +151,27 @@ impl Common {
         if !properties.iter().any(|(k, _)| k == "bootstrap.servers" || k == "metadata.broker.list") {
             return Err(ConfigError::Invalid("no brokers: pass --brokers or set RILL_BROKERS".into()));
         }
-        ClientConfig::from_properties(properties)
+        Ok(properties)
+    }
+
+    /// Client settings.
+    pub(crate) fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::from_properties(self.properties()?)
+    }
+
+    /// Producer settings: `-X` (producer and client keys), then the flags.
+    pub(crate) fn producer_config(&self, flags: &ProducerFlags) -> Result<ProducerConfig, ConfigError> {
+        let mut properties = self.properties()?;
+        if let Some(linger) = flags.linger_ms {
+            properties.push(("linger.ms".into(), linger.to_string()));
+        }
+        if let Some(codec) = flags.compression {
+            properties.push(("compression.type".into(), codec.to_string()));
+        }
+        if let Some(partitioner) = &flags.partitioner {
+            properties.push(("partitioner".into(), partitioner.clone()));
+        }
+        ProducerConfig::from_properties(properties)
     }
 }
 

@@ -3,6 +3,8 @@
 pub(crate) mod args;
 mod demo;
 mod metadata;
+mod perf;
+mod produce;
 mod topic;
 
 use args::{Args, Command};
@@ -14,6 +16,8 @@ pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     match &args.command {
         Command::Topic(command) => topic::run(&args.common, command).await,
         Command::Metadata => metadata::run(&args.common).await,
+        Command::Produce(produce) => produce::run(&args.common, produce).await,
+        Command::Perf(args::PerfCommand::Produce(perf)) => perf::produce(&args.common, perf).await,
         Command::Demo(demo) => demo::run(&args.common, demo).await,
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::delivery::{BatchDelivery, DeliveryGuard};
 use crate::error::Error;
 use crate::records::Compression;
-use crate::records::batch::{BATCH_HEADER_SIZE, BatchBuilder, Header, SealedBatch, record_size};
+use crate::records::batch::{BATCH_HEADER_SIZE, BatchBuilder, Header, SealedBatch, payload_size, record_size};
 
 /// The accumulator's limits, from the producer config.
 #[derive(Debug, Clone)]
@@ -68,6 +68,14 @@ pub(crate) enum Target {
     Partition(i32),
     /// No key: sticky partitioning (KIP-480).
     Sticky,
+}
+
+impl Target {
+    /// A target that does not depend on the partition count.
+    #[cfg(test)]
+    pub(crate) fn fixed(self) -> impl FnOnce(i32) -> Target {
+        move |_| self
+    }
 }
 
 /// A record, borrowed for the time of the append.
@@ -152,11 +160,36 @@ struct TopicQueues {
     sticky: Option<i32>,
 }
 
+/// FNV-1a, for the topic map: every append looks a topic name up, and
+/// SipHash's DoS resistance buys nothing for names the application chose.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type TopicMap = HashMap<Arc<str>, TopicQueues, std::hash::BuildHasherDefault<Fnv>>;
+
 /// Records waiting to be sent.
 #[derive(Debug)]
 pub(crate) struct Accumulator {
     limits: Limits,
-    topics: HashMap<Arc<str>, TopicQueues>,
+    topics: TopicMap,
     buffered_bytes: usize,
     buffered_records: usize,
     /// Every open batch is ready now (flush or close in progress).
@@ -165,17 +198,12 @@ pub(crate) struct Accumulator {
 
 impl Accumulator {
     pub(crate) fn new(limits: Limits) -> Self {
-        Accumulator { limits, topics: HashMap::new(), buffered_bytes: 0, buffered_records: 0, flushing: false }
+        Accumulator { limits, topics: TopicMap::default(), buffered_bytes: 0, buffered_records: 0, flushing: false }
     }
 
     /// Records and bytes held, from append to completion.
     pub(crate) fn buffered(&self) -> (usize, usize) {
         (self.buffered_records, self.buffered_bytes)
-    }
-
-    /// The partition count known for a topic.
-    pub(crate) fn partition_count(&self, topic: &str) -> Option<i32> {
-        self.topics.get(topic).map(|t| t.partitions.len() as i32)
     }
 
     /// Learns (or updates) a topic's partitions and which have a leader.
@@ -197,15 +225,17 @@ impl Accumulator {
         self.topics.keys()
     }
 
-    /// Appends a record. `random` is a uniform value used for sticky
-    /// choices. Returns the batch's delivery and the record's index in it.
+    /// Appends a record. `target` picks the partition given the topic's
+    /// partition count (one map lookup serves both). `now` is read only if a
+    /// batch opens (most appends join an open batch and need no clock);
+    /// `random` only for a sticky choice.
     pub(crate) fn append(
         &mut self,
         topic: &str,
-        target: Target,
+        target: impl FnOnce(i32) -> Target,
         record: Appended<'_>,
-        now: Instant,
-        random: u64,
+        now: impl FnOnce() -> Instant,
+        random: impl FnOnce() -> u64,
     ) -> Result<AppendOutcome, AppendError> {
         let Some(queues) = self.topics.get_mut(topic) else {
             return Err(AppendError::UnknownTopic);
@@ -214,7 +244,9 @@ impl Accumulator {
         if count == 0 {
             return Err(AppendError::UnknownTopic);
         }
-        let size = record_size(0, 0, record.key, record.value, record.headers);
+        let target = target(count);
+        let payload = payload_size(record.key, record.value, record.headers);
+        let size = record_size(0, 0, payload);
         if BATCH_HEADER_SIZE + size > self.limits.max_record_bytes {
             return Err(AppendError::TooLarge { size: BATCH_HEADER_SIZE + size, max: self.limits.max_record_bytes });
         }
@@ -233,7 +265,7 @@ impl Accumulator {
                 match current {
                     Some(p) => p,
                     None => {
-                        let p = pick_sticky(&queues.available, count, queues.sticky, random);
+                        let p = pick_sticky(&queues.available, count, queues.sticky, random());
                         queues.sticky = Some(p);
                         p
                     }
@@ -245,7 +277,7 @@ impl Accumulator {
         let mut wake_sender = false;
         // Close the open batch if this record would overflow it.
         if let Some(open) = &queue.open {
-            let next = open.builder.size_of_next(record.timestamp, record.key, record.value, record.headers);
+            let next = open.builder.size_of_next(record.timestamp, payload);
             if open.builder.size() + next > limits.batch_size {
                 let open = queue.open.take().expect("checked above");
                 queue.closed.push_back(close(&queues.name, partition, open));
@@ -258,13 +290,13 @@ impl Accumulator {
             OpenBatch {
                 builder: BatchBuilder::new(limits.batch_size.min(64 * 1024)),
                 delivery: DeliveryGuard::new(partition),
-                created: now,
+                created: now(),
                 accounted_bytes: 0,
                 number,
             }
         });
         let index = open.builder.record_count() as u32;
-        let added = open.builder.append(record.timestamp, record.key, record.value, record.headers);
+        let added = open.builder.append_sized(record.timestamp, record.key, record.value, record.headers, payload);
         open.accounted_bytes += added;
         let delivery = open.delivery.shared().clone();
         if open.builder.record_count() as usize >= limits.batch_records || open.builder.size() >= limits.batch_size {
@@ -439,7 +471,7 @@ mod tests {
     fn linger_holds_a_batch_until_it_expires() {
         let t0 = Instant::now();
         let mut acc = accumulator(limits());
-        acc.append("t", Target::Partition(1), record(b"a"), t0, 0).unwrap();
+        acc.append("t", Target::Partition(1).fixed(), record(b"a"), || t0, || 0).unwrap();
         assert_eq!(acc.next_linger_deadline(), Some(t0 + Duration::from_millis(5)));
         assert!(acc.drain("t", 1, t0 + Duration::from_millis(4)).is_none());
         let batch = acc.drain("t", 1, t0 + Duration::from_millis(5)).unwrap();
@@ -455,7 +487,7 @@ mod tests {
         let mut acc = accumulator(small);
         let value = [7u8; 100];
         for _ in 0..25 {
-            acc.append("t", Target::Partition(0), record(&value), t0, 0).unwrap();
+            acc.append("t", Target::Partition(0).fixed(), record(&value), || t0, || 0).unwrap();
         }
         // Closed batches are ready at once, linger or not.
         let mut sizes = Vec::new();
@@ -468,7 +500,7 @@ mod tests {
 
         let mut acc = accumulator(limits());
         for _ in 0..250 {
-            acc.append("t", Target::Partition(2), record(b"x"), t0, 0).unwrap();
+            acc.append("t", Target::Partition(2).fixed(), record(b"x"), || t0, || 0).unwrap();
         }
         let counts: Vec<i32> = std::iter::from_fn(|| acc.drain("t", 2, t0)).map(|b| b.records).collect();
         assert_eq!(counts, [100, 100]);
@@ -484,57 +516,70 @@ mod tests {
         tight.buffer_records = 3;
         let mut acc = accumulator(tight);
         for _ in 0..3 {
-            acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap();
+            acc.append("t", Target::Partition(0).fixed(), record(b"v"), || t0, || 0).unwrap();
         }
-        assert_eq!(acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap_err(), AppendError::Full);
+        assert_eq!(
+            acc.append("t", Target::Partition(0).fixed(), record(b"v"), || t0, || 0).unwrap_err(),
+            AppendError::Full
+        );
         let batch = acc.drain("t", 0, t0 + Duration::from_secs(1)).unwrap();
         // Drained is not delivered: still counted.
-        assert_eq!(acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap_err(), AppendError::Full);
+        assert_eq!(
+            acc.append("t", Target::Partition(0).fixed(), record(b"v"), || t0, || 0).unwrap_err(),
+            AppendError::Full
+        );
         acc.release(batch.records, batch.accounted_bytes);
         assert_eq!(acc.buffered(), (0, 0));
-        acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap();
+        acc.append("t", Target::Partition(0).fixed(), record(b"v"), || t0, || 0).unwrap();
 
         let mut bytes = limits();
         bytes.buffer_bytes = 5_100;
         let mut acc = accumulator(bytes);
-        acc.append("t", Target::Partition(0), record(&[0; 4_000]), t0, 0).unwrap();
-        assert_eq!(acc.append("t", Target::Partition(0), record(&[0; 2_000]), t0, 0).unwrap_err(), AppendError::Full);
+        acc.append("t", Target::Partition(0).fixed(), record(&[0; 4_000]), || t0, || 0).unwrap();
+        assert_eq!(
+            acc.append("t", Target::Partition(0).fixed(), record(&[0; 2_000]), || t0, || 0).unwrap_err(),
+            AppendError::Full
+        );
     }
 
     #[test]
     fn oversize_records_and_bad_partitions_are_refused() {
         let t0 = Instant::now();
         let mut acc = accumulator(limits());
-        let error = acc.append("t", Target::Partition(0), record(&[0; 5_000]), t0, 0).unwrap_err();
+        let error = acc.append("t", Target::Partition(0).fixed(), record(&[0; 5_000]), || t0, || 0).unwrap_err();
         assert!(matches!(error, AppendError::TooLarge { max: 5_000, .. }), "{error:?}");
         assert_eq!(
-            acc.append("t", Target::Partition(3), record(b"v"), t0, 0).unwrap_err(),
+            acc.append("t", Target::Partition(3).fixed(), record(b"v"), || t0, || 0).unwrap_err(),
             AppendError::NoSuchPartition { partitions: 3 }
         );
-        assert_eq!(acc.append("other", Target::Sticky, record(b"v"), t0, 0).unwrap_err(), AppendError::UnknownTopic);
+        assert_eq!(
+            acc.append("other", Target::Sticky.fixed(), record(b"v"), || t0, || 0).unwrap_err(),
+            AppendError::UnknownTopic
+        );
     }
 
     #[test]
     fn sticky_partitioning_stays_until_the_batch_closes() {
         let t0 = Instant::now();
         let mut acc = accumulator(limits());
-        let first: Vec<i32> =
-            (0..100).map(|i| acc.append("t", Target::Sticky, record(b"v"), t0, i).unwrap().partition).collect();
+        let first: Vec<i32> = (0..100)
+            .map(|i| acc.append("t", Target::Sticky.fixed(), record(b"v"), || t0, || i).unwrap().partition)
+            .collect();
         // 100 records fill the batch (batch_records = 100): all on one partition.
         assert!(first.iter().all(|p| *p == first[0]), "{first:?}");
-        let next = acc.append("t", Target::Sticky, record(b"v"), t0, 0).unwrap().partition;
+        let next = acc.append("t", Target::Sticky.fixed(), record(b"v"), || t0, || 0).unwrap().partition;
         assert_ne!(next, first[0], "a new batch moves to another partition");
         // Only partitions with a leader are chosen.
         acc.set_topic("t", 3, vec![2]);
         acc.drain("t", next, t0 + Duration::from_secs(1));
-        assert_eq!(acc.append("t", Target::Sticky, record(b"v"), t0, 7).unwrap().partition, 2);
+        assert_eq!(acc.append("t", Target::Sticky.fixed(), record(b"v"), || t0, || 7).unwrap().partition, 2);
     }
 
     #[test]
     fn flush_makes_open_batches_ready() {
         let t0 = Instant::now();
         let mut acc = accumulator(limits());
-        acc.append("t", Target::Partition(0), record(b"v"), t0, 0).unwrap();
+        acc.append("t", Target::Partition(0).fixed(), record(b"v"), || t0, || 0).unwrap();
         assert!(acc.drain("t", 0, t0).is_none());
         acc.begin_flush();
         assert!(acc.drain("t", 0, t0).is_some());
@@ -545,8 +590,8 @@ mod tests {
     fn expiry_takes_old_batches_in_order() {
         let t0 = Instant::now();
         let mut acc = accumulator(limits());
-        acc.append("t", Target::Partition(0), record(b"old"), t0, 0).unwrap();
-        acc.append("t", Target::Partition(1), record(b"new"), t0 + Duration::from_secs(10), 0).unwrap();
+        acc.append("t", Target::Partition(0).fixed(), record(b"old"), || t0, || 0).unwrap();
+        acc.append("t", Target::Partition(1).fixed(), record(b"new"), || t0 + Duration::from_secs(10), || 0).unwrap();
         let expired = acc.expire(t0 + Duration::from_secs(1));
         assert_eq!(expired.iter().map(|b| b.partition).collect::<Vec<_>>(), [0]);
         assert_eq!(acc.partitions_with_data(), [(Arc::from("t"), 1)]);
@@ -610,7 +655,7 @@ mod tests {
                         value.resize(8 + size, b'x');
                         let target = partition.map_or(Target::Sticky, Target::Partition);
                         let record = Appended { timestamp: 1, key: None, value: Some(&value), headers: &[] };
-                        match acc.append("t", target, record, now, counter) {
+                        match acc.append("t", target.fixed(), record, || now, || counter) {
                             Ok(outcome) => {
                                 appended[outcome.partition as usize].push(counter);
                                 counter += 1;

@@ -214,14 +214,22 @@ impl Producer {
     /// metadata.
     pub async fn send(&self, record: Record<'_>) -> Result<DeliveryFuture> {
         loop {
-            // Register for "space freed" before trying, so that a completion
-            // between the attempt and the wait is not missed.
-            let space = self.shared().progress.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
             match self.append(&record) {
                 Ok(future) => return Ok(future),
-                Err(TrySendError::QueueFull) => space.await,
+                Err(TrySendError::QueueFull) => {
+                    // Register for "space freed", then try once more: room
+                    // freed between the first attempt and the registration
+                    // would otherwise be missed.
+                    let space = self.shared().progress.notified();
+                    tokio::pin!(space);
+                    space.as_mut().enable();
+                    match self.append(&record) {
+                        Ok(future) => return Ok(future),
+                        Err(TrySendError::QueueFull) => space.await,
+                        Err(TrySendError::NotReady(topic)) => self.learn_topic(&topic).await?,
+                        Err(TrySendError::Failed(error)) => return Err(error),
+                    }
+                }
                 Err(TrySendError::NotReady(topic)) => self.learn_topic(&topic).await?,
                 Err(TrySendError::Failed(error)) => return Err(error),
             }
@@ -252,17 +260,15 @@ impl Producer {
         if let Some(error) = state.sequencer.fatal() {
             return Err(TrySendError::Failed(error.clone()));
         }
-        let Some(partitions) = state.accumulator.partition_count(record.topic) else {
-            return Err(TrySendError::NotReady(record.topic.to_owned()));
-        };
-        let target = match (record.partition, record.key) {
+        let target = |partitions| match (record.partition, record.key) {
             (Some(partition), _) => Target::Partition(partition),
             (None, Some(key)) => Target::Partition(shared.config.partitioner.keyed(record.topic, key, partitions)),
             (None, None) => Target::Sticky,
         };
         let appended = Appended { timestamp, key: record.key, value: record.value, headers: record.headers };
-        let random = (jitter() * u32::MAX as f64) as u64;
-        match state.accumulator.append(record.topic, target, appended, Instant::now().into_std(), random) {
+        let now = || Instant::now().into_std();
+        let random = || (jitter() * u32::MAX as f64) as u64;
+        match state.accumulator.append(record.topic, target, appended, now, random) {
             Ok(outcome) => {
                 drop(state);
                 if outcome.wake_sender {

@@ -49,16 +49,12 @@ impl<'a> Header<'a> {
     }
 }
 
-/// Bytes a record takes in a batch, length prefix included.
-pub(crate) fn record_size(
-    timestamp_delta: i64,
-    offset_delta: i32,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    headers: &[Header<'_>],
-) -> usize {
-    let body = body_size(timestamp_delta, offset_delta, key, value, headers);
-    varint_len(body as i32) + body
+/// Bytes of a record that do not depend on its place in the batch: key,
+/// value and headers with their lengths. Computed once per record.
+pub(crate) fn payload_size(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header<'_>]) -> usize {
+    let headers_size: usize =
+        headers.iter().map(|h| bytes_size(Some(h.key.as_bytes())) + bytes_size(h.value)).sum::<usize>();
+    bytes_size(key) + bytes_size(value) + varint_len(headers.len() as i32) + headers_size
 }
 
 fn bytes_size(data: Option<&[u8]>) -> usize {
@@ -68,21 +64,15 @@ fn bytes_size(data: Option<&[u8]>) -> usize {
     }
 }
 
-fn body_size(
-    timestamp_delta: i64,
-    offset_delta: i32,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    headers: &[Header<'_>],
-) -> usize {
-    let headers_size: usize =
-        headers.iter().map(|h| bytes_size(Some(h.key.as_bytes())) + bytes_size(h.value)).sum::<usize>();
-    1 + varlong_len(timestamp_delta)
-        + varint_len(offset_delta)
-        + bytes_size(key)
-        + bytes_size(value)
-        + varint_len(headers.len() as i32)
-        + headers_size
+/// Bytes after the length prefix: attributes, deltas, then the payload.
+fn body_size(timestamp_delta: i64, offset_delta: i32, payload: usize) -> usize {
+    1 + varlong_len(timestamp_delta) + varint_len(offset_delta) + payload
+}
+
+/// Bytes a record takes in a batch, length prefix included.
+pub(crate) fn record_size(timestamp_delta: i64, offset_delta: i32, payload: usize) -> usize {
+    let body = body_size(timestamp_delta, offset_delta, payload);
+    varint_len(body as i32) + body
 }
 
 fn put_bytes(out: &mut Vec<u8>, data: Option<&[u8]>) {
@@ -122,25 +112,33 @@ impl BatchBuilder {
         self.buffer.len()
     }
 
-    /// Bytes the next record would add.
-    pub(crate) fn size_of_next(
-        &self,
-        timestamp: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[Header<'_>],
-    ) -> usize {
+    /// Bytes the next record would add, given its [`payload_size`].
+    pub(crate) fn size_of_next(&self, timestamp: i64, payload: usize) -> usize {
         let delta = if self.count == 0 { 0 } else { timestamp.wrapping_sub(self.base_timestamp) };
-        record_size(delta, self.count, key, value, headers)
+        record_size(delta, self.count, payload)
     }
 
     /// Encodes one record; returns the bytes it took.
+    #[cfg(test)]
     pub(crate) fn append(
         &mut self,
         timestamp: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[Header<'_>],
+    ) -> usize {
+        let payload = payload_size(key, value, headers);
+        self.append_sized(timestamp, key, value, headers, payload)
+    }
+
+    /// [`Self::append`] with the record's [`payload_size`] already known.
+    pub(crate) fn append_sized(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header<'_>],
+        payload: usize,
     ) -> usize {
         if self.count == 0 {
             self.base_timestamp = timestamp;
@@ -149,7 +147,7 @@ impl BatchBuilder {
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let timestamp_delta = timestamp.wrapping_sub(self.base_timestamp);
         let offset_delta = self.count;
-        let body = body_size(timestamp_delta, offset_delta, key, value, headers);
+        let body = body_size(timestamp_delta, offset_delta, payload);
         let before = self.buffer.len();
         self.buffer.reserve(varint_len(body as i32) + body);
         put_varint(&mut self.buffer, body as i32);
@@ -297,7 +295,7 @@ mod tests {
             let value = vec![b'x'; 12 + (i * 7 % 200) as usize];
             let headers = [Header::new("h", Some(&value[..(i as usize % 5)]))];
             let key = (i % 3 != 0).then_some(&value[..(i as usize % 11)]);
-            let next = builder.size_of_next(1000 + i * 13, key, Some(&value), &headers);
+            let next = builder.size_of_next(1000 + i * 13, payload_size(key, Some(&value), &headers));
             let added = builder.append(1000 + i * 13, key, Some(&value), &headers);
             assert_eq!(next, added);
             expected += added;

@@ -4,4 +4,3 @@
 
 pub mod fake_broker;
 pub mod read_back;
-pub mod rill_read;

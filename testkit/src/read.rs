@@ -1,16 +1,19 @@
-//! Reads a partition with Rill's own wire client and batch decoder: a Fetch
-//! request per round, batches walked and decoded by `rill_client::records`.
+//! Reads a partition back with Rill's own wire client and batch decoder (a
+//! Fetch request per round, batches walked and decoded by
+//! `rill_client::records`), so tests can check what was written without a
+//! consumer.
 
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use rill_client::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use rill_client::kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use rill_client::kafka_protocol::protocol::StrBytes;
 use rill_client::records::{Batches, DecodedRecord, decode_batch};
 use rill_client::{Client, TopicScope};
 
 /// Every record of `topic`/`partition` from offset 0 until `expected`
-/// records were read or `timeout` passed. Control batches are skipped.
+/// records were read (with `expected` 0: until the high watermark) or
+/// `timeout` passed. Control batches are skipped.
 pub async fn fetch_all(
     client: &Client,
     topic: &str,
@@ -24,7 +27,12 @@ pub async fn fetch_all(
     let mut offset = 0;
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
-    while out.len() < expected && Instant::now() < deadline {
+    let mut high_watermark = i64::MAX;
+    loop {
+        let done = if expected == 0 { offset >= high_watermark } else { out.len() >= expected };
+        if done || Instant::now() >= deadline {
+            break;
+        }
         let fetch_offset = offset;
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -45,6 +53,7 @@ pub async fn fetch_all(
         let response = connection.send(&request).await.unwrap();
         let data = &response.responses[0].partitions[0];
         assert_eq!(data.error_code, 0, "fetch error");
+        high_watermark = data.high_watermark;
         let Some(records) = data.records.clone() else { continue };
         for batch in Batches::new(records) {
             let batch = decode_batch(batch.unwrap(), 64 << 20).unwrap();

@@ -1,0 +1,317 @@
+//! Measuring a client run the same way for every client: wall time,
+//! process CPU (getrusage) over the measured phase, peak RSS, and one JSON
+//! line at the end. `rill perf` and the benchmarks' librdkafka runs both
+//! report through here, so their numbers compare.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{UsageWho, getrusage};
+use rill_client::TopicScope;
+use rill_client::producer::{DeliveryFuture, Producer, ProducerConfig, Record, TrySendError};
+
+/// Process CPU so far, user and system, in seconds.
+fn cpu_seconds() -> (f64, f64) {
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            (seconds(usage.user_time()), seconds(usage.system_time()))
+        }
+        Err(_) => (0.0, 0.0),
+    }
+}
+
+/// Peak resident set size of the process, in KiB.
+#[allow(clippy::useless_conversion, reason = "c_long is i32 on 32-bit targets")]
+fn max_rss_kb() -> i64 {
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |usage| i64::from(usage.max_rss()))
+}
+
+/// A measured phase: started by [`Meter::start`], ended by [`Meter::finish`].
+#[derive(Debug)]
+pub struct Meter {
+    started: Instant,
+    cpu: (f64, f64),
+}
+
+impl Meter {
+    /// Starts measuring.
+    pub fn start() -> Self {
+        Meter { started: Instant::now(), cpu: cpu_seconds() }
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Ends the phase and builds the report.
+    pub fn finish(self, client: &str, scenario: &str, messages: u64, value_bytes: usize, partitions: usize) -> Report {
+        let wall = self.started.elapsed().as_secs_f64();
+        let (user, system) = cpu_seconds();
+        let (cpu_user_s, cpu_sys_s) = (user - self.cpu.0, system - self.cpu.1);
+        Report {
+            client: client.to_owned(),
+            scenario: scenario.to_owned(),
+            messages,
+            value_bytes,
+            partitions,
+            wall_s: wall,
+            msgs_per_s: messages as f64 / wall,
+            mb_per_s: messages as f64 * value_bytes as f64 / wall / 1e6,
+            cpu_user_s,
+            cpu_sys_s,
+            cpu_us_per_msg: (cpu_user_s + cpu_sys_s) * 1e6 / messages.max(1) as f64,
+            max_rss_kb: max_rss_kb(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// The result of a measured run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// `rill` or `librdkafka`.
+    pub client: String,
+    /// `produce`, `consume`, ….
+    pub scenario: String,
+    /// Records handled.
+    pub messages: u64,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Partitions of the topic.
+    pub partitions: usize,
+    /// Wall time of the phase.
+    pub wall_s: f64,
+    /// Records per second.
+    pub msgs_per_s: f64,
+    /// Value megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// User CPU over the phase.
+    pub cpu_user_s: f64,
+    /// System CPU over the phase.
+    pub cpu_sys_s: f64,
+    /// CPU microseconds per record.
+    pub cpu_us_per_msg: f64,
+    /// Peak RSS of the process.
+    pub max_rss_kb: i64,
+    /// Scenario-specific numbers (`first_record_s`, …).
+    pub extra: Vec<(String, f64)>,
+}
+
+impl Report {
+    /// One JSON object on one line.
+    pub fn to_json(&self) -> String {
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "{{\"client\":\"{}\",\"scenario\":\"{}\",\"messages\":{},\"value_bytes\":{},\"partitions\":{},\
+             \"wall_s\":{:.6},\"msgs_per_s\":{:.1},\"mb_per_s\":{:.3},\"cpu_user_s\":{:.6},\"cpu_sys_s\":{:.6},\
+             \"cpu_us_per_msg\":{:.4},\"max_rss_kb\":{}",
+            escape(&self.client),
+            escape(&self.scenario),
+            self.messages,
+            self.value_bytes,
+            self.partitions,
+            self.wall_s,
+            self.msgs_per_s,
+            self.mb_per_s,
+            self.cpu_user_s,
+            self.cpu_sys_s,
+            self.cpu_us_per_msg,
+            self.max_rss_kb
+        );
+        for (key, value) in &self.extra {
+            let _ = write!(out, ",\"{}\":{value:.6}", escape(key));
+        }
+        out.push('}');
+        out
+    }
+
+    /// Parses a line written by [`Self::to_json`] (for the benchmark runner).
+    pub fn from_json(line: &str) -> Option<Report> {
+        let body = line.trim().strip_prefix('{')?.strip_suffix('}')?;
+        let mut fields = std::collections::HashMap::new();
+        for pair in body.split(',') {
+            let (key, value) = pair.split_once(':')?;
+            fields.insert(key.trim().trim_matches('"').to_owned(), value.trim().trim_matches('"').to_owned());
+        }
+        let number = |key: &str| fields.get(key).and_then(|v| v.parse::<f64>().ok());
+        let known = [
+            "client",
+            "scenario",
+            "messages",
+            "value_bytes",
+            "partitions",
+            "wall_s",
+            "msgs_per_s",
+            "mb_per_s",
+            "cpu_user_s",
+            "cpu_sys_s",
+            "cpu_us_per_msg",
+            "max_rss_kb",
+        ];
+        let mut extra: Vec<(String, f64)> = fields
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.as_str()))
+            .filter_map(|(k, v)| Some((k.clone(), v.parse().ok()?)))
+            .collect();
+        extra.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(Report {
+            client: fields.get("client")?.clone(),
+            scenario: fields.get("scenario")?.clone(),
+            messages: number("messages")? as u64,
+            value_bytes: number("value_bytes")? as usize,
+            partitions: number("partitions")? as usize,
+            wall_s: number("wall_s")?,
+            msgs_per_s: number("msgs_per_s")?,
+            mb_per_s: number("mb_per_s")?,
+            cpu_user_s: number("cpu_user_s")?,
+            cpu_sys_s: number("cpu_sys_s")?,
+            cpu_us_per_msg: number("cpu_us_per_msg")?,
+            max_rss_kb: number("max_rss_kb")? as i64,
+            extra,
+        })
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Progress on stderr, when stderr is a terminal; silent otherwise.
+#[derive(Debug)]
+pub struct Progress {
+    total: u64,
+    started: Instant,
+    last: Instant,
+    enabled: bool,
+}
+
+impl Progress {
+    /// Progress towards `total` records.
+    pub fn new(total: u64) -> Self {
+        let now = Instant::now();
+        Progress { total, started: now, last: now, enabled: std::io::stderr().is_terminal() }
+    }
+
+    /// Reports `done` records, at most four times a second.
+    pub fn update(&mut self, done: u64) {
+        if !self.enabled || self.last.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.last = Instant::now();
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let percent = done as f64 * 100.0 / self.total.max(1) as f64;
+        eprint!("\r{done}/{} records ({percent:.0} %), {rate:.0} records/s   ", self.total);
+        let _ = std::io::stderr().flush();
+    }
+
+    /// Clears the progress line.
+    pub fn finish(&self) {
+        if self.enabled {
+            eprint!("\r{}\r", " ".repeat(72));
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// What a produce run sends.
+#[derive(Debug, Clone)]
+pub struct ProduceLoad {
+    /// Topic (must exist).
+    pub topic: String,
+    /// Records.
+    pub messages: u64,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Distinct keys, used in turn; 0 for keyless records.
+    pub keys: u64,
+}
+
+impl ProduceLoad {
+    /// The keys, `key-0`, `key-1`, ….
+    pub fn key_set(&self) -> Vec<Vec<u8>> {
+        (0..self.keys).map(|k| format!("key-{k}").into_bytes()).collect()
+    }
+
+    /// A value: semi-compressible like JSON, a pattern with some variety.
+    pub fn value(&self) -> Vec<u8> {
+        (0..self.value_bytes).map(|i| b"{\"user\":\"rill\",\"n\":42}"[i % 22] ^ (i / 97) as u8).collect()
+    }
+}
+
+/// Produces `load` with Rill as fast as the producer takes records, and
+/// measures it (`rill perf produce` and the benchmarks run this). The topic
+/// is looked up before the measured phase; every outcome is checked.
+pub async fn produce_with_rill(config: ProducerConfig, load: &ProduceLoad) -> Result<Report, rill_client::Error> {
+    let producer = Producer::new(config)?;
+    let metadata = producer.client().refresh_metadata(TopicScope::Named(vec![load.topic.clone()])).await?;
+    let partitions = metadata
+        .topics
+        .get(&load.topic)
+        .map(|t| t.partitions.len())
+        .ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(load.topic.clone()))?;
+    let keys = load.key_set();
+    let value = load.value();
+    producer.send(Record::to(&load.topic).value(&value)).await?.await?;
+    let mut progress = Progress::new(load.messages);
+    let meter = Meter::start();
+    let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
+    for i in 0..load.messages {
+        let mut record = Record::to(&load.topic).value(&value);
+        if !keys.is_empty() {
+            record.key = Some(&keys[(i % load.keys) as usize]);
+        }
+        // The non-waiting call first, as a high-volume sender would: no
+        // future to build while there is room.
+        let delivery = match producer.try_send(record) {
+            Ok(delivery) => delivery,
+            Err(TrySendError::Failed(error)) => return Err(error),
+            Err(TrySendError::QueueFull | TrySendError::NotReady(_)) => producer.send(record).await?,
+        };
+        pending.push_back(delivery);
+        // Outcomes are checked as they arrive, keeping memory flat.
+        while pending.front().is_some_and(|d| d.try_result().is_some()) || pending.len() > 200_000 {
+            pending.pop_front().expect("checked").await?;
+        }
+        if i % 10_000 == 0 {
+            progress.update(i);
+        }
+    }
+    producer.flush().await?;
+    for delivery in pending {
+        delivery.await?;
+    }
+    let report = meter.finish("rill", "produce", load.messages, load.value_bytes, partitions);
+    progress.finish();
+    producer.close(Duration::from_secs(10)).await?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_and_measures_cpu() {
+        let meter = Meter::start();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert_ne!(x, 1);
+        let mut report = meter.finish("rill", "produce", 1000, 100, 6);
+        report.extra.push(("first_record_s".into(), 0.25));
+        assert!(report.cpu_user_s + report.cpu_sys_s >= 0.0);
+        assert!(report.max_rss_kb > 0);
+        let line = report.to_json();
+        assert!(!line.contains('\n'));
+        let back = Report::from_json(&line).unwrap();
+        assert_eq!((back.client.as_str(), back.scenario.as_str(), back.messages), ("rill", "produce", 1000));
+        assert_eq!(back.extra, [("first_record_s".to_owned(), 0.25)]);
+        assert!((back.msgs_per_s - report.msgs_per_s).abs() < 1.0);
+    }
+}

@@ -35,6 +35,7 @@ enum Command {
     ClearRequestErrors(RDKafkaApiKey),
     PartitionLeader { topic: String, partition: i32, broker: Option<i32> },
     ApiVersion(RDKafkaApiKey, Option<i16>, Option<i16>),
+    TopicError(String, RDKafkaRespErr),
 }
 
 /// A running mock cluster.
@@ -136,6 +137,12 @@ impl MockKafka {
         self.run(Command::PartitionLeader { topic: topic.into(), partition, broker })
     }
 
+    /// Metadata answers for `topic` carry this error (use
+    /// `RD_KAFKA_RESP_ERR_NO_ERROR` to clear it).
+    pub fn topic_error(&self, topic: &str, error: RDKafkaRespErr) -> Result<(), TestkitError> {
+        self.run(Command::TopicError(topic.into(), error))
+    }
+
     /// Limits the versions an API is offered at; `None, None` removes it.
     pub fn api_version(&self, api: RDKafkaApiKey, min: Option<i16>, max: Option<i16>) -> Result<(), TestkitError> {
         self.run(Command::ApiVersion(api, min, max))
@@ -163,6 +170,7 @@ fn apply(
         }
         Command::PartitionLeader { topic, partition, broker } => cluster.partition_leader(&topic, partition, broker),
         Command::ApiVersion(api, min, max) => cluster.apiversion(api, min, max),
+        Command::TopicError(topic, error) => cluster.topic_error(&topic, error),
     };
     result.map_err(|e| e.to_string())
 }

@@ -433,3 +433,48 @@ async fn futures_for(producer: &Producer, topic: &str, n: usize) -> Vec<rill_cli
     }
     out
 }
+
+struct LastPartition;
+
+impl rill_client::producer::Partitioner for LastPartition {
+    fn partition(&self, _topic: &str, _key: &[u8], partitions: i32) -> i32 {
+        partitions - 1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chosen_partitioners_and_authorization_errors() {
+    on_mock(async |cluster, mock| {
+        let topic = unique_topic("partitioners");
+        mock.create_topic(&topic, 4, 3).unwrap();
+        let custom = Producer::new(settings(cluster.client_config()).custom_partitioner(LastPartition)).unwrap();
+        let crc = Producer::new(
+            settings(cluster.client_config()).partitioner(rill_client::producer::PartitionerKind::ConsistentRandom),
+        )
+        .unwrap();
+        for i in 0..50 {
+            let key = format!("key-{i}");
+            let landed = custom.send(Record::to(&topic).key(&key).value("v")).await.unwrap().await.unwrap();
+            assert_eq!(landed.partition, 3, "the application's partitioner decides");
+            let landed = crc.send(Record::to(&topic).key(&key).value("v")).await.unwrap().await.unwrap();
+            assert_eq!(
+                landed.partition,
+                rill_client::producer::partitioner::crc32_partition(key.as_bytes(), 4),
+                "librdkafka's consistent_random"
+            );
+            // An explicit partition overrides any partitioner.
+            let landed =
+                custom.send(Record::to(&topic).key(&key).partition(1).value("v")).await.unwrap().await.unwrap();
+            assert_eq!(landed.partition, 1);
+        }
+
+        let forbidden = unique_topic("forbidden");
+        mock.create_topic(&forbidden, 1, 3).unwrap();
+        mock.topic_error(&forbidden, RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED).unwrap();
+        let started = Instant::now();
+        let error = custom.send(Record::to(&forbidden).value("v")).await.unwrap_err();
+        assert_eq!(error.code(), Some(rill_client::ResponseError::TopicAuthorizationFailed), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5), "an authorization error is not retried");
+    })
+    .await;
+}

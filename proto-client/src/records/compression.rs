@@ -106,7 +106,7 @@ const XERIAL_BLOCK: usize = 32 * 1024;
 
 /// Appends `input` compressed with `codec` to `out`. `level` applies to
 /// gzip (1–9; `None` is 6, as Java and librdkafka default).
-pub(crate) fn compress(codec: Compression, level: Option<u32>, input: &[u8], out: &mut Vec<u8>) {
+pub fn compress(codec: Compression, level: Option<u32>, input: &[u8], out: &mut Vec<u8>) {
     match codec {
         Compression::None => out.extend_from_slice(input),
         Compression::Gzip => {
@@ -145,7 +145,7 @@ pub(crate) fn compress(codec: Compression, level: Option<u32>, input: &[u8], out
 }
 
 /// Decompresses `input`, refusing to produce more than `limit` bytes.
-pub(crate) fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
     let corrupt = |reason: &dyn fmt::Display| CodecError::Corrupt { codec, reason: reason.to_string() };
     match codec {
         Compression::None => {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use rill_testkit::Tansu;
-use rill_testkit::cluster::brokers_required;
+use rill_testkit::brokers_required;
 
 fn rill(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rill"))
@@ -25,14 +25,7 @@ fn stderr(output: &Output) -> String {
 }
 
 async fn tansu() -> Option<Tansu> {
-    match Tansu::start().await {
-        Ok(tansu) => Some(tansu),
-        Err(error) if brokers_required() => panic!("CI=true and tansu did not start: {error}"),
-        Err(error) => {
-            eprintln!("skipping: {error}");
-            None
-        }
-    }
+    rill_testkit::required(Tansu::start().await)
 }
 
 #[tokio::test]

@@ -94,6 +94,21 @@ pub(crate) mod parse {
     }
 }
 
+/// Applies `(key, value)` properties through `set`, which says whether it
+/// knows the key; the first unknown key is an error naming it.
+pub(crate) fn apply_properties<K: AsRef<str>, V: AsRef<str>>(
+    properties: impl IntoIterator<Item = (K, V)>,
+    mut set: impl FnMut(&str, &str) -> Result<bool, ConfigError>,
+) -> Result<(), ConfigError> {
+    for (key, value) in properties {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if !set(key, value)? {
+            return Err(ConfigError::UnknownKey { key: key.to_owned() });
+        }
+    }
+    Ok(())
+}
+
 /// Settings shared by producers, consumers and admin clients.
 ///
 /// The defaults follow librdkafka and the Java client where they agree, and
@@ -156,12 +171,7 @@ impl ClientConfig {
         properties: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
         let mut config = ClientConfig::default();
-        for (key, value) in properties {
-            let (key, value) = (key.as_ref(), value.as_ref());
-            if !config.set_property(key, value)? {
-                return Err(ConfigError::UnknownKey { key: key.to_owned() });
-            }
-        }
+        apply_properties(properties, |key, value| config.set_property(key, value))?;
         config.validate()?;
         Ok(config)
     }

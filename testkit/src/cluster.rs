@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use rill_client::{Client, ClientConfig, NewTopic};
 
-use crate::TestkitError;
+pub use crate::brokers_required;
 #[cfg(feature = "mock")]
 use crate::mock::MockKafka;
 use crate::tansu::Tansu;
+use crate::{TestkitError, required};
 
 /// A kind of broker to test against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +98,6 @@ pub fn kinds() -> Vec<BrokerKind> {
             other => panic!("RILL_TEST_BROKERS: unknown broker kind `{other}` (tansu, mock, external)"),
         })
         .collect()
-}
-
-/// Whether a missing broker fails the test (CI) or skips it.
-pub fn brokers_required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 impl TestCluster {
@@ -210,6 +206,16 @@ impl Drop for Announce {
         if std::thread::panicking() {
             eprintln!("--- the failure above happened against the {} broker ---", self.0);
         }
+    }
+}
+
+/// Runs `body` against librdkafka's mock cluster only, for tests that need
+/// its fault injection (skipped, or failed under CI, if it cannot start).
+#[cfg(feature = "mock")]
+pub async fn on_mock(options: ClusterOptions, body: impl AsyncFn(&TestCluster, &MockKafka)) {
+    if let Some(cluster) = required(TestCluster::start(BrokerKind::Mock, &options).await) {
+        let mock = cluster.mock().expect("a mock cluster");
+        body(&cluster, mock).await;
     }
 }
 

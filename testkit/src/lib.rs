@@ -49,6 +49,24 @@ pub enum TestkitError {
     Client(#[from] rill_client::Error),
 }
 
+/// Whether a missing broker fails the test (CI) or skips it.
+pub fn brokers_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// What a test needs, or `None` (with a message) when it cannot be had here.
+/// Under `CI=true` a failure to start panics instead: CI never skips.
+pub fn required<T>(started: Result<T, TestkitError>) -> Option<T> {
+    match started {
+        Ok(value) => Some(value),
+        Err(error) if brokers_required() => panic!("CI=true and a test fixture did not start: {error}"),
+        Err(error) => {
+            eprintln!("skipping: {error}");
+            None
+        }
+    }
+}
+
 /// A topic name no other test (or earlier run) uses:
 /// `{prefix}-{pid}-{counter}-{time}`.
 pub fn unique_topic(prefix: &str) -> String {

@@ -128,6 +128,17 @@ impl Tansu {
         }
     }
 
+    /// Starts a broker reachable only through a fault proxy: it advertises
+    /// the proxy's port, so every byte between client and broker passes the
+    /// proxy.
+    pub async fn start_behind_proxy(seed: u64) -> Result<(Tansu, crate::Proxy), TestkitError> {
+        let mut proxy = crate::Proxy::bind(seed).await?;
+        let tansu = Tansu::start_with(TansuOptions { advertised_port: Some(proxy.port()) }).await?;
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], tansu.listen_port()));
+        proxy.forward_to(upstream);
+        Ok((tansu, proxy))
+    }
+
     /// `host:port` clients should bootstrap from (the advertised address).
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.advertised_port)

@@ -9,6 +9,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiKey, MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use rill_client::{BrokerAddress, Client, Error, NewTopic, OffsetSpec, ResponseError, TopicPartition, TopicScope};
+use rill_testkit::cluster::on_mock;
 use rill_testkit::mock::RDKafkaApiKey;
 use rill_testkit::{BrokerKind, Capability, ClusterOptions, TestCluster, each_broker, unique_topic};
 use tokio::task::JoinSet;
@@ -168,19 +169,9 @@ async fn a_dead_bootstrap_broker_does_not_fail_the_client() {
     .await;
 }
 
-/// Runs only against the mock cluster: it needs a broker's fault injection.
-async fn on_mock(body: impl AsyncFn(&TestCluster, &rill_testkit::mock::MockKafka)) {
-    let cluster = match TestCluster::start(BrokerKind::Mock, &ClusterOptions::default()).await {
-        Ok(cluster) => cluster,
-        Err(error) if rill_testkit::cluster::brokers_required() => panic!("mock cluster did not start: {error}"),
-        Err(error) => return eprintln!("skipping: {error}"),
-    };
-    body(&cluster, cluster.mock().unwrap()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_moves_and_dead_brokers_on_the_mock() {
-    on_mock(async |cluster, mock| {
+    on_mock(ClusterOptions::default(), async |cluster, mock| {
         let topic = unique_topic("moves");
         mock.create_topic(&topic, 3, 3).unwrap();
         // Pin leaders: partition p on broker p + 1.
@@ -217,7 +208,7 @@ async fn leader_moves_and_dead_brokers_on_the_mock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_metadata_versions_negotiate_and_decode() {
-    on_mock(async |cluster, mock| {
+    on_mock(ClusterOptions::default(), async |cluster, mock| {
         let topic = unique_topic("versions");
         mock.create_topic(&topic, 2, 1).unwrap();
         for max in [1i16, 4, 8] {
@@ -241,7 +232,7 @@ async fn older_metadata_versions_negotiate_and_decode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_refreshes_itself_for_topics_in_use() {
-    on_mock(async |cluster, mock| {
+    on_mock(ClusterOptions::default(), async |cluster, mock| {
         let topic = unique_topic("refresh");
         mock.create_topic(&topic, 2, 3).unwrap();
         mock.partition_leader(&topic, 0, Some(1)).unwrap();
@@ -265,7 +256,7 @@ async fn metadata_refreshes_itself_for_topics_in_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_errors_are_retried_after_a_metadata_refresh() {
-    on_mock(async |cluster, mock| {
+    on_mock(ClusterOptions::default(), async |cluster, mock| {
         let topic = unique_topic("not-leader");
         mock.create_topic(&topic, 1, 3).unwrap();
         let client = cluster.client();

@@ -3,29 +3,11 @@
 //! requests in flight and the next request reconnects, and seeded random
 //! faults never panic the client nor leave it broken.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use kafka_protocol::messages::MetadataRequest;
 use rill_client::{Client, ClientConfig, Error, ErrorAction, TopicScope};
-use rill_testkit::cluster::brokers_required;
-use rill_testkit::{Chaos, Fault, Proxy, Tansu, TansuOptions};
-
-/// Tansu reachable only through a proxy (it advertises the proxy's port).
-async fn tansu_behind_proxy(seed: u64) -> Option<(Tansu, Proxy)> {
-    let mut proxy = Proxy::bind(seed).await.unwrap();
-    let tansu = match Tansu::start_with(TansuOptions { advertised_port: Some(proxy.port()) }).await {
-        Ok(tansu) => tansu,
-        Err(error) if brokers_required() => panic!("CI=true and tansu did not start: {error}"),
-        Err(error) => {
-            eprintln!("skipping: {error}");
-            return None;
-        }
-    };
-    let upstream: SocketAddr = format!("127.0.0.1:{}", tansu.listen_port()).parse().unwrap();
-    proxy.forward_to(upstream);
-    Some((tansu, proxy))
-}
+use rill_testkit::{Chaos, Fault, Proxy, Tansu};
 
 fn client(proxy: &Proxy, request_timeout: Duration) -> Client {
     let config = ClientConfig::new(&proxy.address())
@@ -39,7 +21,7 @@ fn client(proxy: &Proxy, request_timeout: Duration) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackhole_times_out_then_the_client_recovers() {
-    let Some((_tansu, proxy)) = tansu_behind_proxy(1).await else { return };
+    let Some((_tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(1).await) else { return };
     let client = client(&proxy, Duration::from_millis(800));
     client.refresh_metadata(TopicScope::None).await.unwrap();
 
@@ -59,7 +41,7 @@ async fn blackhole_times_out_then_the_client_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_response_fails_the_request_and_the_next_one_reconnects() {
-    let Some((_tansu, proxy)) = tansu_behind_proxy(2).await else { return };
+    let Some((_tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(2).await) else { return };
     let client = client(&proxy, Duration::from_secs(5));
     let request = MetadataRequest::default().with_topics(Some(vec![]));
     let connection = client.any_connection().await.unwrap();
@@ -82,7 +64,7 @@ async fn truncated_response_fails_the_request_and_the_next_one_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_chaos_never_breaks_the_client() {
     let seed = std::env::var("RILL_PROXY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_f00d);
-    let Some((_tansu, proxy)) = tansu_behind_proxy(seed).await else { return };
+    let Some((_tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(seed).await) else { return };
     let client = client(&proxy, Duration::from_millis(700));
     proxy.set_chaos(Some(Chaos { delay: 0.3, max_delay: Duration::from_millis(30), cut: 0.1, truncate: 0.1 }));
     let (mut ok, mut failed) = (0, 0);

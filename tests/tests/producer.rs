@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::read_back::{by_partition, read_all};
@@ -13,12 +12,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rill_client::producer::{Header, Producer, ProducerConfig, Record, TrySendError, murmur2_partition};
 use rill_client::records::Compression;
 use rill_client::{ClientConfig, Error, TopicScope};
-use rill_testkit::cluster::brokers_required;
+use rill_testkit::cluster::on_mock;
 use rill_testkit::mock::{RDKafkaApiKey, RDKafkaRespErr};
 use rill_testkit::read::fetch_all;
-use rill_testkit::{
-    BrokerKind, ClusterOptions, Fault, Proxy, Tansu, TansuOptions, TestCluster, each_broker, unique_topic,
-};
+use rill_testkit::{ClusterOptions, Fault, Proxy, Tansu, each_broker, unique_topic};
 
 fn settings(config: ClientConfig) -> ProducerConfig {
     ProducerConfig::new(config)
@@ -144,22 +141,6 @@ async fn every_codec_interoperates_with_librdkafka_both_ways() {
     .await;
 }
 
-/// Tansu reachable only through a proxy.
-async fn tansu_behind_proxy(seed: u64) -> Option<(Tansu, Proxy)> {
-    let mut proxy = Proxy::bind(seed).await.unwrap();
-    let tansu = match Tansu::start_with(TansuOptions { advertised_port: Some(proxy.port()) }).await {
-        Ok(tansu) => tansu,
-        Err(error) if brokers_required() => panic!("CI=true and tansu did not start: {error}"),
-        Err(error) => {
-            eprintln!("skipping: {error}");
-            return None;
-        }
-    };
-    let upstream: SocketAddr = format!("127.0.0.1:{}", tansu.listen_port()).parse().unwrap();
-    proxy.forward_to(upstream);
-    Some((tansu, proxy))
-}
-
 fn proxied(proxy: &Proxy) -> ClientConfig {
     ClientConfig::new(&proxy.address())
         .unwrap()
@@ -198,7 +179,7 @@ fn check_per_key(records: &[common::read_back::Consumed], sent: &BTreeMap<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_on_tansu_when_answers_are_lost() {
-    let Some((tansu, proxy)) = tansu_behind_proxy(11).await else { return };
+    let Some((tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(11).await) else { return };
     let topic = unique_topic("lost-answers");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 3)]).await.unwrap();
@@ -247,18 +228,9 @@ async fn exactly_once_on_tansu_when_answers_are_lost() {
     check_per_key(&records, &sent, true);
 }
 
-async fn on_mock(body: impl AsyncFn(&TestCluster, &rill_testkit::mock::MockKafka)) {
-    let cluster = match TestCluster::start(BrokerKind::Mock, &ClusterOptions::default()).await {
-        Ok(cluster) => cluster,
-        Err(error) if brokers_required() => panic!("mock cluster did not start: {error}"),
-        Err(error) => return eprintln!("skipping: {error}"),
-    };
-    body(&cluster, cluster.mock().unwrap()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_request_errors_on_the_mock_lose_nothing_and_keep_order() {
-    on_mock(async |cluster, mock| {
+    on_mock(ClusterOptions::default(), async |cluster, mock| {
         let topic = unique_topic("injected");
         mock.create_topic(&topic, 3, 3).unwrap();
         // The mock does not check sequences, so only the client can keep
@@ -300,7 +272,7 @@ async fn injected_request_errors_on_the_mock_lose_nothing_and_keep_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_moves_on_the_mock_mid_stream() {
-    on_mock(async |cluster, mock| {
+    on_mock(ClusterOptions::default(), async |cluster, mock| {
         let topic = unique_topic("moves");
         mock.create_topic(&topic, 6, 3).unwrap();
         let producer = Producer::new(settings(cluster.client_config())).unwrap();
@@ -333,7 +305,7 @@ async fn leader_moves_on_the_mock_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_refuses_try_send_and_makes_send_wait() {
-    let Some((_tansu, proxy)) = tansu_behind_proxy(12).await else { return };
+    let Some((_tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(12).await) else { return };
     let topic = unique_topic("full");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 2)]).await.unwrap();
@@ -390,7 +362,7 @@ async fn oversize_records_and_unknown_topics_fail_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_and_silent_brokers_give_clear_outcomes() {
-    let Some((tansu, proxy)) = tansu_behind_proxy(13).await else { return };
+    let Some((tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(13).await) else { return };
     let topic = unique_topic("broken");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 1)]).await.unwrap();
@@ -444,7 +416,7 @@ impl rill_client::producer::Partitioner for LastPartition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chosen_partitioners_and_authorization_errors() {
-    on_mock(async |cluster, mock| {
+    on_mock(ClusterOptions::default(), async |cluster, mock| {
         let topic = unique_topic("partitioners");
         mock.create_topic(&topic, 4, 3).unwrap();
         let custom = Producer::new(settings(cluster.client_config()).custom_partitioner(LastPartition)).unwrap();

@@ -122,6 +122,34 @@ pub(crate) struct ProducerBatch {
 }
 
 impl ProducerBatch {
+    /// A batch just closed: never sent, no sequence yet.
+    pub(crate) fn closed(
+        topic: Arc<str>,
+        partition: i32,
+        number: u64,
+        builder: BatchBuilder,
+        delivery: DeliveryGuard,
+        created: Instant,
+        accounted_bytes: usize,
+    ) -> Self {
+        ProducerBatch {
+            topic,
+            partition,
+            number,
+            records: builder.record_count(),
+            payload: Payload::Closed(builder),
+            delivery,
+            created,
+            accounted_bytes,
+            base_sequence: None,
+            stamped: None,
+            attempts: 0,
+            maybe_written: false,
+            last_error: None,
+            retry_at: None,
+        }
+    }
+
     /// Compresses the batch if that has not happened yet.
     pub(crate) fn seal(&mut self, compression: Compression, level: Option<u32>) -> &mut SealedBatch {
         if let Payload::Closed(builder) = &mut self.payload {
@@ -413,22 +441,15 @@ impl Accumulator {
 }
 
 fn close(topic: &Arc<str>, partition: i32, open: OpenBatch) -> ProducerBatch {
-    ProducerBatch {
-        topic: topic.clone(),
+    ProducerBatch::closed(
+        topic.clone(),
         partition,
-        number: open.number,
-        records: open.builder.record_count(),
-        payload: Payload::Closed(open.builder),
-        delivery: open.delivery,
-        created: open.created,
-        accounted_bytes: open.accounted_bytes,
-        base_sequence: None,
-        stamped: None,
-        attempts: 0,
-        maybe_written: false,
-        last_error: None,
-        retry_at: None,
-    }
+        open.number,
+        open.builder,
+        open.delivery,
+        open.created,
+        open.accounted_bytes,
+    )
 }
 
 /// A partition for keyless records: a random available one, different from

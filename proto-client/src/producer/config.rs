@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::partitioner::{Partitioner, PartitionerKind};
-use crate::config::{ClientConfig, ConfigError, parse};
+use crate::config::{ClientConfig, ConfigError, apply_properties, parse};
 use crate::records::Compression;
 
 /// How many replicas must have a batch before the broker answers.
@@ -94,12 +94,7 @@ impl ProducerConfig {
         properties: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
         let mut config = ProducerConfig::new(ClientConfig::default());
-        for (key, value) in properties {
-            let (key, value) = (key.as_ref(), value.as_ref());
-            if !config.set_property(key, value)? {
-                return Err(ConfigError::UnknownKey { key: key.to_owned() });
-            }
-        }
+        apply_properties(properties, |key, value| config.set_property(key, value))?;
         config.validate()?;
         Ok(config)
     }

@@ -3,7 +3,6 @@ use std::collections::VecDeque;
 use proptest::prelude::*;
 
 use super::*;
-use crate::producer::accumulator::Payload;
 use crate::records::batch::BatchBuilder;
 
 fn config(max_in_flight: usize) -> SequencerConfig {
@@ -32,22 +31,7 @@ fn batch(partition: i32, number: u64, records: i32, created: Instant) -> Produce
     for i in 0..records {
         builder.append(i64::from(i), None, Some(b"v"), &[]);
     }
-    ProducerBatch {
-        topic: topic(),
-        partition,
-        number,
-        payload: Payload::Closed(builder),
-        delivery: DeliveryGuard::new(partition),
-        created,
-        records,
-        accounted_bytes: 10,
-        base_sequence: None,
-        stamped: None,
-        attempts: 0,
-        maybe_written: false,
-        last_error: None,
-        retry_at: None,
-    }
+    ProducerBatch::closed(topic(), partition, number, builder, DeliveryGuard::new(partition), created, 10)
 }
 
 fn written(offset: i64) -> BatchResult {

@@ -26,6 +26,13 @@ RESPONSES = [
     ("produce_response", "ProduceResponse"),
     ("init_producer_id_response", "InitProducerIdResponse"),
     ("fetch_response", "FetchResponse"),
+    ("find_coordinator_response", "FindCoordinatorResponse"),
+    ("join_group_response", "JoinGroupResponse"),
+    ("sync_group_response", "SyncGroupResponse"),
+    ("heartbeat_response", "HeartbeatResponse"),
+    ("leave_group_response", "LeaveGroupResponse"),
+    ("offset_commit_response", "OffsetCommitResponse"),
+    ("offset_fetch_response", "OffsetFetchResponse"),
 ]
 
 PRIMS = {

@@ -18,7 +18,6 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::TopicPartition;
@@ -26,7 +25,7 @@ use crate::client::Client;
 use crate::cluster::{Metadata, TopicInfo, TopicScope};
 use crate::error::{Error, ErrorAction, Result, check_with_message};
 use crate::net::Connection;
-use crate::net::backoff::{Backoff, jitter};
+use crate::retry::Retrier;
 use crate::wire::ApiRequest;
 
 /// A topic to create.
@@ -105,45 +104,6 @@ pub struct Admin {
     timeout: Duration,
 }
 
-/// Retries an operation until it succeeds, fails fatally, or the deadline
-/// passes; refreshes metadata before retrying when the error calls for it.
-struct Retrier<'a> {
-    admin: &'a Admin,
-    operation: String,
-    deadline: Instant,
-    backoff: Backoff,
-}
-
-impl Retrier<'_> {
-    /// Decides what to do after `error`: `Ok(())` to try again (after a
-    /// pause), or the error to return.
-    async fn after(&mut self, error: Error) -> Result<()> {
-        let action = error.action();
-        if action == ErrorAction::Fatal {
-            return Err(error);
-        }
-        let delay = self.backoff.next_delay(jitter());
-        if Instant::now() + delay >= self.deadline {
-            debug!(target: "rill::admin", operation = %self.operation, %error, "giving up at the deadline");
-            return Err(Error::Timeout {
-                operation: format!("{} (last error: {error})", self.operation),
-                after: self.admin.timeout,
-            });
-        }
-        debug!(target: "rill::admin", operation = %self.operation, %error, retry_in = ?delay, "retrying");
-        tokio::time::sleep(delay).await;
-        if action == ErrorAction::RefreshMetadata {
-            // Best effort: the next attempt reports its own error.
-            let _ = self.admin.client.cluster().refresh(TopicScope::None).await;
-        }
-        Ok(())
-    }
-
-    fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-}
-
 impl Admin {
     pub(crate) fn new(client: Client) -> Self {
         Admin { client, timeout: Duration::from_secs(30) }
@@ -155,14 +115,18 @@ impl Admin {
         self
     }
 
-    fn retrier(&self, operation: String) -> Retrier<'_> {
-        let config = self.client.config();
-        Retrier {
-            admin: self,
-            operation,
-            deadline: Instant::now() + self.timeout,
-            backoff: Backoff::new(config.retry_backoff, config.retry_backoff_max),
+    fn retrier(&self, operation: String) -> Retrier {
+        Retrier::new(self.client.config(), operation, self.timeout)
+    }
+
+    /// Waits out a retriable error (refreshing metadata when it calls for
+    /// it), or returns it.
+    async fn after(&self, retry: &mut Retrier, error: Error) -> Result<()> {
+        if retry.after(error).await? == ErrorAction::RefreshMetadata {
+            // Best effort: the next attempt reports its own error.
+            let _ = self.client.cluster().refresh(TopicScope::None).await;
         }
+        Ok(())
     }
 
     /// A connection to the controller, or to any broker when the cluster
@@ -194,12 +158,13 @@ impl Admin {
             match self.create_once(&remaining, retry.remaining()).await {
                 Ok(left) => remaining.retain(|t| left.contains(&t.name)),
                 Err(error) => {
-                    retry.after(error).await?;
+                    self.after(&mut retry, error).await?;
                     continue;
                 }
             }
             if !remaining.is_empty() {
-                retry.after(Error::broker(ApiKey::CreateTopics, ResponseError::NotController, "controller")).await?;
+                self.after(&mut retry, Error::broker(ApiKey::CreateTopics, ResponseError::NotController, "controller"))
+                    .await?;
             }
         }
         let expected: BTreeMap<&str, Option<i32>> = topics.iter().map(|t| (t.name.as_str(), t.partitions)).collect();
@@ -281,12 +246,13 @@ impl Admin {
             match self.delete_once(&remaining, retry.remaining()).await {
                 Ok(left) => remaining.retain(|n| left.iter().any(|l| l == n)),
                 Err(error) => {
-                    retry.after(error).await?;
+                    self.after(&mut retry, error).await?;
                     continue;
                 }
             }
             if !remaining.is_empty() {
-                retry.after(Error::broker(ApiKey::DeleteTopics, ResponseError::NotController, "controller")).await?;
+                self.after(&mut retry, Error::broker(ApiKey::DeleteTopics, ResponseError::NotController, "controller"))
+                    .await?;
             }
         }
         self.wait_for(names, &mut retry, |metadata| names.iter().all(|n| !metadata.topics.contains_key(*n))).await
@@ -325,7 +291,7 @@ impl Admin {
     }
 
     /// Refreshes metadata for `names` until `done` holds.
-    async fn wait_for(&self, names: &[&str], retry: &mut Retrier<'_>, done: impl Fn(&Metadata) -> bool) -> Result<()> {
+    async fn wait_for(&self, names: &[&str], retry: &mut Retrier, done: impl Fn(&Metadata) -> bool) -> Result<()> {
         let scope = TopicScope::Named(names.iter().map(|n| (*n).to_owned()).collect());
         loop {
             let error = match self.client.cluster().refresh(scope.clone()).await {
@@ -337,7 +303,7 @@ impl Admin {
                 }
                 Err(error) => error,
             };
-            retry.after(error).await?;
+            self.after(retry, error).await?;
         }
     }
 
@@ -414,7 +380,7 @@ impl Admin {
                 debug_assert!(leaderless);
                 Error::broker(ApiKey::ListOffsets, ResponseError::LeaderNotAvailable, "partitions without a leader")
             });
-            retry.after(error).await?;
+            self.after(&mut retry, error).await?;
         }
     }
 

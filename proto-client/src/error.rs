@@ -155,6 +155,11 @@ pub enum Error {
         reason: Arc<str>,
     },
 
+    /// A partition has no position to start from: nothing committed and
+    /// `auto.offset.reset` says not to guess.
+    #[error("no offset to start from: {0}")]
+    NoOffset(String),
+
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -199,6 +204,7 @@ impl Error {
             | Error::RecordTooLarge { .. }
             | Error::DeliveryTimeout { .. }
             | Error::ProducerFailed { .. }
+            | Error::NoOffset(_)
             | Error::Closed => ErrorAction::Fatal,
         }
     }

@@ -21,6 +21,7 @@
 //! - [`client`]: [`Client`], the shared handle everything else builds on.
 //! - [`admin`]: [`Admin`]: topics and offsets.
 //! - [`producer`]: the idempotent, batching producer.
+//! - [`consumer`]: the consumer: fetching, positions, offsets.
 //!
 //! # Logging
 //!
@@ -33,10 +34,12 @@ pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod consumer;
 pub mod error;
 pub mod net;
 pub mod producer;
 pub mod records;
+pub(crate) mod retry;
 pub mod wire;
 
 use std::fmt;

@@ -35,6 +35,10 @@ pub(crate) struct Cluster {
     bootstrap: Vec<Arc<BrokerLink>>,
     /// Links to brokers known from metadata, by node id.
     links: Mutex<HashMap<i32, Arc<BrokerLink>>>,
+    /// Links to group coordinators: separate connections, so that a
+    /// long-polling Fetch never delays a heartbeat or a commit (and a held
+    /// JoinGroup never stalls fetches).
+    coordinator_links: Mutex<HashMap<i32, Arc<BrokerLink>>>,
     metadata: watch::Sender<Arc<Metadata>>,
     /// Topics the client works with; the periodic refresh asks for these.
     wanted: Mutex<BTreeSet<String>>,
@@ -58,6 +62,7 @@ impl Cluster {
             config,
             bootstrap,
             links: Mutex::new(HashMap::new()),
+            coordinator_links: Mutex::new(HashMap::new()),
             metadata: watch::Sender::new(Arc::new(Metadata::default())),
             wanted: Mutex::new(BTreeSet::new()),
             refresh_requested: Arc::new(Notify::new()),
@@ -106,6 +111,20 @@ impl Cluster {
             .entry(id)
             .or_insert_with(|| Arc::new(BrokerLink::new(id, broker.address.clone(), self.config.clone())));
         Some(link.clone())
+    }
+
+    /// The coordinator connection to broker `id` at `address` (as
+    /// FindCoordinator answered), separate from its data connection.
+    pub(crate) fn coordinator_link(&self, id: i32, address: crate::net::BrokerAddress) -> Arc<BrokerLink> {
+        let mut links = lock(&self.coordinator_links);
+        match links.get(&id) {
+            Some(link) if *link.address() == address => link.clone(),
+            _ => {
+                let link = Arc::new(BrokerLink::new(id, address, self.config.clone()));
+                links.insert(id, link.clone());
+                link
+            }
+        }
     }
 
     /// The link to a given broker, refreshing metadata once if it is not

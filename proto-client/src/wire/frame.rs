@@ -159,8 +159,9 @@ pub(crate) fn correlation_id(frame: &[u8]) -> i32 {
 mod tests {
     use super::*;
     use kafka_protocol::messages::{
-        ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, InitProducerIdRequest,
-        ListOffsetsRequest, MetadataRequest, ProduceRequest,
+        ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FindCoordinatorRequest,
+        HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest,
+        MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
     };
     use proptest::prelude::*;
 
@@ -246,6 +247,13 @@ mod tests {
         all_versions::<ProduceRequest>(frame);
         all_versions::<InitProducerIdRequest>(frame);
         all_versions::<FetchRequest>(frame);
+        all_versions::<FindCoordinatorRequest>(frame);
+        all_versions::<JoinGroupRequest>(frame);
+        all_versions::<SyncGroupRequest>(frame);
+        all_versions::<HeartbeatRequest>(frame);
+        all_versions::<LeaveGroupRequest>(frame);
+        all_versions::<OffsetCommitRequest>(frame);
+        all_versions::<OffsetFetchRequest>(frame);
     }
 
     proptest! {

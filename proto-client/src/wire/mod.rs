@@ -17,8 +17,11 @@ pub mod versions;
 
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
 
@@ -90,4 +93,16 @@ api_requests! {
     // v4 is the crate's oldest; v13 names topics by id only, so this
     // client stops at v12.
     FetchRequest => FetchResponse, Fetch, 4..=12, FETCH_RESPONSE;
+    // v4+ looks up a batch of keys (`coordinator_keys`); the client speaks both.
+    FindCoordinatorRequest => FindCoordinatorResponse, FindCoordinator, 0..=6, FIND_COORDINATOR_RESPONSE;
+    // v1 brought the rebalance timeout, v4 MEMBER_ID_REQUIRED, v5 static members.
+    JoinGroupRequest => JoinGroupResponse, JoinGroup, 1..=9, JOIN_GROUP_RESPONSE;
+    SyncGroupRequest => SyncGroupResponse, SyncGroup, 0..=5, SYNC_GROUP_RESPONSE;
+    HeartbeatRequest => HeartbeatResponse, Heartbeat, 0..=4, HEARTBEAT_RESPONSE;
+    // v3+ leaves by `members` (with group.instance.id).
+    LeaveGroupRequest => LeaveGroupResponse, LeaveGroup, 0..=5, LEAVE_GROUP_RESPONSE;
+    // v9 is for KIP-848 groups (member epochs); classic groups stop at v8.
+    OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 2..=8, OFFSET_COMMIT_RESPONSE;
+    // v8+ batches groups; one group per request suffices here.
+    OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 1..=7, OFFSET_FETCH_RESPONSE;
 }

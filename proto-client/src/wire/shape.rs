@@ -246,8 +246,9 @@ mod tests {
     use crate::wire::shapes::*;
     use bytes::{BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
-        ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, FetchResponse, InitProducerIdResponse,
-        ListOffsetsResponse, MetadataResponse, ProduceResponse,
+        ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, FetchResponse, FindCoordinatorResponse,
+        HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListOffsetsResponse,
+        MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
     };
     use kafka_protocol::protocol::Decodable;
     use proptest::prelude::*;
@@ -380,6 +381,13 @@ mod tests {
             (&PRODUCE_RESPONSE, decodes_fully::<ProduceResponse>),
             (&INIT_PRODUCER_ID_RESPONSE, decodes_fully::<InitProducerIdResponse>),
             (&FETCH_RESPONSE, decodes_fully::<FetchResponse>),
+            (&FIND_COORDINATOR_RESPONSE, decodes_fully::<FindCoordinatorResponse>),
+            (&JOIN_GROUP_RESPONSE, decodes_fully::<JoinGroupResponse>),
+            (&SYNC_GROUP_RESPONSE, decodes_fully::<SyncGroupResponse>),
+            (&HEARTBEAT_RESPONSE, decodes_fully::<HeartbeatResponse>),
+            (&LEAVE_GROUP_RESPONSE, decodes_fully::<LeaveGroupResponse>),
+            (&OFFSET_COMMIT_RESPONSE, decodes_fully::<OffsetCommitResponse>),
+            (&OFFSET_FETCH_RESPONSE, decodes_fully::<OffsetFetchResponse>),
         ]
     }
 
@@ -405,7 +413,7 @@ mod tests {
         /// Arbitrary bytes never make the walk panic, and whatever it
         /// accepts is safe to hand to the decoder.
         #[test]
-        fn walk_survives_garbage(body in proptest::collection::vec(any::<u8>(), 0..256), pick in 0usize..8, version in 0i16..14) {
+        fn walk_survives_garbage(body in proptest::collection::vec(any::<u8>(), 0..256), pick in 0usize..15, version in 0i16..14) {
             let (shape, decode) = cases()[pick];
             let version = version.clamp(shape.versions.0, shape.versions.1);
             if check(shape, version, &body).is_ok() {

@@ -441,3 +441,240 @@ pub(crate) static FETCH_RESPONSE: StructShape = StructShape {
         Tagged { tag: 0, name: "node_endpoints", versions: (16, 18), kind: Kind::Array(Elem::Struct(&FETCH_RESPONSE_NODE_ENDPOINT)) },
     ],
 };
+
+pub(crate) static COORDINATOR: StructShape = StructShape {
+    name: "Coordinator",
+    versions: (0, 6),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "key", versions: (4, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "node_id", versions: (4, 6), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "host", versions: (4, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "port", versions: (4, 6), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (4, 6), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (4, 6), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static FIND_COORDINATOR_RESPONSE: StructShape = StructShape {
+    name: "FindCoordinatorResponse",
+    versions: (0, 6),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (1, 6), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 3), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (1, 3), kind: Kind::Prim(Prim::Str) },
+        Field { name: "node_id", versions: (0, 3), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "host", versions: (0, 3), kind: Kind::Prim(Prim::Str) },
+        Field { name: "port", versions: (0, 3), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "coordinators", versions: (4, 6), kind: Kind::Array(Elem::Struct(&COORDINATOR)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static JOIN_GROUP_RESPONSE_MEMBER: StructShape = StructShape {
+    name: "JoinGroupResponseMember",
+    versions: (0, 9),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "member_id", versions: (0, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_instance_id", versions: (5, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "metadata", versions: (0, 9), kind: Kind::Prim(Prim::Bytes) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static JOIN_GROUP_RESPONSE: StructShape = StructShape {
+    name: "JoinGroupResponse",
+    versions: (0, 9),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (2, 9), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 9), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "generation_id", versions: (0, 9), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "protocol_type", versions: (7, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "protocol_name", versions: (0, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "leader", versions: (0, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "skip_assignment", versions: (9, 9), kind: Kind::Prim(Prim::Bool) },
+        Field { name: "member_id", versions: (0, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "members", versions: (0, 9), kind: Kind::Array(Elem::Struct(&JOIN_GROUP_RESPONSE_MEMBER)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static SYNC_GROUP_RESPONSE: StructShape = StructShape {
+    name: "SyncGroupResponse",
+    versions: (0, 5),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (1, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 5), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "protocol_type", versions: (5, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "protocol_name", versions: (5, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "assignment", versions: (0, 5), kind: Kind::Prim(Prim::Bytes) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static HEARTBEAT_RESPONSE: StructShape = StructShape {
+    name: "HeartbeatResponse",
+    versions: (0, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (1, 4), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 4), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static MEMBER_RESPONSE: StructShape = StructShape {
+    name: "MemberResponse",
+    versions: (0, 5),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "member_id", versions: (3, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_instance_id", versions: (3, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "error_code", versions: (3, 5), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static LEAVE_GROUP_RESPONSE: StructShape = StructShape {
+    name: "LeaveGroupResponse",
+    versions: (0, 5),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (1, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 5), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "members", versions: (3, 5), kind: Kind::Array(Elem::Struct(&MEMBER_RESPONSE)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_COMMIT_RESPONSE_PARTITION: StructShape = StructShape {
+    name: "OffsetCommitResponsePartition",
+    versions: (2, 10),
+    flexible_since: 8,
+    fields: &[
+        Field { name: "partition_index", versions: (2, 10), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (2, 10), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_COMMIT_RESPONSE_TOPIC: StructShape = StructShape {
+    name: "OffsetCommitResponseTopic",
+    versions: (2, 10),
+    flexible_since: 8,
+    fields: &[
+        Field { name: "name", versions: (2, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "topic_id", versions: (10, 10), kind: Kind::Prim(Prim::Uuid) },
+        Field { name: "partitions", versions: (2, 10), kind: Kind::Array(Elem::Struct(&OFFSET_COMMIT_RESPONSE_PARTITION)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_COMMIT_RESPONSE: StructShape = StructShape {
+    name: "OffsetCommitResponse",
+    versions: (2, 10),
+    flexible_since: 8,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (3, 10), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "topics", versions: (2, 10), kind: Kind::Array(Elem::Struct(&OFFSET_COMMIT_RESPONSE_TOPIC)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FETCH_RESPONSE_PARTITION: StructShape = StructShape {
+    name: "OffsetFetchResponsePartition",
+    versions: (1, 10),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "partition_index", versions: (1, 7), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "committed_offset", versions: (1, 7), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "committed_leader_epoch", versions: (5, 7), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "metadata", versions: (1, 7), kind: Kind::Prim(Prim::Str) },
+        Field { name: "error_code", versions: (1, 7), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FETCH_RESPONSE_TOPIC: StructShape = StructShape {
+    name: "OffsetFetchResponseTopic",
+    versions: (1, 10),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "name", versions: (1, 7), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (1, 7), kind: Kind::Array(Elem::Struct(&OFFSET_FETCH_RESPONSE_PARTITION)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FETCH_RESPONSE_PARTITIONS: StructShape = StructShape {
+    name: "OffsetFetchResponsePartitions",
+    versions: (1, 10),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "partition_index", versions: (8, 10), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "committed_offset", versions: (8, 10), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "committed_leader_epoch", versions: (8, 10), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "metadata", versions: (8, 10), kind: Kind::Prim(Prim::Str) },
+        Field { name: "error_code", versions: (8, 10), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FETCH_RESPONSE_TOPICS: StructShape = StructShape {
+    name: "OffsetFetchResponseTopics",
+    versions: (1, 10),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "name", versions: (8, 9), kind: Kind::Prim(Prim::Str) },
+        Field { name: "topic_id", versions: (10, 10), kind: Kind::Prim(Prim::Uuid) },
+        Field { name: "partitions", versions: (8, 10), kind: Kind::Array(Elem::Struct(&OFFSET_FETCH_RESPONSE_PARTITIONS)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FETCH_RESPONSE_GROUP: StructShape = StructShape {
+    name: "OffsetFetchResponseGroup",
+    versions: (1, 10),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "group_id", versions: (8, 10), kind: Kind::Prim(Prim::Str) },
+        Field { name: "topics", versions: (8, 10), kind: Kind::Array(Elem::Struct(&OFFSET_FETCH_RESPONSE_TOPICS)) },
+        Field { name: "error_code", versions: (8, 10), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FETCH_RESPONSE: StructShape = StructShape {
+    name: "OffsetFetchResponse",
+    versions: (1, 10),
+    flexible_since: 6,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (3, 10), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "topics", versions: (1, 7), kind: Kind::Array(Elem::Struct(&OFFSET_FETCH_RESPONSE_TOPIC)) },
+        Field { name: "error_code", versions: (2, 7), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "groups", versions: (8, 10), kind: Kind::Array(Elem::Struct(&OFFSET_FETCH_RESPONSE_GROUP)) },
+    ],
+    tagged: &[
+    ],
+};

@@ -122,6 +122,20 @@ mod tests {
             ("ProduceResponse", range::<ProduceResponse>()),
             ("FetchRequest", range::<FetchRequest>()),
             ("FetchResponse", range::<FetchResponse>()),
+            ("FindCoordinatorRequest", range::<FindCoordinatorRequest>()),
+            ("FindCoordinatorResponse", range::<FindCoordinatorResponse>()),
+            ("JoinGroupRequest", range::<JoinGroupRequest>()),
+            ("JoinGroupResponse", range::<JoinGroupResponse>()),
+            ("SyncGroupRequest", range::<SyncGroupRequest>()),
+            ("SyncGroupResponse", range::<SyncGroupResponse>()),
+            ("HeartbeatRequest", range::<HeartbeatRequest>()),
+            ("HeartbeatResponse", range::<HeartbeatResponse>()),
+            ("LeaveGroupRequest", range::<LeaveGroupRequest>()),
+            ("LeaveGroupResponse", range::<LeaveGroupResponse>()),
+            ("OffsetCommitRequest", range::<OffsetCommitRequest>()),
+            ("OffsetCommitResponse", range::<OffsetCommitResponse>()),
+            ("OffsetFetchRequest", range::<OffsetFetchRequest>()),
+            ("OffsetFetchResponse", range::<OffsetFetchResponse>()),
             ("InitProducerIdRequest", range::<InitProducerIdRequest>()),
             ("InitProducerIdResponse", range::<InitProducerIdResponse>()),
         ];
@@ -140,6 +154,22 @@ mod tests {
             ("ProduceResponse", (3, 13)),
             ("FetchRequest", (4, 18)),
             ("FetchResponse", (4, 18)),
+            ("FindCoordinatorRequest", (0, 6)),
+            ("FindCoordinatorResponse", (0, 6)),
+            ("JoinGroupRequest", (0, 9)),
+            ("JoinGroupResponse", (0, 9)),
+            ("SyncGroupRequest", (0, 5)),
+            ("SyncGroupResponse", (0, 5)),
+            ("HeartbeatRequest", (0, 4)),
+            ("HeartbeatResponse", (0, 4)),
+            ("LeaveGroupRequest", (0, 5)),
+            ("LeaveGroupResponse", (0, 5)),
+            // The crate's ApiKey table says 10; the requests stop at 9 and
+            // the responses keep the unstable v10.
+            ("OffsetCommitRequest", (2, 9)),
+            ("OffsetCommitResponse", (2, 10)),
+            ("OffsetFetchRequest", (1, 9)),
+            ("OffsetFetchResponse", (1, 10)),
             ("InitProducerIdRequest", (0, 5)),
             // One more than the request: the crate drops the unstable v6
             // request but keeps the response.
@@ -168,6 +198,13 @@ mod tests {
         check::<ProduceRequest>();
         check::<InitProducerIdRequest>();
         check::<FetchRequest>();
+        check::<FindCoordinatorRequest>();
+        check::<JoinGroupRequest>();
+        check::<SyncGroupRequest>();
+        check::<HeartbeatRequest>();
+        check::<LeaveGroupRequest>();
+        check::<OffsetCommitRequest>();
+        check::<OffsetFetchRequest>();
     }
 
     #[test]

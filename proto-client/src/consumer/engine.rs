@@ -1,0 +1,257 @@
+//! The consumer's background task: it finds positions for new partitions
+//! (committed offset, else `auto.offset.reset`), keeps a fetch task running
+//! for every broker that leads an assigned partition, and commits stored
+//! offsets every `auto.commit.interval.ms`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::config::OffsetReset;
+use super::coordinator::{CommitOffset, GroupCoordinator};
+use super::state::{Lookup, Shared};
+use super::{Event, fetcher};
+use crate::TopicPartition;
+use crate::admin::OffsetSpec;
+use crate::error::Error;
+
+pub(crate) async fn run(shared: Arc<Shared>, coordinator: Option<Arc<GroupCoordinator>>) {
+    let mut metadata = shared.client.cluster().watch();
+    let interval = shared.config.auto_commit_interval;
+    let mut next_commit = Instant::now() + interval;
+    while !shared.closed.load(Ordering::Acquire) {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        ensure_fetchers(&shared);
+        start_lookups(&shared, &coordinator);
+        if Instant::now() >= next_commit {
+            next_commit = Instant::now() + interval;
+            if shared.config.auto_commit
+                && let Some(coordinator) = &coordinator
+            {
+                let shared = shared.clone();
+                let coordinator = coordinator.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = commit_stored(&shared, &coordinator, None).await {
+                        warn!(target: "rill::cgrp", %error, "auto-commit failed");
+                    }
+                });
+            }
+        }
+        tokio::select! {
+            () = changed => {}
+            result = metadata.changed() => {
+                if result.is_err() {
+                    return;
+                }
+                metadata.borrow_and_update();
+                // Leaders may have moved: fetchers look again.
+                shared.changed.notify_waiters();
+            }
+            () = tokio::time::sleep_until(next_commit) => {}
+        }
+    }
+}
+
+/// Starts a fetch task for every broker leading an assigned partition.
+fn ensure_fetchers(shared: &Arc<Shared>) {
+    let cluster = shared.client.cluster();
+    let metadata = cluster.metadata();
+    let mut state = shared.lock();
+    let topics: Vec<String> = state.partitions.keys().map(|tp| tp.topic.clone()).collect();
+    cluster.want_topics(topics.iter().map(String::as_str));
+    let mut leaderless = false;
+    let mut leaders: Vec<i32> = Vec::new();
+    for tp in state.partitions.keys() {
+        match metadata.leader(&tp.topic, tp.partition) {
+            Some((broker, _)) => leaders.push(broker.id),
+            None => leaderless = true,
+        }
+    }
+    for broker in leaders {
+        if !state.fetchers.contains(&broker) {
+            state.fetchers.push(broker);
+            tokio::spawn(fetcher::run(shared.clone(), broker));
+        }
+    }
+    drop(state);
+    if leaderless {
+        cluster.request_refresh();
+    }
+}
+
+/// Starts position lookups for partitions that need one.
+fn start_lookups(shared: &Arc<Shared>, coordinator: &Option<Arc<GroupCoordinator>>) {
+    let mut committed = Vec::new();
+    let mut resets: BTreeMap<OffsetReset, Vec<(TopicPartition, u64)>> = BTreeMap::new();
+    {
+        let mut state = shared.lock();
+        for (tp, ps) in state.partitions.iter_mut() {
+            if ps.fetch_offset.is_some() || ps.resolving || ps.failed || ps.paused {
+                continue;
+            }
+            let epoch = ps.epoch.load(Ordering::Acquire);
+            match (ps.lookup, coordinator) {
+                (Lookup::Committed, Some(_)) => committed.push((tp.clone(), epoch)),
+                (Lookup::Committed, None) => {
+                    resets.entry(shared.config.offset_reset).or_default().push((tp.clone(), epoch))
+                }
+                (Lookup::Reset(reset), _) => resets.entry(reset).or_default().push((tp.clone(), epoch)),
+                (Lookup::Done, _) => continue,
+            }
+            ps.resolving = true;
+        }
+    }
+    if !committed.is_empty() {
+        let shared = shared.clone();
+        let coordinator = coordinator.clone().expect("committed lookups need a group");
+        tokio::spawn(async move { lookup_committed(&shared, &coordinator, committed).await });
+    }
+    for (reset, partitions) in resets {
+        let shared = shared.clone();
+        tokio::spawn(async move { lookup_reset(&shared, reset, partitions).await });
+    }
+}
+
+/// Applies a found position, unless the partition moved on meanwhile.
+fn resolved(shared: &Shared, tp: &TopicPartition, epoch: u64, outcome: Result<Option<i64>, Error>, next: Lookup) {
+    let mut state = shared.lock();
+    let Some(ps) = state.partitions.get_mut(tp) else { return };
+    if ps.epoch.load(Ordering::Acquire) != epoch {
+        ps.resolving = false;
+        return;
+    }
+    ps.resolving = false;
+    match outcome {
+        Ok(Some(offset)) => {
+            ps.fetch_offset = Some(offset);
+            ps.position = Some(offset);
+            ps.lookup = Lookup::Done;
+        }
+        Ok(None) => ps.lookup = next,
+        Err(error) => {
+            ps.failed = true;
+            drop(state);
+            shared.push_event(Event::Error { partition: Some(tp.clone()), error });
+            return;
+        }
+    }
+    drop(state);
+    shared.changed.notify_waiters();
+}
+
+async fn lookup_committed(shared: &Shared, coordinator: &GroupCoordinator, partitions: Vec<(TopicPartition, u64)>) {
+    let tps: Vec<TopicPartition> = partitions.iter().map(|(tp, _)| tp.clone()).collect();
+    let timeout = shared.config.client.request_timeout.max(Duration::from_secs(30));
+    match coordinator.fetch_offsets(&tps, timeout).await {
+        Ok(found) => {
+            for (tp, epoch) in partitions {
+                let committed = found.get(&tp).copied().flatten();
+                if let Some(offset) = committed {
+                    debug!(target: "rill::cgrp", partition = %tp, offset = offset.offset, "starting at the committed offset");
+                    if let Some(ps) = shared.lock().partitions.get_mut(&tp) {
+                        ps.committed = Some(offset.offset);
+                        ps.leader_epoch = offset.leader_epoch.or(ps.leader_epoch);
+                    }
+                }
+                let next = Lookup::Reset(shared.config.offset_reset);
+                resolved(shared, &tp, epoch, Ok(committed.map(|c| c.offset)), next);
+            }
+        }
+        Err(error) => {
+            warn!(target: "rill::cgrp", %error, "fetching committed offsets failed; retrying");
+            tokio::time::sleep(shared.config.client.retry_backoff_max).await;
+            let mut state = shared.lock();
+            for (tp, _) in &partitions {
+                if let Some(ps) = state.partitions.get_mut(tp) {
+                    ps.resolving = false;
+                }
+            }
+            drop(state);
+            shared.changed.notify_waiters();
+        }
+    }
+}
+
+async fn lookup_reset(shared: &Shared, reset: OffsetReset, partitions: Vec<(TopicPartition, u64)>) {
+    let spec = match reset {
+        OffsetReset::Earliest => OffsetSpec::Earliest,
+        OffsetReset::Latest => OffsetSpec::Latest,
+        OffsetReset::Error => {
+            for (tp, epoch) in partitions {
+                let error = Error::NoOffset(format!("{tp} has no committed offset and auto.offset.reset is error"));
+                resolved(shared, &tp, epoch, Err(error), Lookup::Done);
+            }
+            return;
+        }
+    };
+    let requests: Vec<(TopicPartition, OffsetSpec)> = partitions.iter().map(|(tp, _)| (tp.clone(), spec)).collect();
+    match shared.client.admin().list_offsets(&requests).await {
+        Ok(found) => {
+            for (tp, epoch) in partitions {
+                let offset = found.get(&tp).map(|o| o.offset);
+                debug!(target: "rill::fetch", partition = %tp, ?offset, ?reset, "position reset");
+                resolved(shared, &tp, epoch, Ok(offset), Lookup::Reset(reset));
+            }
+        }
+        Err(error) if !error.is_retriable() => {
+            for (tp, epoch) in partitions {
+                resolved(shared, &tp, epoch, Err(error.clone()), Lookup::Done);
+            }
+        }
+        Err(error) => {
+            warn!(target: "rill::fetch", %error, "resetting positions failed; retrying");
+            tokio::time::sleep(shared.config.client.retry_backoff_max).await;
+            let mut state = shared.lock();
+            for (tp, _) in &partitions {
+                if let Some(ps) = state.partitions.get_mut(tp) {
+                    ps.resolving = false;
+                }
+            }
+            drop(state);
+            shared.changed.notify_waiters();
+        }
+    }
+}
+
+/// Commits the stored offsets that moved since the last commit (of
+/// `only` partitions, when given).
+pub(crate) async fn commit_stored(
+    shared: &Shared,
+    coordinator: &GroupCoordinator,
+    only: Option<&[TopicPartition]>,
+) -> Result<(), Error> {
+    let (offsets, committer) = {
+        let mut state = shared.lock();
+        let auto_store = shared.config.auto_offset_store;
+        let offsets: BTreeMap<TopicPartition, CommitOffset> = state
+            .partitions
+            .iter_mut()
+            .filter(|(tp, _)| only.is_none_or(|only| only.contains(tp)))
+            .filter_map(|(tp, ps)| {
+                ps.sync(auto_store);
+                let stored = ps.stored?;
+                (ps.committed != Some(stored))
+                    .then(|| (tp.clone(), CommitOffset { offset: stored, leader_epoch: ps.leader_epoch }))
+            })
+            .collect();
+        (offsets, state.committer.clone())
+    };
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    coordinator.commit(&offsets, &committer, shared.config.client.request_timeout).await?;
+    let mut state = shared.lock();
+    for (tp, offset) in &offsets {
+        if let Some(ps) = state.partitions.get_mut(tp) {
+            ps.committed = Some(offset.offset);
+        }
+    }
+    debug!(target: "rill::cgrp", partitions = offsets.len(), "offsets committed");
+    Ok(())
+}

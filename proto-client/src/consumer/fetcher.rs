@@ -1,0 +1,344 @@
+//! The fetcher: one task per broker that leads assigned partitions. It keeps
+//! the application's queue filled within the prefetch budget.
+//!
+//! ```text
+//!  loop:
+//!    plan (lock): partitions led by this broker with a position, not paused,
+//!                 not in flight, nothing queued; reserve budget bytes
+//!    fetch:       session request (KIP-227), long poll up to fetch.wait.max.ms
+//!    decode:      outside the lock, in this task (brokers decode in parallel)
+//!    apply (lock): drop what went stale (epoch moved), queue chunks, advance
+//!                  fetch offsets, handle partition errors
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tracing::{debug, warn};
+
+use super::Event;
+use super::config::IsolationLevel;
+use super::fetched::{Aborted, Decoded, decode_partition};
+use super::session::{FetchSession, FetchState};
+use super::state::{Chunk, Item, Lookup, Shared};
+use crate::TopicPartition;
+use crate::error::{Error, ErrorAction, classify};
+use crate::net::backoff::{delay, jitter};
+
+/// A partition in this fetch: where it was fetched from and at what epoch.
+struct Fetching {
+    topic: Arc<str>,
+    offset: i64,
+    epoch: u64,
+}
+
+enum Plan {
+    /// Nothing this broker leads can be fetched now.
+    Nothing,
+    /// The prefetch budget is spent.
+    NoBudget,
+    Fetch {
+        partitions: BTreeMap<TopicPartition, Fetching>,
+        wanted: BTreeMap<TopicPartition, FetchState>,
+        granted: usize,
+    },
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
+    let mut session = FetchSession::default();
+    let mut failures = 0u32;
+    let config = &shared.config;
+    debug!(target: "rill::fetch", broker, "fetcher started");
+    while !shared.closed.load(Ordering::Acquire) {
+        // Register for wake-ups before looking, so a change in between is seen.
+        let changed = shared.changed.notified();
+        let freed = shared.budget.freed.notified();
+        tokio::pin!(changed, freed);
+        changed.as_mut().enable();
+        freed.as_mut().enable();
+        let (partitions, wanted, granted) = match plan(&shared, broker) {
+            Plan::Nothing => {
+                // Leadership may move here without an assignment change.
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            Plan::NoBudget => {
+                tokio::select! {
+                    () = freed => {}
+                    () = changed => {}
+                }
+                continue;
+            }
+            Plan::Fetch { partitions, wanted, granted } => (partitions, wanted, granted),
+        };
+        match fetch(&shared, broker, &mut session, &wanted, granted).await {
+            Ok(response) => {
+                failures = 0;
+                apply(&shared, &partitions, response, granted);
+            }
+            Err(error) => {
+                session.on_failure();
+                unmark(&shared, &partitions);
+                shared.budget.release(granted);
+                let wait = delay(config.client.retry_backoff, config.client.retry_backoff_max, failures, jitter());
+                failures += 1;
+                debug!(target: "rill::fetch", broker, %error, retry_in = ?wait, "fetch failed");
+                shared.client.cluster().request_refresh();
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn plan(shared: &Shared, broker: i32) -> Plan {
+    let metadata = shared.client.cluster().metadata();
+    let mut state = shared.lock();
+    let mut partitions = BTreeMap::new();
+    let mut wanted = BTreeMap::new();
+    for (tp, ps) in state.partitions.iter() {
+        if !ps.fetchable() || metadata.leader(&tp.topic, tp.partition).map(|(b, _)| b.id) != Some(broker) {
+            continue;
+        }
+        let leader_epoch = metadata.leader(&tp.topic, tp.partition).map_or(-1, |(_, epoch)| epoch);
+        let offset = ps.fetch_offset.expect("fetchable");
+        wanted.insert(tp.clone(), (offset, shared.config.max_partition_fetch_bytes, leader_epoch));
+        partitions
+            .insert(tp.clone(), Fetching { topic: ps.topic.clone(), offset, epoch: ps.epoch.load(Ordering::Acquire) });
+    }
+    if partitions.is_empty() {
+        return Plan::Nothing;
+    }
+    let granted = shared.budget.reserve(shared.config.fetch_max_bytes as usize);
+    if granted == 0 {
+        return Plan::NoBudget;
+    }
+    for tp in partitions.keys() {
+        state.partitions.get_mut(tp).expect("listed above").in_flight = true;
+    }
+    Plan::Fetch { partitions, wanted, granted }
+}
+
+async fn fetch(
+    shared: &Shared,
+    broker: i32,
+    session: &mut FetchSession,
+    wanted: &BTreeMap<TopicPartition, FetchState>,
+    granted: usize,
+) -> Result<FetchResponse, Error> {
+    let config = &shared.config;
+    let link = shared
+        .client
+        .cluster()
+        .link(broker)
+        .ok_or_else(|| Error::UnknownTopicOrPartition(format!("broker {broker} left the cluster")))?;
+    let connection = link.connection().await?;
+    let version = connection.version_for::<FetchRequest>()?;
+    let planned = session.plan(wanted);
+    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    for (tp, (offset, max_bytes, leader_epoch)) in &planned.partitions {
+        topics.entry(tp.topic.as_str()).or_default().push(
+            FetchPartition::default()
+                .with_partition(tp.partition)
+                .with_fetch_offset(*offset)
+                .with_partition_max_bytes((*max_bytes).min(granted as i32))
+                .with_current_leader_epoch(if version >= 9 { *leader_epoch } else { -1 }),
+        );
+    }
+    let mut forgotten: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in &planned.forgotten {
+        forgotten.entry(tp.topic.as_str()).or_default().push(tp.partition);
+    }
+    let name = |topic: &str| TopicName(StrBytes::from_string(topic.to_owned()));
+    let mut request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(config.fetch_max_wait.as_millis() as i32)
+        .with_min_bytes(config.fetch_min_bytes)
+        .with_max_bytes(granted as i32)
+        .with_isolation_level(match config.isolation {
+            IsolationLevel::ReadUncommitted => 0,
+            IsolationLevel::ReadCommitted => 1,
+        })
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(topic, partitions)| FetchTopic::default().with_topic(name(topic)).with_partitions(partitions))
+                .collect(),
+        );
+    if version >= 7 {
+        request = request
+            .with_session_id(planned.session_id)
+            .with_session_epoch(planned.session_epoch)
+            .with_forgotten_topics_data(
+                forgotten
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        ForgottenTopic::default().with_topic(name(topic)).with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+    }
+    let timeout = config.client.request_timeout + config.fetch_max_wait;
+    let response = connection.send_at(&request, version, timeout).await?;
+    session.on_response(response.session_id, response.error_code);
+    if let Some(code) = ResponseError::try_from_code(response.error_code) {
+        return Err(Error::broker(kafka_protocol::messages::ApiKey::Fetch, code, format!("broker {broker}")));
+    }
+    Ok(response)
+}
+
+/// Clears the in-flight marks after a failed fetch.
+fn unmark(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>) {
+    let mut state = shared.lock();
+    for tp in partitions.keys() {
+        if let Some(ps) = state.partitions.get_mut(tp) {
+            ps.in_flight = false;
+        }
+    }
+    drop(state);
+    shared.changed.notify_waiters();
+}
+
+/// One partition's answer, decoded.
+struct Answer {
+    error: Option<ResponseError>,
+    high_watermark: i64,
+    decoded: Decoded,
+}
+
+fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, response: FetchResponse, granted: usize) {
+    let config = &shared.config;
+    let read_committed = config.isolation == IsolationLevel::ReadCommitted;
+    // Decode outside the lock. Partitions absent from an incremental
+    // answer had nothing new.
+    let mut answers: BTreeMap<TopicPartition, Answer> = BTreeMap::new();
+    for topic in response.responses {
+        for data in topic.partitions {
+            let tp = TopicPartition::new(topic.topic.0.as_str(), data.partition_index);
+            let Some(fetching) = partitions.get(&tp) else { continue };
+            let error = ResponseError::try_from_code(data.error_code);
+            let decoded = match (error, data.records) {
+                (None, Some(records)) if !records.is_empty() => {
+                    let aborted: Vec<Aborted> = data
+                        .aborted_transactions
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|a| Aborted { producer_id: a.producer_id.0, first_offset: a.first_offset })
+                        .collect();
+                    // Decompressed data may take up to the prefetch budget.
+                    decode_partition(
+                        &fetching.topic,
+                        tp.partition,
+                        fetching.offset,
+                        records,
+                        &aborted,
+                        read_committed,
+                        config.queued_max_bytes,
+                    )
+                }
+                _ => Decoded::default(),
+            };
+            answers.insert(tp, Answer { error, high_watermark: data.high_watermark, decoded });
+        }
+    }
+    let mut chunks = Vec::new();
+    let mut events = Vec::new();
+    let mut refresh = false;
+    let mut total = 0;
+    {
+        let mut state = shared.lock();
+        for (tp, fetching) in partitions {
+            let Some(ps) = state.partitions.get_mut(tp) else { continue };
+            ps.in_flight = false;
+            let answer = answers.remove(tp);
+            if ps.epoch.load(Ordering::Acquire) != fetching.epoch {
+                continue; // sought, revoked or reset meanwhile
+            }
+            let Some(Answer { error, high_watermark, decoded }) = answer else { continue };
+            match error {
+                None => {
+                    ps.high_watermark = high_watermark;
+                    if let Some(next) = decoded.next_offset {
+                        ps.fetch_offset = Some(next);
+                    }
+                    if !decoded.records.is_empty() {
+                        total += decoded.bytes;
+                        ps.queued += 1;
+                        if let Some(last) = decoded.records.back() {
+                            ps.leader_epoch = last.leader_epoch.or(ps.leader_epoch);
+                        }
+                        chunks.push(Chunk {
+                            partition: tp.clone(),
+                            fetched_epoch: fetching.epoch,
+                            epoch: ps.epoch.clone(),
+                            records: decoded.records,
+                            bytes: decoded.bytes,
+                            budget: shared.budget.clone(),
+                            progress: ps.progress.clone(),
+                        });
+                    }
+                    if let Some(error) = decoded.error {
+                        ps.failed = true;
+                        events.push(Event::Error {
+                            partition: Some(tp.clone()),
+                            error: Error::protocol(tp, error.to_string()),
+                        });
+                    } else if decoded.too_small {
+                        ps.failed = true;
+                        let message = format!(
+                            "a batch of {tp} at offset {} is larger than max.partition.fetch.bytes ({})",
+                            fetching.offset, config.max_partition_fetch_bytes
+                        );
+                        events.push(Event::Error { partition: Some(tp.clone()), error: Error::protocol(tp, message) });
+                    } else if config.partition_eof {
+                        let offset = ps.fetch_offset.unwrap_or(fetching.offset);
+                        if offset >= high_watermark && ps.eof_at != Some(offset) {
+                            ps.eof_at = Some(offset);
+                            events.push(Event::PartitionEof { partition: tp.clone(), offset });
+                        }
+                    }
+                }
+                Some(ResponseError::OffsetOutOfRange) => {
+                    debug!(target: "rill::fetch", partition = %tp, offset = fetching.offset, "offset out of range; resetting");
+                    ps.restart(None, Lookup::Reset(config.offset_reset));
+                }
+                Some(code) => match classify(code) {
+                    ErrorAction::Fatal => {
+                        ps.failed = true;
+                        let error =
+                            Error::broker(kafka_protocol::messages::ApiKey::Fetch, code, format!("partition {tp}"));
+                        events.push(Event::Error { partition: Some(tp.clone()), error });
+                    }
+                    _ => {
+                        debug!(target: "rill::fetch", partition = %tp, %code, "fetch error; refreshing metadata");
+                        refresh = true;
+                    }
+                },
+            }
+        }
+    }
+    shared.budget.settle(granted, total);
+    if refresh {
+        shared.client.cluster().request_refresh();
+    }
+    if !chunks.is_empty() || !events.is_empty() {
+        let mut queue = shared.queue();
+        queue.extend(chunks.into_iter().map(Item::Records));
+        queue.extend(events.into_iter().map(Item::Event));
+        drop(queue);
+        shared.queued.notify_one();
+    }
+    // Offsets reset or partitions freed: the engine and other fetchers look.
+    shared.changed.notify_waiters();
+    if shared.budget.used() > config.queued_max_bytes {
+        warn!(target: "rill::fetch", used = shared.budget.used(), "prefetch over budget after decompression");
+    }
+}

@@ -1,0 +1,392 @@
+//! The consumer.
+//!
+//! ```text
+//!  fetch task per broker ──chunks──▶ queue ──▶ Consumer::recv / next_event
+//!     (prefetch within a byte budget     (records, then events:
+//!      over all partitions)               EOF, errors, rebalances)
+//!  engine task: positions (committed offset, else reset), fetch tasks,
+//!               auto-commit
+//! ```
+//!
+//! - `config`: [`ConsumerConfig`].
+//! - `record`: [`ConsumerRecord`].
+//! - `state`: the assignment, positions, queue and budget, shared.
+//! - `fetched` (pure): a partition's fetched bytes to records.
+//! - `session` (pure): fetch sessions (KIP-227).
+//! - `fetcher`: the per-broker fetch task.
+//! - `coordinator`: the group coordinator; committed offsets.
+//! - `engine`: the background task.
+
+pub mod config;
+pub(crate) mod coordinator;
+pub(crate) mod engine;
+pub(crate) mod fetched;
+pub(crate) mod fetcher;
+pub mod record;
+pub(crate) mod session;
+pub(crate) mod state;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use config::{AssignmentStrategy, ConsumerConfig, IsolationLevel, OffsetReset};
+pub use record::{ConsumerRecord, TimestampType};
+
+use coordinator::{CommitOffset, GroupCoordinator};
+use state::{Budget, Chunk, Item, Lookup, PartitionState, Shared, State};
+
+use crate::TopicPartition;
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+/// What [`Consumer::next_event`] returns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A record.
+    Record(ConsumerRecord),
+    /// The consumer reached the end of a partition (the high watermark);
+    /// only with [`ConsumerConfig::partition_eof`]. Reported once per end.
+    PartitionEof {
+        /// The partition.
+        partition: TopicPartition,
+        /// The end offset reached.
+        offset: i64,
+    },
+    /// Something the application should know; fetching of the partition (if
+    /// one is named) stopped until the application seeks it.
+    Error {
+        /// The partition concerned, if one.
+        partition: Option<TopicPartition>,
+        /// What happened.
+        error: Error,
+    },
+}
+
+/// A Kafka consumer.
+///
+/// One reader: [`Consumer::recv`] and friends take `&mut self`. Everything
+/// else (storing offsets, committing, seeking, pausing) is also on
+/// [`ConsumerHandle`], which can be cloned into other tasks.
+#[derive(Debug)]
+pub struct Consumer {
+    handle: ConsumerHandle,
+    /// The chunk being read.
+    current: Option<Chunk>,
+}
+
+/// The shareable side of a consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerHandle {
+    shared: Arc<Shared>,
+    coordinator: Option<Arc<GroupCoordinator>>,
+}
+
+impl Consumer {
+    /// Creates a consumer (and its own client). Must be called inside a
+    /// tokio runtime.
+    pub fn new(config: ConsumerConfig) -> Result<Consumer> {
+        config.validate()?;
+        let client = Client::new(config.client.clone())?;
+        let coordinator =
+            config.group_id.as_ref().map(|group| Arc::new(GroupCoordinator::new(client.clone(), group.clone())));
+        let shared = Arc::new(Shared {
+            budget: Arc::new(Budget::new(config.queued_max_bytes)),
+            config,
+            client,
+            state: Mutex::new(State::default()),
+            queue: Mutex::new(VecDeque::new()),
+            queued: Notify::new(),
+            changed: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(engine::run(shared.clone(), coordinator.clone()));
+        Ok(Consumer { handle: ConsumerHandle { shared, coordinator }, current: None })
+    }
+
+    /// The shareable handle.
+    pub fn handle(&self) -> ConsumerHandle {
+        self.handle.clone()
+    }
+
+    /// Consumes exactly these partitions (replacing any earlier
+    /// assignment). Each starts at the group's committed offset when the
+    /// consumer has a group and one exists, else by `auto.offset.reset`.
+    pub fn assign(&self, partitions: &[TopicPartition]) {
+        self.handle.set_assignment(partitions);
+    }
+
+    /// The next record. Events other than records are handled: EOF is
+    /// skipped; an error is returned.
+    pub async fn recv(&mut self) -> Result<ConsumerRecord> {
+        loop {
+            match self.next_event().await? {
+                Event::Record(record) => return Ok(record),
+                Event::PartitionEof { .. } => {}
+                Event::Error { error, .. } => return Err(error),
+            }
+        }
+    }
+
+    /// Up to `max` records of one partition at once (at least one; waits
+    /// for the first). Cheaper per record than [`Self::recv`].
+    pub async fn recv_batch(&mut self, max: usize) -> Result<Vec<ConsumerRecord>> {
+        let first = self.recv().await?;
+        let mut out = Vec::with_capacity(max.min(1024));
+        out.push(first);
+        if let Some(chunk) = self.current.as_mut().filter(|c| c.is_current()) {
+            let take = (max.saturating_sub(1)).min(chunk.records.len());
+            out.extend(chunk.records.drain(..take));
+            if let Some(last) = out.last() {
+                chunk.returned(last.offset + 1);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next record or event.
+    pub async fn next_event(&mut self) -> Result<Event> {
+        loop {
+            if let Some(chunk) = &mut self.current {
+                if chunk.is_current()
+                    && let Some(record) = chunk.records.pop_front()
+                {
+                    chunk.returned(record.offset + 1);
+                    return Ok(Event::Record(record));
+                }
+                self.current = None;
+            }
+            let shared = &self.handle.shared;
+            let queued = shared.queued.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            let item = shared.queue().pop_front();
+            match item {
+                Some(Item::Records(chunk)) => {
+                    if let Some(ps) = shared.lock().partitions.get_mut(&chunk.partition)
+                        && chunk.is_current()
+                    {
+                        ps.queued = ps.queued.saturating_sub(1);
+                    }
+                    // The partition may be fetched again while this is read.
+                    shared.changed.notify_waiters();
+                    if chunk.is_current() {
+                        self.current = Some(chunk);
+                    }
+                }
+                Some(Item::Event(event)) => return Ok(event),
+                None => {
+                    if shared.closed.load(Ordering::Acquire) {
+                        return Err(Error::Closed);
+                    }
+                    queued.await;
+                }
+            }
+        }
+    }
+
+    /// The offset of the next record `recv` returns for a partition.
+    pub fn position(&self, partition: &TopicPartition) -> Option<i64> {
+        if let Some(chunk) = self.current.as_ref().filter(|c| c.partition == *partition && c.is_current())
+            && let Some(next) = chunk.records.front()
+        {
+            return Some(next.offset);
+        }
+        let auto_store = self.handle.shared.config.auto_offset_store;
+        let mut state = self.handle.shared.lock();
+        let ps = state.partitions.get_mut(partition)?;
+        ps.sync(auto_store);
+        ps.position
+    }
+
+    /// Commits the stored offsets and waits for the answer.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.handle.commit().await
+    }
+
+    /// Stops consuming: commits stored offsets (with auto-commit on) and
+    /// returns within `timeout`, whether or not brokers answer.
+    pub async fn close(self, timeout: Duration) -> Result<()> {
+        self.handle.close(timeout).await
+    }
+}
+
+impl ConsumerHandle {
+    fn set_assignment(&self, partitions: &[TopicPartition]) {
+        let lookup = Lookup::Committed;
+        let mut state = self.shared.lock();
+        let removed: Vec<TopicPartition> =
+            state.partitions.keys().filter(|tp| !partitions.contains(tp)).cloned().collect();
+        for tp in &removed {
+            if let Some(ps) = state.partitions.remove(tp) {
+                ps.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        for tp in partitions {
+            state
+                .partitions
+                .entry(tp.clone())
+                .or_insert_with(|| PartitionState::new(Arc::from(tp.topic.as_str()), lookup));
+        }
+        drop(state);
+        self.shared.purge(&removed);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// The partitions consumed.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.shared.lock().partitions.keys().cloned().collect()
+    }
+
+    /// Stores the offset after `record` for the next commit. Use with
+    /// `enable.auto.offset.store=false` once a record is fully processed.
+    pub fn store_offset(&self, record: &ConsumerRecord) -> Result<()> {
+        self.store_offsets(&[(record.topic_partition(), record.offset + 1)])
+    }
+
+    /// Stores offsets (the next offset to consume) for the next commit.
+    /// A partition not assigned is an error.
+    pub fn store_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let mut state = self.shared.lock();
+        for (tp, offset) in offsets {
+            let ps = state
+                .partitions
+                .get_mut(tp)
+                .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{tp} is not assigned")))?;
+            ps.sync(self.shared.config.auto_offset_store);
+            ps.stored = Some(*offset);
+        }
+        Ok(())
+    }
+
+    /// Commits the stored offsets and waits.
+    pub async fn commit(&self) -> Result<()> {
+        let coordinator = self.group_coordinator()?;
+        engine::commit_stored(&self.shared, coordinator, None).await
+    }
+
+    /// Commits the stored offsets without waiting; failures are logged.
+    pub fn commit_async(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.commit().await {
+                tracing::warn!(target: "rill::cgrp", %error, "asynchronous commit failed");
+            }
+        });
+    }
+
+    /// Commits these offsets (the next offset to consume per partition).
+    pub async fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let coordinator = self.group_coordinator()?;
+        let map: BTreeMap<TopicPartition, CommitOffset> = offsets
+            .iter()
+            .map(|(tp, offset)| (tp.clone(), CommitOffset { offset: *offset, leader_epoch: None }))
+            .collect();
+        let committer = self.shared.lock().committer.clone();
+        coordinator.commit(&map, &committer, self.shared.config.client.request_timeout).await?;
+        let mut state = self.shared.lock();
+        for (tp, offset) in offsets {
+            if let Some(ps) = state.partitions.get_mut(tp) {
+                ps.committed = Some(*offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets for these partitions.
+    pub async fn committed(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, Option<i64>>> {
+        let coordinator = self.group_coordinator()?;
+        let found = coordinator.fetch_offsets(partitions, self.shared.config.client.request_timeout).await?;
+        Ok(found.into_iter().map(|(tp, c)| (tp, c.map(|c| c.offset))).collect())
+    }
+
+    fn group_coordinator(&self) -> Result<&GroupCoordinator> {
+        self.coordinator.as_deref().ok_or_else(|| {
+            Error::Config(crate::config::ConfigError::Invalid("committing offsets needs a `group.id`".into()))
+        })
+    }
+
+    /// Continues a partition from `offset`; records already fetched are
+    /// dropped.
+    pub fn seek(&self, partition: &TopicPartition, offset: i64) -> Result<()> {
+        let mut state = self.shared.lock();
+        let ps = state
+            .partitions
+            .get_mut(partition)
+            .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{partition} is not assigned")))?;
+        ps.sync(self.shared.config.auto_offset_store);
+        ps.restart(Some(offset), Lookup::Done);
+        drop(state);
+        self.shared.purge(std::slice::from_ref(partition));
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Stops fetching these partitions; records already fetched for them
+    /// are dropped and fetched again after [`Self::resume`].
+    pub fn pause(&self, partitions: &[TopicPartition]) {
+        let mut state = self.shared.lock();
+        for tp in partitions {
+            if let Some(ps) = state.partitions.get_mut(tp)
+                && !ps.paused
+            {
+                ps.sync(self.shared.config.auto_offset_store);
+                ps.paused = true;
+                let position = ps.position.or(ps.fetch_offset);
+                let lookup = ps.lookup;
+                ps.restart(position, lookup);
+            }
+        }
+        drop(state);
+        self.shared.purge(partitions);
+    }
+
+    /// Fetches paused partitions again.
+    pub fn resume(&self, partitions: &[TopicPartition]) {
+        let mut state = self.shared.lock();
+        for tp in partitions {
+            if let Some(ps) = state.partitions.get_mut(tp) {
+                ps.paused = false;
+            }
+        }
+        drop(state);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// The paused partitions.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.shared.lock().partitions.iter().filter(|(_, ps)| ps.paused).map(|(tp, _)| tp.clone()).collect()
+    }
+
+    /// Stops the consumer: commits stored offsets (with auto-commit on),
+    /// within `timeout`.
+    pub async fn close(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let commit = async {
+            match (&self.coordinator, self.shared.config.auto_commit) {
+                (Some(coordinator), true) => engine::commit_stored(&self.shared, coordinator, None).await,
+                _ => Ok(()),
+            }
+        };
+        let result = tokio::time::timeout_at(deadline, commit)
+            .await
+            .unwrap_or_else(|_| Err(Error::Timeout { operation: "committing on close".into(), after: timeout }));
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.changed.notify_waiters();
+        self.shared.queued.notify_one();
+        result
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // The tasks stop; nothing is committed (use close for that).
+        self.handle.shared.closed.store(true, Ordering::Release);
+        self.handle.shared.changed.notify_waiters();
+    }
+}

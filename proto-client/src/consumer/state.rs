@@ -1,0 +1,272 @@
+//! The consumer's shared state: the assignment with each partition's
+//! positions, the queue the application reads from, and the prefetch budget.
+//!
+//! Fetched records travel as chunks (one partition's records from one
+//! fetch). A chunk remembers its partition's epoch when it was fetched;
+//! anything that makes buffered data wrong for the application (seek,
+//! revoke, pause, reset) bumps the epoch, and stale chunks are dropped
+//! wherever they are: in the queue, or half-read by `recv`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::Event;
+use super::config::{ConsumerConfig, OffsetReset};
+use super::coordinator::Committer;
+use super::record::ConsumerRecord;
+use crate::TopicPartition;
+use crate::client::Client;
+
+/// Budget for fetched-but-unread data, in bytes, over all partitions.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+    pub(crate) freed: Notify,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Budget { used: AtomicUsize::new(0), limit, freed: Notify::new() }
+    }
+
+    /// Reserves up to `want` bytes; returns what was granted (0 when full).
+    pub(crate) fn reserve(&self, want: usize) -> usize {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            let grant = want.min(self.limit.saturating_sub(used));
+            if grant == 0 {
+                return 0;
+            }
+            match self.used.compare_exchange(used, used + grant, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return grant,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Turns a grant into what the data really took (decompressed data can
+    /// take more than the fetch asked for; the overshoot is bounded by one
+    /// fetch per broker).
+    pub(crate) fn settle(&self, granted: usize, actual: usize) {
+        if actual >= granted {
+            self.used.fetch_add(actual - granted, Ordering::AcqRel);
+        } else {
+            self.release(granted - actual);
+        }
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.freed.notify_waiters();
+        }
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// One partition's records from one fetch, waiting for the application.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) partition: TopicPartition,
+    /// The partition's epoch when fetched, and the live one.
+    pub(crate) fetched_epoch: u64,
+    pub(crate) epoch: Arc<AtomicU64>,
+    pub(crate) records: VecDeque<ConsumerRecord>,
+    /// Budget bytes this chunk holds until dropped.
+    pub(crate) bytes: usize,
+    pub(crate) budget: Arc<Budget>,
+    /// The partition's progress for this epoch: the offset after the last
+    /// record handed to the application.
+    pub(crate) progress: Arc<AtomicI64>,
+}
+
+impl Chunk {
+    /// Whether the chunk still belongs to the partition's current position.
+    pub(crate) fn is_current(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) == self.fetched_epoch
+    }
+
+    /// Notes that the application was handed everything before `next`.
+    pub(crate) fn returned(&self, next: i64) {
+        self.progress.store(next, Ordering::Release);
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// What the application reads, in order.
+#[derive(Debug)]
+pub(crate) enum Item {
+    Records(Chunk),
+    Event(Event),
+}
+
+/// How a partition's position is being found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Known (`fetch_offset` is set).
+    Done,
+    /// The group's committed offset, then `auto.offset.reset`.
+    Committed,
+    /// ListOffsets by the reset strategy.
+    Reset(OffsetReset),
+}
+
+/// One assigned partition.
+#[derive(Debug)]
+pub(crate) struct PartitionState {
+    pub(crate) topic: Arc<str>,
+    pub(crate) epoch: Arc<AtomicU64>,
+    /// Where the reader is within this epoch's chunks (-1: nothing read
+    /// yet); a new epoch gets a new one, so a stale chunk cannot move it.
+    pub(crate) progress: Arc<AtomicI64>,
+    /// Next offset to fetch; `None` until the position is known.
+    pub(crate) fetch_offset: Option<i64>,
+    /// Next offset the application gets, as of the last [`Self::sync`].
+    pub(crate) position: Option<i64>,
+    pub(crate) lookup: Lookup,
+    /// A lookup is running.
+    pub(crate) resolving: bool,
+    pub(crate) paused: bool,
+    /// A fetch for it is in flight.
+    pub(crate) in_flight: bool,
+    /// Chunks of it in the application queue.
+    pub(crate) queued: usize,
+    pub(crate) leader_epoch: Option<i32>,
+    /// Offset (next to consume) stored for the next commit.
+    pub(crate) stored: Option<i64>,
+    /// Last committed offset, as far as this consumer knows.
+    pub(crate) committed: Option<i64>,
+    pub(crate) high_watermark: i64,
+    /// EOF was reported at this offset.
+    pub(crate) eof_at: Option<i64>,
+    /// Fetching stopped on an error until the application seeks.
+    pub(crate) failed: bool,
+}
+
+impl PartitionState {
+    pub(crate) fn new(topic: Arc<str>, lookup: Lookup) -> Self {
+        PartitionState {
+            topic,
+            epoch: Arc::new(AtomicU64::new(0)),
+            progress: Arc::new(AtomicI64::new(-1)),
+            fetch_offset: None,
+            position: None,
+            lookup,
+            resolving: false,
+            paused: false,
+            in_flight: false,
+            queued: 0,
+            leader_epoch: None,
+            stored: None,
+            committed: None,
+            high_watermark: -1,
+            eof_at: None,
+            failed: false,
+        }
+    }
+
+    /// Makes buffered data stale and starts over from `offset` (or a new
+    /// lookup when `None`).
+    pub(crate) fn restart(&mut self, offset: Option<i64>, lookup: Lookup) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.progress = Arc::new(AtomicI64::new(-1));
+        self.fetch_offset = offset;
+        self.position = offset;
+        self.lookup = if offset.is_some() { Lookup::Done } else { lookup };
+        self.queued = 0;
+        self.eof_at = None;
+        self.failed = false;
+    }
+
+    /// Takes in what the reader returned since: the position, and with
+    /// automatic offset storing the stored offset.
+    pub(crate) fn sync(&mut self, auto_store: bool) {
+        let next = self.progress.load(Ordering::Acquire);
+        if next < 0 || self.position == Some(next) {
+            return;
+        }
+        self.position = Some(next);
+        if auto_store {
+            self.stored = Some(next);
+        }
+    }
+
+    /// Whether a fetch may include it now.
+    pub(crate) fn fetchable(&self) -> bool {
+        self.fetch_offset.is_some() && !self.paused && !self.in_flight && self.queued == 0 && !self.failed
+    }
+}
+
+/// Everything behind the consumer's lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) partitions: BTreeMap<TopicPartition, PartitionState>,
+    /// Brokers with a fetch task running.
+    pub(crate) fetchers: Vec<i32>,
+    /// Who commits: the group generation and member, or nobody in
+    /// particular for a consumer that assigns its own partitions.
+    pub(crate) committer: Committer,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { partitions: BTreeMap::new(), fetchers: Vec::new(), committer: Committer::standalone() }
+    }
+}
+
+/// State shared by the consumer, its engine task and its fetch tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ConsumerConfig,
+    pub(crate) client: Client,
+    pub(crate) state: Mutex<State>,
+    pub(crate) queue: Mutex<VecDeque<Item>>,
+    /// Items were queued.
+    pub(crate) queued: Notify,
+    /// The assignment or positions changed: fetchers and the engine look again.
+    pub(crate) changed: Notify,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) closed: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Short critical sections on plain data; a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn queue(&self) -> MutexGuard<'_, VecDeque<Item>> {
+        lock(&self.queue)
+    }
+
+    /// Queues an event for the application.
+    pub(crate) fn push_event(&self, event: Event) {
+        self.queue().push_back(Item::Event(event));
+        self.queued.notify_one();
+    }
+
+    /// Drops queued chunks of these partitions (they were revoked, sought
+    /// or paused; their epochs are already bumped).
+    pub(crate) fn purge(&self, partitions: &[TopicPartition]) {
+        self.queue().retain(|item| match item {
+            Item::Records(chunk) => !partitions.contains(&chunk.partition),
+            Item::Event(_) => true,
+        });
+    }
+}

@@ -1,0 +1,221 @@
+//! The consumer against real brokers: reading what librdkafka wrote,
+//! positions, offsets, and (with groups) membership.
+
+mod common;
+
+use std::time::Duration;
+
+use rdkafka::message::{Header as RdHeader, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rill_client::TopicPartition;
+use rill_client::consumer::{Consumer, ConsumerConfig, Event, OffsetReset};
+use rill_client::records::Compression;
+use rill_testkit::{ClusterOptions, TestCluster, each_broker, unique_topic};
+
+/// librdkafka writes `count` records to partition `partition`: key `k{i}`
+/// (null for every tenth), value `v{i}` (null for every seventh), headers
+/// `dup=a, dup=b` and a null-valued one.
+async fn write_with_librdkafka(cluster: &TestCluster, topic: &str, partition: i32, count: usize, codec: &str) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("compression.codec", codec)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..count {
+        let key = format!("k{i}");
+        let value = format!("v{i}");
+        let headers = OwnedHeaders::new()
+            .insert(RdHeader { key: "dup", value: Some("a") })
+            .insert(RdHeader { key: "dup", value: Some("b") })
+            .insert(RdHeader::<&str> { key: "none", value: None });
+        let mut record = FutureRecord::<String, String>::to(topic).partition(partition).headers(headers);
+        if i % 10 != 0 {
+            record = record.key(&key);
+        }
+        if i % 7 != 0 {
+            record = record.payload(&value);
+        }
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}
+
+fn consumer_config(cluster: &TestCluster) -> ConsumerConfig {
+    ConsumerConfig::new(cluster.client_config())
+        .offset_reset(OffsetReset::Earliest)
+        .fetch_wait(1, Duration::from_millis(100))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_what_librdkafka_wrote_with_every_codec() {
+    each_broker(ClusterOptions::default(), async |cluster| {
+        for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let topic = unique_topic(&format!("read-{codec}"));
+            cluster.create_topic(&topic, 1).await.unwrap();
+            write_with_librdkafka(cluster, &topic, 0, 3_000, &codec.to_string()).await;
+            let mut consumer = Consumer::new(consumer_config(cluster)).unwrap();
+            consumer.assign(&[TopicPartition::new(&topic, 0)]);
+            for i in 0..3_000i64 {
+                let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{codec}: record {i} did not arrive"))
+                    .unwrap();
+                assert_eq!(record.offset, i, "{codec}");
+                let key = (i % 10 != 0).then(|| format!("k{i}"));
+                let value = (i % 7 != 0).then(|| format!("v{i}"));
+                assert_eq!(record.key.as_deref(), key.as_deref().map(str::as_bytes), "{codec} key {i}");
+                assert_eq!(record.value.as_deref(), value.as_deref().map(str::as_bytes), "{codec} value {i}");
+                let headers: Vec<(&str, Option<&[u8]>)> =
+                    record.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref())).collect();
+                assert_eq!(headers, [("dup", Some(&b"a"[..])), ("dup", Some(&b"b"[..])), ("none", None)]);
+                assert!(record.timestamp > 0);
+            }
+            assert_eq!(consumer.position(&TopicPartition::new(&topic, 0)), Some(3_000));
+            consumer.close(Duration::from_secs(5)).await.unwrap();
+        }
+    })
+    .await;
+}
+
+async fn recv_within(consumer: &mut Consumer, what: &str) -> rill_client::consumer::ConsumerRecord {
+    tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not arrive"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_resumes_from_committed_offsets() {
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("resume");
+        let group = unique_topic("resume-group");
+        cluster.create_topic(&topic, 2).await.unwrap();
+        for partition in 0..2 {
+            write_with_librdkafka(cluster, &topic, partition, 100, "none").await;
+        }
+        let partitions = [TopicPartition::new(&topic, 0), TopicPartition::new(&topic, 1)];
+        let config = consumer_config(cluster).group(&group).auto_commit(false, Duration::from_secs(5));
+
+        let mut first = Consumer::new(config.clone()).unwrap();
+        first.assign(&partitions);
+        let mut seen = std::collections::BTreeMap::<i32, i64>::new();
+        while seen.values().copied().sum::<i64>() < 2 * 60 {
+            let record = recv_within(&mut first, "first consumer's record").await;
+            let count = seen.entry(record.partition).or_default();
+            if *count < 60 {
+                assert_eq!(record.offset, *count);
+                *count += 1;
+                if *count == 60 {
+                    first.handle().pause(&[record.topic_partition()]);
+                }
+            }
+        }
+        first.commit().await.unwrap();
+        let committed = first.handle().committed(&partitions).await.unwrap();
+        assert_eq!(committed.values().copied().collect::<Vec<_>>(), [Some(60), Some(60)]);
+        first.close(Duration::from_secs(5)).await.unwrap();
+
+        let mut second = Consumer::new(config).unwrap();
+        second.assign(&partitions);
+        let mut next = std::collections::BTreeMap::<i32, i64>::new();
+        for _ in 0..80 {
+            let record = recv_within(&mut second, "second consumer's record").await;
+            let expected = next.entry(record.partition).or_insert(60);
+            assert_eq!(record.offset, *expected, "partition {} resumes at its commit", record.partition);
+            *expected += 1;
+        }
+        second.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_pause_resume_and_partition_eof() {
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("seek");
+        cluster.create_topic(&topic, 1).await.unwrap();
+        write_with_librdkafka(cluster, &topic, 0, 50, "none").await;
+        let tp = TopicPartition::new(&topic, 0);
+        let mut consumer = Consumer::new(consumer_config(cluster).partition_eof(true)).unwrap();
+        consumer.assign(std::slice::from_ref(&tp));
+        let handle = consumer.handle();
+
+        // Read to the end: 50 records, then one end-of-partition event.
+        let mut offsets = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), consumer.next_event()).await.unwrap().unwrap() {
+                Event::Record(record) => offsets.push(record.offset),
+                Event::PartitionEof { partition, offset } => {
+                    assert_eq!((partition, offset), (tp.clone(), 50));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(offsets, (0..50).collect::<Vec<_>>());
+
+        // Seek back: the records come again from there.
+        handle.seek(&tp, 45).unwrap();
+        assert_eq!(recv_within(&mut consumer, "record after seek").await.offset, 45);
+
+        // Paused: nothing arrives even though records wait.
+        handle.pause(std::slice::from_ref(&tp));
+        assert_eq!(handle.paused(), std::slice::from_ref(&tp));
+        let quiet = tokio::time::timeout(Duration::from_millis(700), consumer.recv()).await;
+        assert!(quiet.is_err(), "a paused partition delivered {quiet:?}");
+        handle.resume(std::slice::from_ref(&tp));
+        assert_eq!(recv_within(&mut consumer, "record after resume").await.offset, 46);
+
+        // Seeking a partition not assigned is refused.
+        assert!(handle.seek(&TopicPartition::new(&topic, 7), 0).is_err());
+        consumer.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_reset_latest_and_error() {
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("reset");
+        cluster.create_topic(&topic, 1).await.unwrap();
+        // One record per batch: Tansu answers ListOffsets(latest) with the
+        // newest batch's base offset + 1, right only for one-record batches.
+        for _ in 0..10 {
+            write_with_librdkafka(cluster, &topic, 0, 1, "none").await;
+        }
+        let tp = TopicPartition::new(&topic, 0);
+
+        // `error` (Java: `none`) with no committed offset: an error naming the partition.
+        let group = unique_topic("reset-group");
+        let mut strict =
+            Consumer::new(consumer_config(cluster).group(&group).offset_reset(OffsetReset::Error)).unwrap();
+        strict.assign(std::slice::from_ref(&tp));
+        match tokio::time::timeout(Duration::from_secs(20), strict.next_event()).await.unwrap().unwrap() {
+            Event::Error { partition, error } => {
+                assert_eq!(partition, Some(tp.clone()));
+                assert!(matches!(error, rill_client::Error::NoOffset(_)), "{error:?}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        strict.close(Duration::from_secs(5)).await.unwrap();
+
+        // `latest`: only what is written after the consumer starts.
+        let mut latest = Consumer::new(consumer_config(cluster).offset_reset(OffsetReset::Latest)).unwrap();
+        latest.assign(std::slice::from_ref(&tp));
+        // Wait until the position is resolved before writing more.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while latest.position(&tp).is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "position never resolved");
+            let _ = tokio::time::timeout(Duration::from_millis(50), latest.recv()).await;
+        }
+        assert_eq!(latest.position(&tp), Some(10));
+        write_with_librdkafka(cluster, &topic, 0, 5, "none").await;
+        assert_eq!(recv_within(&mut latest, "record written after start").await.offset, 10);
+        latest.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}

@@ -10,7 +10,7 @@ round-trip property test in wire/shape.rs checks that claim.
 
 Usage: scripts/gen-shapes.py > proto-client/src/wire/shapes.rs
 Run it again after bumping kafka-protocol, with the list below updated to
-every response type the client decodes.
+every response type (and embedded message) the client decodes.
 """
 import glob
 import os
@@ -33,6 +33,9 @@ RESPONSES = [
     ("leave_group_response", "LeaveGroupResponse"),
     ("offset_commit_response", "OffsetCommitResponse"),
     ("offset_fetch_response", "OffsetFetchResponse"),
+    # Embedded in JoinGroup / SyncGroup: written by other group members.
+    ("consumer_protocol_subscription", "ConsumerProtocolSubscription"),
+    ("consumer_protocol_assignment", "ConsumerProtocolAssignment"),
 ]
 
 PRIMS = {

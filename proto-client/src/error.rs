@@ -160,6 +160,15 @@ pub enum Error {
     #[error("no offset to start from: {0}")]
     NoOffset(String),
 
+    /// The application did not poll the consumer within
+    /// `max.poll.interval.ms`: the consumer left its group and lost its
+    /// partitions; it rejoins when polled again.
+    #[error("max.poll.interval.ms ({interval:?}) exceeded: left the group; polling again rejoins")]
+    MaxPollIntervalExceeded {
+        /// The interval that passed without a poll.
+        interval: Duration,
+    },
+
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -206,6 +215,7 @@ impl Error {
             | Error::ProducerFailed { .. }
             | Error::NoOffset(_)
             | Error::Closed => ErrorAction::Fatal,
+            Error::MaxPollIntervalExceeded { .. } => ErrorAction::Retry,
         }
     }
 

@@ -9,7 +9,8 @@
 //!
 //! Where the mock departs from Kafka (see FIXTURES.md): no CreateTopics,
 //! DeleteTopics, DescribeGroups, ListGroups or DescribeConfigs; ApiVersions
-//! v3 gets UNSUPPORTED_VERSION with a non-v0 body; unknown topics are
+//! v3 gets UNSUPPORTED_VERSION with a non-v0 body; group APIs misparse
+//! flexible versions (capped below); unknown topics are
 //! auto-created with 4 partitions; plain idempotent batches are not
 //! sequence-checked; each partition keeps only 5 MiB or 100,000 message sets;
 //! a non-transactional InitProducerId v3 carrying an existing pid/epoch
@@ -68,6 +69,19 @@ impl MockKafka {
                         return;
                     }
                 };
+                // The mock's group handlers read arrays as plain i32 counts,
+                // so they are only right up to the versions librdkafka
+                // itself sends; past them (flexible JoinGroup v6 and
+                // SyncGroup v4, LeaveGroup v3's member list) they misparse
+                // and close the connection. Offer only those versions.
+                for (api, max) in
+                    [(RDKafkaApiKey::JoinGroup, 5), (RDKafkaApiKey::SyncGroup, 3), (RDKafkaApiKey::LeaveGroup, 2)]
+                {
+                    if let Err(e) = cluster.apiversion(api, Some(0), Some(max)) {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 // Ends when the handle is dropped; the cluster goes with it.
                 for (command, reply) in receiver {

@@ -52,7 +52,7 @@ impl AssignmentStrategy {
         self == AssignmentStrategy::CooperativeSticky
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         Some(match name.trim() {
             "range" => AssignmentStrategy::Range,
             "roundrobin" => AssignmentStrategy::RoundRobin,

@@ -140,6 +140,16 @@ impl GroupCoordinator {
         result
     }
 
+    /// Forgets the coordinator when `code` says it moved or is down.
+    pub(crate) fn check_coordinator(&self, code: i16) {
+        if matches!(
+            ResponseError::try_from_code(code),
+            Some(ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable)
+        ) {
+            self.invalidate();
+        }
+    }
+
     /// Handles a coordinator-level error code: moved or unavailable
     /// coordinators are forgotten. Returns the error for the caller.
     pub(crate) fn check(&self, api: ApiKey, code: i16, context: &str) -> Result<()> {

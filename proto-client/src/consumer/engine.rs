@@ -23,6 +23,9 @@ pub(crate) async fn run(shared: Arc<Shared>, coordinator: Option<Arc<GroupCoordi
     let mut metadata = shared.client.cluster().watch();
     let interval = shared.config.auto_commit_interval;
     let mut next_commit = Instant::now() + interval;
+    // One auto-commit at a time: a coordinator busy with a rebalance holds
+    // requests, and commits must not pile up behind it.
+    let mut committing: Option<tokio::task::JoinHandle<()>> = None;
     while !shared.closed.load(Ordering::Acquire) {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
@@ -33,14 +36,15 @@ pub(crate) async fn run(shared: Arc<Shared>, coordinator: Option<Arc<GroupCoordi
             next_commit = Instant::now() + interval;
             if shared.config.auto_commit
                 && let Some(coordinator) = &coordinator
+                && committing.as_ref().is_none_or(|c| c.is_finished())
             {
                 let shared = shared.clone();
                 let coordinator = coordinator.clone();
-                tokio::spawn(async move {
+                committing = Some(tokio::spawn(async move {
                     if let Err(error) = commit_stored(&shared, &coordinator, None).await {
                         warn!(target: "rill::cgrp", %error, "auto-commit failed");
                     }
-                });
+                }));
             }
         }
         tokio::select! {
@@ -92,7 +96,7 @@ fn start_lookups(shared: &Arc<Shared>, coordinator: &Option<Arc<GroupCoordinator
     {
         let mut state = shared.lock();
         for (tp, ps) in state.partitions.iter_mut() {
-            if ps.fetch_offset.is_some() || ps.resolving || ps.failed || ps.paused {
+            if ps.fetch_offset.is_some() || ps.resolving || ps.failed || ps.paused || ps.revoking {
                 continue;
             }
             let epoch = ps.epoch.load(Ordering::Acquire);

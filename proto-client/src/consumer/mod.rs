@@ -22,12 +22,13 @@ pub(crate) mod coordinator;
 pub(crate) mod engine;
 pub(crate) mod fetched;
 pub(crate) mod fetcher;
+pub(crate) mod group;
 pub mod record;
 pub(crate) mod session;
 pub(crate) mod state;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,46 @@ pub enum Event {
         /// What happened.
         error: Error,
     },
+    /// The group gave this consumer these partitions (in addition to those
+    /// it has, with cooperative rebalancing). Each starts at the group's
+    /// committed offset.
+    Assigned(Vec<TopicPartition>),
+    /// These partitions go to another member. Records of them not yet
+    /// returned are dropped; the application finishes what it holds,
+    /// stores offsets, then drops the [`Revocation`]: the consumer commits
+    /// (with auto-commit) and gives the partitions up. The rebalance waits
+    /// for it, up to `max.poll.interval.ms`.
+    Revoked(Revocation),
+    /// These partitions were lost (the group moved on without this member:
+    /// session timeout, fencing, `max.poll.interval.ms`): they may already
+    /// be someone else's, so nothing of them is committed.
+    Lost(Vec<TopicPartition>),
+}
+
+/// Partitions being revoked; dropping it lets the rebalance go on.
+#[derive(Debug)]
+pub struct Revocation {
+    partitions: Vec<TopicPartition>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Revocation {
+    pub(crate) fn new(partitions: Vec<TopicPartition>, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        Revocation { partitions, done: Some(done) }
+    }
+
+    /// The partitions revoked.
+    pub fn partitions(&self) -> &[TopicPartition] {
+        &self.partitions
+    }
+}
+
+impl Drop for Revocation {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// A Kafka consumer.
@@ -104,6 +145,9 @@ impl Consumer {
             queued: Notify::new(),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
+            polls: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
+            group: Mutex::new(None),
         });
         tokio::spawn(engine::run(shared.clone(), coordinator.clone()));
         Ok(Consumer { handle: ConsumerHandle { shared, coordinator }, current: None })
@@ -112,6 +156,43 @@ impl Consumer {
     /// The shareable handle.
     pub fn handle(&self) -> ConsumerHandle {
         self.handle.clone()
+    }
+
+    /// Joins the consumer's group (`group.id`) and consumes the partitions
+    /// the group assigns it of these topics. Calling it again changes the
+    /// subscription (and rebalances). Topics that do not exist yet are
+    /// picked up when they appear.
+    pub fn subscribe(&self, topics: &[&str]) -> Result<()> {
+        let Some(coordinator) = self.handle.coordinator.clone() else {
+            return Err(Error::Config(crate::config::ConfigError::Invalid("subscribing needs a `group.id`".into())));
+        };
+        let shared = &self.handle.shared;
+        let mut topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        topics.sort();
+        topics.dedup();
+        let mut group = shared.group.lock().unwrap_or_else(|p| p.into_inner());
+        match group.as_ref() {
+            Some(control) => {
+                control.topics.send_if_modified(|current| {
+                    let changed = *current != topics;
+                    *current = topics;
+                    changed
+                });
+            }
+            None => {
+                if !shared.lock().partitions.is_empty() {
+                    return Err(Error::Config(crate::config::ConfigError::Invalid(
+                        "subscribe after assign: a consumer either assigns or subscribes".into(),
+                    )));
+                }
+                let (topics_tx, topics_rx) = tokio::sync::watch::channel(topics);
+                let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+                let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(group::driver::run(shared.clone(), coordinator, topics_rx, closing_rx, done_tx));
+                *group = Some(state::GroupControl { topics: topics_tx, closing: closing_tx, done: done_rx });
+            }
+        }
+        Ok(())
     }
 
     /// Consumes exactly these partitions (replacing any earlier
@@ -127,8 +208,9 @@ impl Consumer {
         loop {
             match self.next_event().await? {
                 Event::Record(record) => return Ok(record),
-                Event::PartitionEof { .. } => {}
                 Event::Error { error, .. } => return Err(error),
+                // Dropping a revocation lets the rebalance go on.
+                Event::PartitionEof { .. } | Event::Assigned(_) | Event::Revoked(_) | Event::Lost(_) => {}
             }
         }
     }
@@ -151,6 +233,7 @@ impl Consumer {
 
     /// The next record or event.
     pub async fn next_event(&mut self) -> Result<Event> {
+        self.handle.shared.polls.fetch_add(1, Ordering::Relaxed);
         loop {
             if let Some(chunk) = &mut self.current {
                 if chunk.is_current()
@@ -184,6 +267,7 @@ impl Consumer {
                     if shared.closed.load(Ordering::Acquire) {
                         return Err(Error::Closed);
                     }
+                    let _polling = Polling::start(shared);
                     queued.await;
                 }
             }
@@ -367,19 +451,81 @@ impl ConsumerHandle {
     /// within `timeout`.
     pub async fn close(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        // Closing counts as polling: the group must not give up on us now.
+        let _polling = Polling::start(&self.shared);
+        let in_group = self.shared.group.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         let commit = async {
-            match (&self.coordinator, self.shared.config.auto_commit) {
-                (Some(coordinator), true) => engine::commit_stored(&self.shared, coordinator, None).await,
-                _ => Ok(()),
+            let (Some(coordinator), true) = (&self.coordinator, self.shared.config.auto_commit) else {
+                return Ok(());
+            };
+            loop {
+                // Nothing queued will be read any more; dropping a pending
+                // revocation lets a rebalance under way finish.
+                self.shared.queue().clear();
+                let committer = self.shared.lock().committer.clone();
+                let error = match engine::commit_stored(&self.shared, coordinator, None).await {
+                    Err(error) if in_group && error.code().is_some_and(rebalancing) => error,
+                    other => return other,
+                };
+                // The group is rebalancing: commit in the generation that
+                // follows, unless the member drops out of the group.
+                tracing::debug!(target: "rill::cgrp", %error, "rebalance under way; committing after it");
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let now = self.shared.lock().committer.clone();
+                    if now.generation < 0 {
+                        return Err(error);
+                    }
+                    if now != committer {
+                        break;
+                    }
+                }
             }
         };
         let result = tokio::time::timeout_at(deadline, commit)
             .await
             .unwrap_or_else(|_| Err(Error::Timeout { operation: "committing on close".into(), after: timeout }));
+        // A group member then gives its partitions up and leaves.
+        let done = {
+            let group = self.shared.group.lock().unwrap_or_else(|p| p.into_inner());
+            group.as_ref().map(|control| {
+                let _ = control.closing.send(true);
+                control.done.clone()
+            })
+        };
+        if let Some(mut done) = done
+            && tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await.is_err()
+        {
+            tracing::warn!(target: "rill::cgrp", "leaving the group did not finish within the close timeout");
+        }
         self.shared.closed.store(true, Ordering::Release);
         self.shared.changed.notify_waiters();
         self.shared.queued.notify_one();
         result
+    }
+}
+
+/// Commit errors that mean "the group is between generations".
+fn rebalancing(code: kafka_protocol::ResponseError) -> bool {
+    use kafka_protocol::ResponseError as E;
+    matches!(code, E::RebalanceInProgress | E::IllegalGeneration)
+}
+
+/// Marks the application as waiting in the consumer (so polling) while
+/// alive.
+struct Polling<'a>(&'a Shared);
+
+impl<'a> Polling<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.polling.store(true, Ordering::Release);
+        Polling(shared)
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.polls.fetch_add(1, Ordering::Relaxed);
+        self.0.polling.store(false, Ordering::Release);
     }
 }
 

@@ -153,6 +153,8 @@ pub(crate) struct PartitionState {
     pub(crate) eof_at: Option<i64>,
     /// Fetching stopped on an error until the application seeks.
     pub(crate) failed: bool,
+    /// Being revoked: no fetching, no lookups, until it is removed.
+    pub(crate) revoking: bool,
 }
 
 impl PartitionState {
@@ -174,6 +176,7 @@ impl PartitionState {
             high_watermark: -1,
             eof_at: None,
             failed: false,
+            revoking: false,
         }
     }
 
@@ -205,7 +208,12 @@ impl PartitionState {
 
     /// Whether a fetch may include it now.
     pub(crate) fn fetchable(&self) -> bool {
-        self.fetch_offset.is_some() && !self.paused && !self.in_flight && self.queued == 0 && !self.failed
+        self.fetch_offset.is_some()
+            && !self.paused
+            && !self.in_flight
+            && self.queued == 0
+            && !self.failed
+            && !self.revoking
     }
 }
 
@@ -239,6 +247,23 @@ pub(crate) struct Shared {
     pub(crate) changed: Notify,
     pub(crate) budget: Arc<Budget>,
     pub(crate) closed: AtomicBool,
+    /// Calls into the consumer's read side, and whether one is waiting now:
+    /// how the group driver knows the application still polls.
+    pub(crate) polls: AtomicU64,
+    pub(crate) polling: AtomicBool,
+    /// The group driver, once subscribed.
+    pub(crate) group: Mutex<Option<GroupControl>>,
+}
+
+/// The consumer's side of a running group driver.
+#[derive(Debug)]
+pub(crate) struct GroupControl {
+    /// The subscribed topics.
+    pub(crate) topics: tokio::sync::watch::Sender<Vec<String>>,
+    /// Set to close: the driver releases the partitions and leaves.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// Set by the driver when it stopped.
+    pub(crate) done: tokio::sync::watch::Receiver<bool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -259,6 +284,24 @@ impl Shared {
     pub(crate) fn push_event(&self, event: Event) {
         self.queue().push_back(Item::Event(event));
         self.queued.notify_one();
+    }
+
+    /// Stops these partitions: buffered records are dropped (what the
+    /// application was handed stays stored) and nothing more is fetched
+    /// or looked up for them.
+    pub(crate) fn stop_partitions(&self, partitions: &[TopicPartition]) {
+        let auto_store = self.config.auto_offset_store;
+        let mut state = self.lock();
+        for tp in partitions {
+            if let Some(ps) = state.partitions.get_mut(tp) {
+                ps.sync(auto_store);
+                ps.revoking = true;
+                ps.epoch.fetch_add(1, Ordering::AcqRel);
+                ps.queued = 0;
+            }
+        }
+        drop(state);
+        self.purge(partitions);
     }
 
     /// Drops queued chunks of these partitions (they were revoked, sought

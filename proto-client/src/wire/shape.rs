@@ -246,9 +246,10 @@ mod tests {
     use crate::wire::shapes::*;
     use bytes::{BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
-        ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, FetchResponse, FindCoordinatorResponse,
-        HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListOffsetsResponse,
-        MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
+        ApiVersionsResponse, ConsumerProtocolAssignment, ConsumerProtocolSubscription, CreateTopicsResponse,
+        DeleteTopicsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse, InitProducerIdResponse,
+        JoinGroupResponse, LeaveGroupResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
+        OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
     };
     use kafka_protocol::protocol::Decodable;
     use proptest::prelude::*;
@@ -370,7 +371,8 @@ mod tests {
 
     type Decoder = fn(&Bytes, i16) -> Result<(), String>;
 
-    /// Every response shape the client decodes, with its decoder.
+    /// Every response (and embedded message) shape the client decodes, with
+    /// its decoder.
     fn cases() -> Vec<(&'static StructShape, Decoder)> {
         vec![
             (&API_VERSIONS_RESPONSE, decodes_fully::<ApiVersionsResponse>),
@@ -388,6 +390,8 @@ mod tests {
             (&LEAVE_GROUP_RESPONSE, decodes_fully::<LeaveGroupResponse>),
             (&OFFSET_COMMIT_RESPONSE, decodes_fully::<OffsetCommitResponse>),
             (&OFFSET_FETCH_RESPONSE, decodes_fully::<OffsetFetchResponse>),
+            (&CONSUMER_PROTOCOL_SUBSCRIPTION, decodes_fully::<ConsumerProtocolSubscription>),
+            (&CONSUMER_PROTOCOL_ASSIGNMENT, decodes_fully::<ConsumerProtocolAssignment>),
         ]
     }
 
@@ -413,7 +417,7 @@ mod tests {
         /// Arbitrary bytes never make the walk panic, and whatever it
         /// accepts is safe to hand to the decoder.
         #[test]
-        fn walk_survives_garbage(body in proptest::collection::vec(any::<u8>(), 0..256), pick in 0usize..15, version in 0i16..14) {
+        fn walk_survives_garbage(body in proptest::collection::vec(any::<u8>(), 0..256), pick in 0usize..17, version in 0i16..14) {
             let (shape, decode) = cases()[pick];
             let version = version.clamp(shape.versions.0, shape.versions.1);
             if check(shape, version, &body).is_ok() {

@@ -678,3 +678,54 @@ pub(crate) static OFFSET_FETCH_RESPONSE: StructShape = StructShape {
     tagged: &[
     ],
 };
+
+pub(crate) static TOPIC_PARTITION: StructShape = StructShape {
+    name: "TopicPartition",
+    versions: (0, 3),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "topic", versions: (1, 3), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (1, 3), kind: Kind::Array(Elem::Prim(Prim::Int32)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_PROTOCOL_SUBSCRIPTION: StructShape = StructShape {
+    name: "ConsumerProtocolSubscription",
+    versions: (0, 3),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "topics", versions: (0, 3), kind: Kind::Array(Elem::Prim(Prim::Str)) },
+        Field { name: "user_data", versions: (0, 3), kind: Kind::Prim(Prim::Bytes) },
+        Field { name: "owned_partitions", versions: (1, 3), kind: Kind::Array(Elem::Struct(&TOPIC_PARTITION)) },
+        Field { name: "generation_id", versions: (2, 3), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "rack_id", versions: (3, 3), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_PROTOCOL_ASSIGNMENT_TOPIC_PARTITION: StructShape = StructShape {
+    name: "TopicPartition",
+    versions: (0, 3),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "topic", versions: (0, 3), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (0, 3), kind: Kind::Array(Elem::Prim(Prim::Int32)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_PROTOCOL_ASSIGNMENT: StructShape = StructShape {
+    name: "ConsumerProtocolAssignment",
+    versions: (0, 3),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "assigned_partitions", versions: (0, 3), kind: Kind::Array(Elem::Struct(&CONSUMER_PROTOCOL_ASSIGNMENT_TOPIC_PARTITION)) },
+        Field { name: "user_data", versions: (0, 3), kind: Kind::Prim(Prim::Bytes) },
+    ],
+    tagged: &[
+    ],
+};

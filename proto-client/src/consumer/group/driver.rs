@@ -1,0 +1,480 @@
+//! The group driver: the task that runs a [`Member`] against the group
+//! coordinator and applies its partition changes to the consumer.
+//!
+//! It does what the member asks (`Member::next`), one thing at a time,
+//! except that heartbeats go on while the application handles a
+//! revocation. Revocations reach the application as
+//! [`Event::Revoked`](crate::consumer::Event::Revoked) in the record queue,
+//! after the records it already holds; the driver waits for the
+//! [`Revocation`] to be dropped, commits the stored offsets of those
+//! partitions (with auto-commit), and only then gives them up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    SyncGroupRequest, SyncGroupResponse, join_group_request::JoinGroupRequestProtocol,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::assignor::{self, Member as Subscriber};
+use super::member::{Member, MemberConfig, Next};
+use super::protocol::{Subscription, encode_assignment, encode_subscription};
+use crate::TopicPartition;
+use crate::cluster::TopicScope;
+use crate::consumer::coordinator::{Committer, GroupCoordinator};
+use crate::consumer::engine::commit_stored;
+use crate::consumer::state::{Lookup, PartitionState, Shared};
+use crate::consumer::{AssignmentStrategy, Event, Revocation};
+use crate::error::Result;
+
+fn str(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_owned())
+}
+
+/// Notices whether the application still polls: a call into the read
+/// side since the last look, or one waiting now, counts as polling now.
+struct PollClock {
+    seen: u64,
+    at: Instant,
+}
+
+impl PollClock {
+    fn last_poll(&mut self, shared: &Shared, now: Instant) -> Instant {
+        let polls = shared.polls.load(Ordering::Relaxed);
+        if polls != self.seen || shared.polling.load(Ordering::Acquire) {
+            self.seen = polls;
+            self.at = now;
+        }
+        self.at
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    coordinator: Arc<GroupCoordinator>,
+    member: Member,
+    topics: watch::Receiver<Vec<String>>,
+    closing: watch::Receiver<bool>,
+    metadata: watch::Receiver<Arc<crate::cluster::Metadata>>,
+    /// As the leader: partition counts the assignment was computed from.
+    assigned_counts: Option<BTreeMap<String, i32>>,
+    poll: PollClock,
+}
+
+/// Runs the member until it closes or fails; `done` is set at the end.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    coordinator: Arc<GroupCoordinator>,
+    topics: watch::Receiver<Vec<String>>,
+    closing: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
+) {
+    let config = &shared.config;
+    let strategies = &config.strategies;
+    let member_config = MemberConfig {
+        // Cooperative only when every offered strategy is (as Java decides).
+        cooperative: strategies.iter().all(|s| s.is_cooperative()),
+        static_member: config.group_instance_id.is_some(),
+        session_timeout: config.session_timeout,
+        heartbeat_interval: config.heartbeat_interval,
+        max_poll_interval: config.max_poll_interval,
+        retry_backoff: config.client.retry_backoff,
+        retry_backoff_max: config.client.retry_backoff_max,
+    };
+    let now = Instant::now();
+    let metadata = shared.client.cluster().watch();
+    let mut driver = Driver {
+        member: Member::new(member_config, now),
+        shared: shared.clone(),
+        coordinator,
+        topics,
+        closing,
+        metadata,
+        assigned_counts: None,
+        poll: PollClock { seen: 0, at: now },
+    };
+    driver.run().await;
+    shared.lock().committer = Committer::standalone();
+    let _ = done.send(true);
+}
+
+impl Driver {
+    fn group(&self) -> &str {
+        self.shared.config.group_id.as_deref().unwrap_or_default()
+    }
+
+    async fn run(&mut self) {
+        loop {
+            if self.shared.closed.load(Ordering::Acquire) {
+                // Dropped without `close`: the session times out.
+                return;
+            }
+            if *self.closing.borrow() {
+                self.member.close();
+            }
+            let now = Instant::now();
+            let polled = self.poll.last_poll(&self.shared, now);
+            let next = self.member.next(now, polled);
+            match next {
+                Next::Join { reason } => {
+                    let closing = self.closing.clone();
+                    let answer = tokio::select! {
+                        answer = self.join(reason) => answer,
+                        () = closed(closing) => continue,
+                    };
+                    self.member.joined(answer, Instant::now());
+                }
+                Next::Sync { leader } => {
+                    let assignments = match leader {
+                        Some((protocol, members)) => self.assign(&protocol, &members).await,
+                        None => Vec::new(),
+                    };
+                    let answer = self.sync(assignments).await;
+                    self.member.synced(answer, Instant::now());
+                    self.set_committer();
+                }
+                Next::Heartbeat => {
+                    let answer = self.heartbeat().await;
+                    self.member.heartbeat_done(answer, Instant::now());
+                }
+                Next::Revoke(partitions) => self.revoke(partitions, true).await,
+                Next::Release(partitions) => self.revoke(partitions, false).await,
+                Next::Assign(partitions) => self.add(partitions),
+                Next::Lose(partitions) => {
+                    self.set_committer();
+                    self.lose(partitions);
+                }
+                Next::Leave { reason } => {
+                    self.leave(&reason).await;
+                    self.member.left();
+                    self.set_committer();
+                }
+                Next::Report(error) => self.shared.push_event(Event::Error { partition: None, error }),
+                Next::Wait(until) => self.wait(Some(until)).await,
+                Next::AwaitPoll => self.wait(Some(Instant::now() + Duration::from_millis(100))).await,
+                Next::Fail(error) => {
+                    warn!(target: "rill::cgrp", group = self.group(), %error, "group membership failed");
+                    self.shared.push_event(Event::Error { partition: None, error });
+                    return;
+                }
+                Next::Done => return,
+            }
+        }
+    }
+
+    /// Sleeps until `until`, or until the subscription, the metadata or
+    /// the closing flag changes.
+    async fn wait(&mut self, until: Option<Instant>) {
+        let sleep = async {
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            changed = self.topics.changed() => {
+                if changed.is_ok() {
+                    self.topics.borrow_and_update();
+                    self.member.request_rejoin("subscription changed");
+                }
+            }
+            changed = self.closing.changed() => {
+                if changed.is_err() {
+                    self.member.close();
+                }
+            }
+            changed = self.metadata.changed() => {
+                if changed.is_ok() {
+                    let metadata = self.metadata.borrow_and_update().clone();
+                    self.check_partition_counts(&metadata);
+                }
+            }
+        }
+    }
+
+    /// As the leader: a subscribed topic appeared, vanished or grew, so
+    /// the assignment is stale.
+    fn check_partition_counts(&mut self, metadata: &crate::cluster::Metadata) {
+        let Some(counts) = &self.assigned_counts else { return };
+        let changed = counts
+            .iter()
+            .any(|(topic, &count)| metadata.topics.get(topic).map_or(0, |t| t.partitions.len() as i32) != count);
+        if changed {
+            info!(target: "rill::cgrp", group = self.group(), "subscribed topics changed partitions: rebalancing");
+            self.assigned_counts = None;
+            self.member.request_rejoin("partition count changed");
+        }
+    }
+
+    fn subscription(&self) -> Subscription {
+        let cooperative = self.shared.config.strategies.iter().all(|s| s.is_cooperative());
+        Subscription {
+            topics: self.topics.borrow().clone(),
+            owned: if cooperative { self.member.owned() } else { Vec::new() },
+            generation: self.member.generation,
+        }
+    }
+
+    async fn join(&self, reason: String) -> Result<JoinGroupResponse> {
+        let config = &self.shared.config;
+        let metadata = encode_subscription(&self.subscription());
+        let protocols: Vec<JoinGroupRequestProtocol> = config
+            .strategies
+            .iter()
+            .map(|s| JoinGroupRequestProtocol::default().with_name(str(s.name())).with_metadata(metadata.clone()))
+            .collect();
+        let rebalance_timeout = config.max_poll_interval;
+        debug!(target: "rill::cgrp", group = self.group(), member = %self.member.member_id, %reason, "joining");
+        let group = self.group().to_owned();
+        let member_id = self.member.member_id.clone();
+        let response = self
+            .coordinator
+            .send(
+                |version| {
+                    let mut request = JoinGroupRequest::default()
+                        .with_group_id(GroupId(str(&group)))
+                        .with_session_timeout_ms(millis(config.session_timeout))
+                        .with_member_id(str(&member_id))
+                        .with_protocol_type(str("consumer"))
+                        .with_protocols(protocols.clone());
+                    if version >= 1 {
+                        request.rebalance_timeout_ms = millis(rebalance_timeout);
+                    }
+                    if version >= 5 {
+                        request.group_instance_id = config.group_instance_id.as_deref().map(str);
+                    }
+                    if version >= 8 {
+                        request.reason = Some(str(&reason));
+                    }
+                    request
+                },
+                // The coordinator holds a JoinGroup until the rebalance ends.
+                rebalance_timeout + Duration::from_secs(5),
+            )
+            .await?;
+        self.coordinator.check_coordinator(response.error_code);
+        Ok(response)
+    }
+
+    /// As the leader: the assignment of every member.
+    async fn assign(&mut self, protocol: &str, members: &[Subscriber]) -> Vec<SyncGroupRequestAssignment> {
+        let strategy = self.shared.config.strategies.iter().copied().find(|s| s.name() == protocol);
+        let Some(strategy) = strategy.or_else(|| AssignmentStrategy::parse(protocol)) else {
+            warn!(target: "rill::cgrp", protocol, "the coordinator chose a strategy this client lacks");
+            return Vec::new();
+        };
+        let mut topics: Vec<String> = members.iter().flat_map(|m| m.subscription.topics.iter().cloned()).collect();
+        topics.sort();
+        topics.dedup();
+        let cluster = self.shared.client.cluster();
+        cluster.want_topics(topics.iter().map(String::as_str));
+        let metadata = match cluster.refresh(TopicScope::Named(topics.clone())).await {
+            Ok((metadata, _)) => metadata,
+            Err(error) => {
+                warn!(target: "rill::cgrp", %error, "metadata for the assignment failed; using what is known");
+                cluster.metadata()
+            }
+        };
+        let counts: BTreeMap<String, i32> = topics
+            .iter()
+            .map(|t| (t.clone(), metadata.topics.get(t).map_or(0, |info| info.partitions.len() as i32)))
+            .collect();
+        let assignment = assignor::assign(strategy, members, &counts);
+        info!(target: "rill::cgrp", group = self.group(), strategy = strategy.name(), members = members.len(),
+            partitions = counts.values().sum::<i32>(), "assigned as leader");
+        self.assigned_counts = Some(counts);
+        assignment
+            .iter()
+            .map(|(member, partitions)| {
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(str(member))
+                    .with_assignment(encode_assignment(partitions))
+            })
+            .collect()
+    }
+
+    async fn sync(&self, assignments: Vec<SyncGroupRequestAssignment>) -> Result<SyncGroupResponse> {
+        let config = &self.shared.config;
+        let protocol = self.protocol_name();
+        let response = self
+            .coordinator
+            .send(
+                |version| {
+                    let mut request = SyncGroupRequest::default()
+                        .with_group_id(GroupId(str(self.group())))
+                        .with_generation_id(self.member.generation)
+                        .with_member_id(str(&self.member.member_id))
+                        .with_assignments(assignments.clone());
+                    if version >= 3 {
+                        request.group_instance_id = config.group_instance_id.as_deref().map(str);
+                    }
+                    if version >= 5 {
+                        request.protocol_type = Some(str("consumer"));
+                        request.protocol_name = protocol.as_deref().map(str);
+                    }
+                    request
+                },
+                config.client.request_timeout.max(config.max_poll_interval),
+            )
+            .await?;
+        self.coordinator.check_coordinator(response.error_code);
+        Ok(response)
+    }
+
+    fn protocol_name(&self) -> Option<String> {
+        self.member.protocol.clone()
+    }
+
+    async fn heartbeat(&self) -> Result<HeartbeatResponse> {
+        let config = &self.shared.config;
+        let response = self
+            .coordinator
+            .send(
+                |version| {
+                    let mut request = HeartbeatRequest::default()
+                        .with_group_id(GroupId(str(self.group())))
+                        .with_generation_id(self.member.generation)
+                        .with_member_id(str(&self.member.member_id));
+                    if version >= 3 {
+                        request.group_instance_id = config.group_instance_id.as_deref().map(str);
+                    }
+                    request
+                },
+                config.client.request_timeout.min(config.session_timeout),
+            )
+            .await?;
+        self.coordinator.check_coordinator(response.error_code);
+        Ok(response)
+    }
+
+    async fn leave(&self, reason: &str) {
+        let member_id = self.member.member_id.clone();
+        if member_id.is_empty() {
+            return;
+        }
+        let config = &self.shared.config;
+        info!(target: "rill::cgrp", group = self.group(), member = %member_id, reason, "leaving the group");
+        let result = self
+            .coordinator
+            .send(
+                |version| {
+                    let mut request = LeaveGroupRequest::default().with_group_id(GroupId(str(self.group())));
+                    if version >= 3 {
+                        let mut identity = MemberIdentity::default().with_member_id(str(&member_id));
+                        identity.group_instance_id = config.group_instance_id.as_deref().map(str);
+                        if version >= 5 {
+                            identity.reason = Some(str(reason));
+                        }
+                        request.members = vec![identity];
+                    } else {
+                        request.member_id = str(&member_id);
+                    }
+                    request
+                },
+                config.client.request_timeout,
+            )
+            .await;
+        if let Err(error) = result {
+            debug!(target: "rill::cgrp", %error, "LeaveGroup failed; the session will time out");
+        }
+    }
+
+    fn set_committer(&self) {
+        let committer = if self.member.generation >= 0 {
+            Committer {
+                generation: self.member.generation,
+                member_id: self.member.member_id.clone(),
+                instance_id: self.shared.config.group_instance_id.clone(),
+            }
+        } else {
+            Committer::standalone()
+        };
+        self.shared.lock().committer = committer;
+    }
+
+    /// New partitions: each starts at its committed offset.
+    fn add(&self, partitions: Vec<TopicPartition>) {
+        let mut state = self.shared.lock();
+        for tp in &partitions {
+            state
+                .partitions
+                .entry(tp.clone())
+                .or_insert_with(|| PartitionState::new(Arc::from(tp.topic.as_str()), Lookup::Committed));
+        }
+        drop(state);
+        info!(target: "rill::cgrp", group = self.group(), partitions = ?partitions, "assigned");
+        self.shared.push_event(Event::Assigned(partitions));
+        self.shared.changed.notify_waiters();
+    }
+
+    fn remove(&self, partitions: &[TopicPartition]) {
+        let mut state = self.shared.lock();
+        for tp in partitions {
+            if let Some(ps) = state.partitions.remove(tp) {
+                ps.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        drop(state);
+        self.shared.purge(partitions);
+        self.shared.changed.notify_waiters();
+    }
+
+    fn lose(&self, partitions: Vec<TopicPartition>) {
+        warn!(target: "rill::cgrp", group = self.group(), partitions = ?partitions, "partitions lost");
+        self.remove(&partitions);
+        self.shared.push_event(Event::Lost(partitions));
+    }
+
+    /// Stops the partitions, lets the application finish with them (when
+    /// `tell`), commits what it stored, and gives them up. Heartbeats go on
+    /// meanwhile.
+    async fn revoke(&mut self, partitions: Vec<TopicPartition>, tell: bool) {
+        self.shared.stop_partitions(&partitions);
+        if tell {
+            let (done, acknowledged) = oneshot::channel();
+            self.shared.push_event(Event::Revoked(Revocation::new(partitions.clone(), done)));
+            let deadline = Instant::now() + self.shared.config.max_poll_interval;
+            tokio::pin!(acknowledged);
+            loop {
+                let heartbeat = self.member.heartbeat_due().unwrap_or(deadline).min(deadline);
+                tokio::select! {
+                    _ = &mut acknowledged => break,
+                    () = tokio::time::sleep_until(heartbeat) => {
+                        if Instant::now() >= deadline {
+                            warn!(target: "rill::cgrp", "the application did not finish revoking within max.poll.interval.ms");
+                            break;
+                        }
+                        let answer = self.heartbeat().await;
+                        self.member.heartbeat_done(answer, Instant::now());
+                    }
+                }
+            }
+        }
+        if self.shared.config.auto_commit
+            && let Err(error) = commit_stored(&self.shared, &self.coordinator, Some(&partitions)).await
+        {
+            warn!(target: "rill::cgrp", %error, "committing revoked partitions failed");
+        }
+        info!(target: "rill::cgrp", group = self.group(), partitions = ?partitions, "revoked");
+        self.remove(&partitions);
+        self.member.revoked(&partitions);
+    }
+}
+
+async fn closed(mut closing: watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+fn millis(duration: Duration) -> i32 {
+    i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
+}

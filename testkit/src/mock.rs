@@ -37,6 +37,7 @@ enum Command {
     PartitionLeader { topic: String, partition: i32, broker: Option<i32> },
     ApiVersion(RDKafkaApiKey, Option<i16>, Option<i16>),
     TopicError(String, RDKafkaRespErr),
+    GroupCoordinator(String, i32),
 }
 
 /// A running mock cluster.
@@ -157,6 +158,11 @@ impl MockKafka {
         self.run(Command::TopicError(topic.into(), error))
     }
 
+    /// Makes `broker` the coordinator of `group`.
+    pub fn group_coordinator(&self, group: &str, broker: i32) -> Result<(), TestkitError> {
+        self.run(Command::GroupCoordinator(group.into(), broker))
+    }
+
     /// Limits the versions an API is offered at; `None, None` removes it.
     pub fn api_version(&self, api: RDKafkaApiKey, min: Option<i16>, max: Option<i16>) -> Result<(), TestkitError> {
         self.run(Command::ApiVersion(api, min, max))
@@ -185,6 +191,9 @@ fn apply(
         Command::PartitionLeader { topic, partition, broker } => cluster.partition_leader(&topic, partition, broker),
         Command::ApiVersion(api, min, max) => cluster.apiversion(api, min, max),
         Command::TopicError(topic, error) => cluster.topic_error(&topic, error),
+        Command::GroupCoordinator(group, broker) => {
+            cluster.coordinator(rdkafka::mocking::MockCoordinator::Group(group), broker)
+        }
     };
     result.map_err(|e| e.to_string())
 }

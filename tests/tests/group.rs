@@ -54,10 +54,13 @@ struct Checker {
     assignments: BTreeMap<String, BTreeSet<TopicPartition>>,
     violations: Vec<String>,
     revocations: BTreeMap<String, Vec<Vec<TopicPartition>>>,
+    /// Member → rebalance events it saw (assignments and revocations).
+    events: BTreeMap<String, usize>,
 }
 
 impl Checker {
     fn assigned(&mut self, member: &str, partitions: &[TopicPartition]) {
+        *self.events.entry(member.to_owned()).or_default() += 1;
         for tp in partitions {
             if let Some(other) = self.owners.insert(tp.clone(), member.to_owned()) {
                 self.violations.push(format!("{member} assigned {tp} still owned by {other}"));
@@ -77,6 +80,7 @@ impl Checker {
             self.assignments.entry(member.to_owned()).or_default().remove(tp);
         }
         if revoked {
+            *self.events.entry(member.to_owned()).or_default() += 1;
             self.revocations.entry(member.to_owned()).or_default().push(partitions.to_vec());
         }
     }
@@ -251,4 +255,298 @@ async fn range_members_share_and_rebalance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooperative_members_share_and_rebalance() {
     three_members_share_six_partitions(AssignmentStrategy::CooperativeSticky).await;
+}
+
+/// A librdkafka member reporting to the same checker: ownership from its
+/// rebalance callbacks, records from its stream.
+struct RdMember {
+    name: String,
+    checker: Arc<Mutex<Checker>>,
+}
+
+impl rdkafka::ClientContext for RdMember {}
+
+impl rdkafka::consumer::ConsumerContext for RdMember {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
+            self.checker.lock().unwrap().gone(&self.name, &partitions_of(list), true);
+        }
+    }
+
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
+            self.checker.lock().unwrap().assigned(&self.name, &partitions_of(list));
+        }
+    }
+}
+
+fn partitions_of(list: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
+}
+
+fn rd_member(
+    name: &str,
+    cluster: &TestCluster,
+    group: &str,
+    strategy: &str,
+    topic: &str,
+    checker: Arc<Mutex<Checker>>,
+) -> Running {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    let consumer: StreamConsumer<RdMember> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", group)
+        .set("partition.assignment.strategy", strategy)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("auto.offset.reset", "earliest")
+        .set("auto.commit.interval.ms", "500")
+        .create_with_context(RdMember { name: name.to_owned(), checker: checker.clone() })
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let name = name.to_owned();
+    let topic = topic.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                message = consumer.recv() => message.unwrap(),
+                _ = stopped.wait_for(|s| *s) => break,
+            };
+            checker.lock().unwrap().record(&name, message.partition(), message.offset(), &topic);
+        }
+        // Closing: librdkafka revokes (pre_rebalance) and leaves on drop.
+        tokio::task::spawn_blocking(move || drop(consumer)).await.unwrap();
+    });
+    Running { stop, task }
+}
+
+/// Rill and librdkafka members in one group: each side leads once, so
+/// each decodes the other's subscription and assignment.
+async fn mixed_group(strategy: AssignmentStrategy) {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("mixed");
+        let group = unique_topic("mixed-g");
+        cluster.create_topic(&topic, 6).await.unwrap();
+        fill(cluster, &topic, 6, 0, 100).await;
+        // librdkafka commits on revoke; whether the broker takes it during
+        // a rebalance decides if the next owner re-reads (see above).
+        let checker = Arc::new(Mutex::new(Checker { rewind_on_handover: true, ..Checker::default() }));
+        let config = group_config(cluster, &group, strategy);
+
+        // librdkafka leads and assigns to Rill.
+        let x = rd_member("x", cluster, &group, strategy.name(), &topic, checker.clone());
+        until("x gets all six", Duration::from_secs(30), &checker, |c| c.shares() == [6]).await;
+        let a = member("a", config.clone(), &topic, checker.clone());
+        until("x and a, three each", Duration::from_secs(60), &checker, |c| c.shares() == [3, 3]).await;
+        until("every record", Duration::from_secs(30), &checker, |c| c.complete(6, 100)).await;
+
+        // x leaves: Rill leads and assigns to librdkafka.
+        x.stop().await;
+        until("a alone", Duration::from_secs(60), &checker, |c| c.shares() == [6]).await;
+        let y = rd_member("y", cluster, &group, strategy.name(), &topic, checker.clone());
+        until("a and y, three each", Duration::from_secs(60), &checker, |c| {
+            c.shares() == [3, 3] && c.assignments.get("y").is_some_and(|y| y.len() == 3)
+        })
+        .await;
+        fill(cluster, &topic, 6, 100, 50).await;
+        until("every new record", Duration::from_secs(30), &checker, |c| c.complete(6, 150)).await;
+        y.stop().await;
+        a.stop().await;
+        let checker = checker.lock().unwrap();
+        assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_group_with_librdkafka_range() {
+    mixed_group(AssignmentStrategy::Range).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_group_with_librdkafka_cooperative_sticky() {
+    mixed_group(AssignmentStrategy::CooperativeSticky).await;
+}
+
+/// KIP-345: a static member restarted within the session timeout gets its
+/// partitions back, and the other member sees no rebalance.
+///
+/// Kafka hands the returning member its assignment without a rebalance.
+/// Both fixtures rebalance once instead (FIXTURES.md); with
+/// cooperative-sticky that rebalance moves nothing and the other member
+/// sees no event, which is what this asserts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_restarts_into_its_partitions() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("static");
+        let group = unique_topic("static-g");
+        cluster.create_topic(&topic, 6).await.unwrap();
+        fill(cluster, &topic, 6, 0, 50).await;
+        let checker = Arc::new(Mutex::new(Checker::default()));
+        let config = group_config(cluster, &group, AssignmentStrategy::CooperativeSticky);
+        let a = member("a", config.clone().static_member("instance-a"), &topic, checker.clone());
+        let b = member("b", config.clone().static_member("instance-b"), &topic, checker.clone());
+        until("a and b, three each", Duration::from_secs(60), &checker, |c| c.shares() == [3, 3]).await;
+        until("every record", Duration::from_secs(30), &checker, |c| c.complete(6, 50)).await;
+        let (before, b_events) = {
+            let c = checker.lock().unwrap();
+            (c.assignments["a"].clone(), c.events["b"])
+        };
+
+        // Restart a: close (no LeaveGroup for a static member) and start
+        // again with the same instance id, well within the 6 s session.
+        a.stop().await;
+        let a2 = member("a2", config.clone().static_member("instance-a"), &topic, checker.clone());
+        until("a is back", Duration::from_secs(30), &checker, |c| {
+            c.assignments.get("a2").is_some_and(|p| !p.is_empty())
+        })
+        .await;
+        fill(cluster, &topic, 6, 50, 20).await;
+        until("every new record", Duration::from_secs(30), &checker, |c| c.complete(6, 70)).await;
+        {
+            let c = checker.lock().unwrap();
+            assert_eq!(c.assignments["a2"], before, "the restarted member got other partitions");
+            assert_eq!(c.events["b"], b_events, "the other member saw a rebalance");
+            assert!(c.violations.is_empty(), "{:#?}", c.violations);
+        }
+        a2.stop().await;
+        b.stop().await;
+    })
+    .await;
+}
+
+/// An application that stops polling loses its partitions to the others,
+/// and hears about it on its next `recv`; polling again rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_poll_interval_exceeded_is_an_error_and_the_member_leaves() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("maxpoll");
+        let group = unique_topic("maxpoll-g");
+        cluster.create_topic(&topic, 4).await.unwrap();
+        fill(cluster, &topic, 4, 0, 20).await;
+        let checker = Arc::new(Mutex::new(Checker { rewind_on_handover: true, ..Checker::default() }));
+        let config = group_config(cluster, &group, AssignmentStrategy::Range);
+        let b = member("b", config.clone(), &topic, checker.clone());
+        until("b alone", Duration::from_secs(30), &checker, |c| c.shares() == [4]).await;
+
+        let mut slow = Consumer::new(config.max_poll_interval(Duration::from_secs(4))).unwrap();
+        slow.subscribe(&[&topic]).unwrap();
+        // Poll until the slow member holds partitions.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mine = loop {
+            assert!(Instant::now() < deadline, "the slow member never got partitions");
+            match tokio::time::timeout(Duration::from_millis(200), slow.next_event()).await {
+                Ok(Ok(Event::Assigned(partitions))) => break partitions,
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(error)) => panic!("{error}"),
+            }
+        };
+        assert_eq!(mine.len(), 2);
+        until("b down to two", Duration::from_secs(30), &checker, |c| c.shares() == [2]).await;
+
+        // Stop polling: the member leaves, b takes everything back.
+        until("b takes all four back", Duration::from_secs(30), &checker, |c| c.shares() == [4]).await;
+        let error = loop {
+            match tokio::time::timeout(Duration::from_secs(10), slow.recv()).await.expect("recv answers") {
+                Ok(_) => {} // records fetched before it left
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, rill_client::Error::MaxPollIntervalExceeded { .. }), "{error:?}");
+        // Polling again rejoins the group.
+        until("b shares again", Duration::from_secs(5), &checker, |_| true).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "the slow member never rejoined");
+            if let Ok(Ok(Event::Assigned(partitions))) =
+                tokio::time::timeout(Duration::from_millis(200), slow.next_event()).await
+            {
+                assert_eq!(partitions.len(), 2);
+                break;
+            }
+        }
+        slow.close(Duration::from_secs(10)).await.unwrap();
+        b.stop().await;
+    })
+    .await;
+}
+
+/// A group member through coordinator errors, a leader going down and
+/// back, and a leader move (mock cluster): consumption resumes each time,
+/// nothing skipped, nothing twice, and the commits land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_member_rides_out_coordinator_and_leader_faults() {
+    use rdkafka::types::RDKafkaApiKey as Api;
+    use rdkafka::types::RDKafkaRespErr as E;
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let topic = unique_topic("faults");
+        let group = unique_topic("faults-g");
+        mock.create_topic(&topic, 3, 1).unwrap();
+        for (partition, broker) in [(0, 1), (1, 2), (2, 3)] {
+            mock.partition_leader(&topic, partition, Some(broker)).unwrap();
+        }
+        mock.group_coordinator(&group, 1).unwrap();
+        fill(cluster, &topic, 3, 0, 100).await;
+        let checker = Arc::new(Mutex::new(Checker::default()));
+
+        // The coordinator first answers joins with errors. (The mock
+        // writes these two error answers with a null string where the
+        // schema has none, so they arrive as malformed answers; they take
+        // the same path: find the coordinator again, back off, rejoin.
+        // Heartbeat and OffsetCommit below carry the codes themselves.)
+        mock.request_errors(
+            Api::JoinGroup,
+            &[E::RD_KAFKA_RESP_ERR_NOT_COORDINATOR, E::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS],
+        )
+        .unwrap();
+        mock.request_errors(Api::FindCoordinator, &[E::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE]).unwrap();
+        let config = group_config(cluster, &group, AssignmentStrategy::Range);
+        let a = member("a", config.clone(), &topic, checker.clone());
+        until("a joins through coordinator errors", Duration::from_secs(30), &checker, |c| c.shares() == [3]).await;
+        until("every record", Duration::from_secs(30), &checker, |c| c.complete(3, 100)).await;
+
+        // Heartbeats and commits fail for a while.
+        mock.request_errors(
+            Api::Heartbeat,
+            &[E::RD_KAFKA_RESP_ERR_NOT_COORDINATOR, E::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE],
+        )
+        .unwrap();
+        mock.request_errors(
+            Api::OffsetCommit,
+            &[E::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, E::RD_KAFKA_RESP_ERR_NOT_COORDINATOR],
+        )
+        .unwrap();
+        fill(cluster, &topic, 3, 100, 50).await;
+        until("records during coordinator errors", Duration::from_secs(30), &checker, |c| c.complete(3, 150)).await;
+
+        // The leader of partition 1 goes down, records wait, it comes back.
+        mock.broker_down(2).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        mock.broker_up(2).unwrap();
+        fill(cluster, &topic, 3, 150, 50).await;
+        until("records after the broker came back", Duration::from_secs(30), &checker, |c| c.complete(3, 200)).await;
+
+        // Partition 0 moves to broker 3.
+        mock.partition_leader(&topic, 0, Some(3)).unwrap();
+        fill(cluster, &topic, 3, 200, 50).await;
+        until("records after the leader moved", Duration::from_secs(30), &checker, |c| c.complete(3, 250)).await;
+        assert_eq!(checker.lock().unwrap().shares(), [3], "no rebalance was needed");
+        a.stop().await;
+
+        // Everything read was committed: a new member starts at the end.
+        let probe = Consumer::new(config).unwrap();
+        let partitions: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new(&topic, p)).collect();
+        let committed = probe.handle().committed(&partitions).await.unwrap();
+        assert_eq!(committed.values().copied().collect::<Vec<_>>(), [Some(250); 3]);
+        let checker = checker.lock().unwrap();
+        assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
+        assert!(checker.seen.values().all(|&n| n == 1), "a record was delivered twice");
+    })
+    .await;
 }

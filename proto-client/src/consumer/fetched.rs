@@ -4,7 +4,8 @@
 //! - Batches are walked with [`Batches`]: a partial batch at the end (the
 //!   broker's byte limit) is left for the next fetch.
 //! - Records before the fetch offset are skipped: a compressed batch comes
-//!   whole, records before the position asked for included.
+//!   whole, records before the position asked for included. Offsets only
+//!   move forward: a batch behind an earlier one is skipped too.
 //! - Control batches (transaction markers) are never returned.
 //! - Under read_committed, records of aborted transactions are dropped:
 //!   `aborted_transactions` says from which offset a producer's records are
@@ -71,7 +72,11 @@ pub(crate) fn decode_partition(
             }
         };
         let header = batch.header;
-        out.next_offset = Some(out.next_offset.unwrap_or(fetch_offset).max(header.last_offset() + 1));
+        // Records before the position (asked for, or already returned from
+        // an earlier batch) are skipped: offsets only move forward, even
+        // when a base offset (outside the CRC) is damaged.
+        let position = out.next_offset.unwrap_or(fetch_offset);
+        out.next_offset = Some(position.max(header.last_offset() + 1));
         if read_committed {
             while pending_aborts.front().is_some_and(|a| a.first_offset <= header.last_offset()) {
                 let started = pending_aborts.pop_front().expect("checked");
@@ -96,7 +101,7 @@ pub(crate) fn decode_partition(
             if header.is_log_append_time() { TimestampType::LogAppendTime } else { TimestampType::CreateTime };
         let leader_epoch = (header.partition_leader_epoch >= 0).then_some(header.partition_leader_epoch);
         for record in batch.records {
-            if record.offset < fetch_offset {
+            if record.offset < position {
                 continue;
             }
             out.bytes += record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len) + 64;
@@ -231,5 +236,70 @@ mod tests {
         let decoded = decode_partition(&topic(), 0, 0, Bytes::from(data), &[], false, 1 << 20);
         assert!(matches!(decoded.error, Some(RecordError::Corrupt { .. })), "{:?}", decoded.error);
         assert!(decoded.records.is_empty());
+    }
+
+    /// The fetch-response decoder's fuzz target, run by proptest in CI:
+    /// a whole Fetch response frame of arbitrary bytes, and valid record
+    /// data with arbitrary bytes flipped, truncated or appended.
+    mod fuzz {
+        use super::*;
+        use crate::wire::frame::decode_body;
+        use kafka_protocol::messages::FetchRequest;
+        use proptest::prelude::*;
+
+        fn data() -> Vec<u8> {
+            let mut data = batch(0, &["a", "bb", "ccc"], 0, -1, Compression::None);
+            data.extend(batch(3, &["dddd", "e"], 0, -1, Compression::Lz4));
+            data.extend(batch(5, &["f"], 7, 3, Compression::Gzip));
+            data.extend(marker(6, 7, 0));
+            data
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn garbage_frames_are_errors(body in proptest::collection::vec(any::<u8>(), 0..512), version in 4i16..=12) {
+                if let Ok(response) = decode_body::<FetchRequest>(Bytes::from(body), version) {
+                    for topic in &response.responses {
+                        for p in &topic.partitions {
+                            let records = p.records.clone().unwrap_or_default();
+                            let _ = decode_partition(&super::topic(), p.partition_index, 0, records, &[], true, 1 << 16);
+                        }
+                    }
+                }
+            }
+
+            /// Damaged record data: never a panic; what comes out was
+            /// written, in order. (A batch's base offset and length are
+            /// outside its CRC: a flipped base offset moves its records.)
+            #[test]
+            fn damaged_record_data(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+                cut in any::<usize>(),
+                tail in proptest::collection::vec(any::<u8>(), 0..64),
+                from in 0i64..7,
+            ) {
+                let clean = data();
+                let mut bytes = clean.clone();
+                for (at, mask) in flips {
+                    let at = at % bytes.len();
+                    bytes[at] ^= mask;
+                }
+                bytes.truncate(cut % (bytes.len() + 1));
+                bytes.extend(tail);
+                let aborted = [Aborted { producer_id: 7, first_offset: 5 }];
+                let decoded = decode_partition(&topic(), 0, from, Bytes::from(bytes), &aborted, true, 1 << 16);
+                let written = ["a", "bb", "ccc", "dddd", "e"];
+                let mut rest = written.iter();
+                let mut last = i64::MIN;
+                for record in &decoded.records {
+                    let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+                    prop_assert!(rest.any(|w| *w == value), "{value} out of order or never written");
+                    prop_assert!(record.offset > last && record.offset >= from, "offset {} after {last}", record.offset);
+                    last = record.offset;
+                }
+            }
+        }
     }
 }

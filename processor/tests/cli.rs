@@ -198,3 +198,66 @@ async fn produce_reads_stdin_and_perf_reports_one_json_line() {
     assert!(!failed.status.success());
     assert!(stderr(&failed).contains("exceeds message.max.bytes"), "{}", stderr(&failed));
 }
+
+#[tokio::test]
+async fn consume_prints_formats_json_and_resumes_a_group() {
+    let Some(tansu) = tansu().await else { return };
+    let brokers = tansu.bootstrap();
+    let topic = rill_testkit::unique_topic("cli-consume");
+    assert!(rill(&["topic", "create", "-b", &brokers, "-p", "1", &topic]).status.success());
+    // One record per batch: Tansu answers ListOffsets(latest) with the
+    // newest batch's base offset + 1 (see FIXTURES.md), right only then.
+    for i in 0..5 {
+        let line = format!("k{i}:v{i}\n");
+        let produced = rill_with_input(
+            &["produce", "-b", &brokers, "-t", &topic, "-K", ":", "-H", "h=1", "-H", "h=2"],
+            line.as_bytes(),
+        );
+        assert!(produced.status.success(), "{}", stderr(&produced));
+    }
+
+    // kcat-style format, to the end of the partition.
+    let all = rill(&["consume", "-b", &brokers, "-t", &topic, "-e", "-f", "%t %p %o %k=%v [%h]\\n"]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    let expected: String = (0..5).map(|i| format!("{topic} 0 {i} k{i}=v{i} [h=1,h=2]\n")).collect();
+    assert_eq!(stdout(&all), expected);
+    assert!(stderr(&all).contains("consumed 5 records"), "{}", stderr(&all));
+
+    // JSON, from an offset, with a count.
+    let json = rill(&["consume", "-b", &brokers, "-t", &topic, "--from", "3", "--count", "1", "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let line = stdout(&json);
+    assert!(
+        line.starts_with(&format!("{{\"topic\":\"{topic}\",\"partition\":0,\"offset\":3,\"timestamp\":")),
+        "{line}"
+    );
+    assert!(line.ends_with(",\"key\":\"k3\",\"value\":\"v3\",\"headers\":[[\"h\",\"1\"],[\"h\",\"2\"]]}\n"), "{line}");
+
+    // -N: the last two.
+    let tail = rill(&["consume", "-b", &brokers, "-t", &topic, "--from", "-2", "-e"]);
+    assert_eq!(stdout(&tail), "v3\nv4\n", "{}", stderr(&tail));
+
+    // A group: the first run reads three and commits; the second resumes.
+    let group = rill_testkit::unique_topic("cli-group");
+    let session = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"];
+    let mut first = vec!["consume", "-b", &brokers, "-t", &topic, "-G", &group, "--count", "3"];
+    first.extend(session);
+    let first = rill(&first);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(stdout(&first), "v0\nv1\nv2\n");
+    let mut second = vec!["consume", "-b", &brokers, "-t", &topic, "-G", &group, "--from", "stored", "-e"];
+    second.extend(session);
+    let second = rill(&second);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(stdout(&second), "v3\nv4\n");
+
+    let stored_without_group = rill(&["consume", "-b", &brokers, "-t", &topic, "--from", "stored"]);
+    assert!(!stored_without_group.status.success());
+    assert!(stderr(&stored_without_group).contains("--group"), "{}", stderr(&stored_without_group));
+
+    let perf = rill(&["perf", "consume", "-b", &brokers, "-t", &topic, "--messages", "5"]);
+    assert!(perf.status.success(), "{}", stderr(&perf));
+    let report = rill_testkit::perf::Report::from_json(&stdout(&perf)).expect("one JSON line");
+    assert_eq!((report.scenario.as_str(), report.messages, report.partitions), ("consume", 5, 1));
+    assert!(report.extra.iter().any(|(k, v)| k == "first_record_s" && *v > 0.0), "{report:?}");
+}

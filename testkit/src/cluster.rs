@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use rill_client::{Client, ClientConfig, NewTopic};
 
+use crate::TestkitError;
 pub use crate::brokers_required;
 #[cfg(feature = "mock")]
 use crate::mock::MockKafka;
+#[cfg(feature = "mock")]
+use crate::required;
 use crate::tansu::Tansu;
-use crate::{TestkitError, required};
 
 /// A kind of broker to test against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

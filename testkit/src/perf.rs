@@ -9,8 +9,9 @@ use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
-use rill_client::TopicScope;
+use rill_client::consumer::{Consumer, ConsumerConfig};
 use rill_client::producer::{DeliveryFuture, Producer, ProducerConfig, Record, TrySendError};
+use rill_client::{TopicPartition, TopicScope};
 
 /// Process CPU so far, user and system, in seconds.
 fn cpu_seconds() -> (f64, f64) {
@@ -288,6 +289,70 @@ pub async fn produce_with_rill(config: ProducerConfig, load: &ProduceLoad) -> Re
     let report = meter.finish("rill", "produce", load.messages, load.value_bytes, partitions);
     progress.finish();
     producer.close(Duration::from_secs(10)).await?;
+    Ok(report)
+}
+
+/// What a consume run reads.
+#[derive(Debug, Clone)]
+pub struct ConsumeLoad {
+    /// Topic (must exist and hold at least `messages` records).
+    pub topic: String,
+    /// Records to read.
+    pub messages: u64,
+    /// Read as a member of this group (subscribe); without one, every
+    /// partition is assigned and read from the start.
+    pub group: Option<String>,
+}
+
+/// Reads `load` with Rill and measures it from the moment the consumer is
+/// created (`rill perf consume` and the benchmarks run this). The report's
+/// `first_record_s` is the time to the first record (joining the group
+/// included). Values are summed over so that none is left unread.
+pub async fn consume_with_rill(config: ConsumerConfig, load: &ConsumeLoad) -> Result<Report, rill_client::Error> {
+    let probe = rill_client::Client::new(config.client().clone())?;
+    let metadata = probe.refresh_metadata(TopicScope::Named(vec![load.topic.clone()])).await?;
+    let partitions = metadata
+        .topics
+        .get(&load.topic)
+        .map(|t| t.partitions.len())
+        .ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(load.topic.clone()))?;
+    let mut progress = Progress::new(load.messages);
+    let meter = Meter::start();
+    let mut consumer = match &load.group {
+        Some(group) => {
+            let consumer = Consumer::new(config.group(group))?;
+            consumer.subscribe(&[&load.topic])?;
+            consumer
+        }
+        None => {
+            let consumer = Consumer::new(config)?;
+            let all: Vec<TopicPartition> =
+                (0..partitions as i32).map(|p| TopicPartition::new(&load.topic, p)).collect();
+            consumer.assign(&all);
+            consumer
+        }
+    };
+    let mut first_record = None;
+    let mut value_bytes = 0usize;
+    let mut read = 0u64;
+    let mut checksum = 0u64;
+    while read < load.messages {
+        let record = consumer.recv().await?;
+        first_record.get_or_insert_with(|| meter.elapsed());
+        if let Some(value) = &record.value {
+            value_bytes = value.len();
+            checksum = checksum.wrapping_add(u64::from(value.first().copied().unwrap_or(0)));
+        }
+        read += 1;
+        if read.is_multiple_of(10_000) {
+            progress.update(read);
+        }
+    }
+    let mut report = meter.finish("rill", "consume", read, value_bytes, partitions);
+    report.extra.push(("first_record_s".into(), first_record.unwrap_or_default().as_secs_f64()));
+    progress.finish();
+    std::hint::black_box(checksum);
+    consumer.close(Duration::from_secs(10)).await?;
     Ok(report)
 }
 

@@ -1,6 +1,7 @@
 //! The command line.
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use rill_client::consumer::ConsumerConfig;
 use rill_client::producer::ProducerConfig;
 use rill_client::records::Compression;
 use rill_client::{ClientConfig, ConfigError};
@@ -36,6 +37,8 @@ pub(crate) enum Command {
     Metadata,
     /// Produce one record per line of standard input.
     Produce(ProduceArgs),
+    /// Print records, one per line (kcat-style --format, or --json).
+    Consume(ConsumeArgs),
     /// Measure throughput and CPU; ends with one JSON line on stdout.
     #[command(subcommand)]
     Perf(PerfCommand),
@@ -103,10 +106,87 @@ pub(crate) struct ProducerFlags {
     pub(crate) partitioner: Option<String>,
 }
 
+#[derive(Debug, ClapArgs)]
+pub(crate) struct ConsumeArgs {
+    /// Topic to read.
+    #[arg(short, long)]
+    pub(crate) topic: String,
+    /// Read as a member of this consumer group (committing offsets);
+    /// without --partition the group assigns the partitions.
+    #[arg(short = 'G', long)]
+    pub(crate) group: Option<String>,
+    /// Where to start: beginning, end, stored (the group's committed
+    /// offset), an offset, or -N (N records before the end).
+    #[arg(short = 'o', long = "from", default_value = "beginning", allow_hyphen_values = true)]
+    pub(crate) from: StartFrom,
+    /// Only this partition.
+    #[arg(short, long)]
+    pub(crate) partition: Option<i32>,
+    /// Stop after this many records.
+    #[arg(short = 'c', long)]
+    pub(crate) count: Option<u64>,
+    /// Stop once every partition read has reached its end.
+    #[arg(short = 'e', long)]
+    pub(crate) exit_at_end: bool,
+    /// Output format: %t topic, %p partition, %o offset, %k key, %v value,
+    /// %T timestamp (ms), %h headers (k=v,...), %K / %S key / value size,
+    /// %% a percent sign; \n, \t and \\ escapes.
+    #[arg(short = 'f', long, default_value = "%v\\n", conflicts_with = "json")]
+    pub(crate) format: String,
+    /// One JSON object per record: topic, partition, offset, timestamp,
+    /// key, value, headers.
+    #[arg(short = 'J', long)]
+    pub(crate) json: bool,
+}
+
+/// Where `rill consume` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartFrom {
+    Beginning,
+    End,
+    Stored,
+    Offset(i64),
+    /// This many records before the end.
+    FromEnd(i64),
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "beginning" => StartFrom::Beginning,
+            "end" => StartFrom::End,
+            "stored" => StartFrom::Stored,
+            _ => match text.parse::<i64>() {
+                Ok(n) if n < 0 => StartFrom::FromEnd(-n),
+                Ok(n) => StartFrom::Offset(n),
+                Err(_) => return Err(format!("`{text}`: expected beginning, end, stored, an offset or -N")),
+            },
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum PerfCommand {
     /// Produce records as fast as the producer takes them.
     Produce(PerfProduceArgs),
+    /// Read records as fast as the consumer returns them.
+    Consume(PerfConsumeArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct PerfConsumeArgs {
+    /// Topic to read (must hold at least --messages records).
+    #[arg(short, long)]
+    pub(crate) topic: String,
+    /// Records to read.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) messages: u64,
+    /// Read as a member of this group; without one every partition is
+    /// assigned and read from the beginning.
+    #[arg(short = 'G', long)]
+    pub(crate) group: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -159,6 +239,11 @@ impl Common {
         ClientConfig::from_properties(self.properties()?)
     }
 
+    /// Consumer settings from `-X` (consumer and client keys).
+    pub(crate) fn consumer_config(&self) -> Result<ConsumerConfig, ConfigError> {
+        ConsumerConfig::from_properties(self.properties()?)
+    }
+
     /// Producer settings: `-X` (producer and client keys), then the flags.
     pub(crate) fn producer_config(&self, flags: &ProducerFlags) -> Result<ProducerConfig, ConfigError> {
         let mut properties = self.properties()?;
@@ -191,6 +276,23 @@ mod tests {
         let args = Args::try_parse_from(["rill", "metadata", "-b", "h:1", "-X", "no.such.key=1"]).unwrap();
         let error = args.common.client_config().unwrap_err();
         assert!(error.to_string().contains("no.such.key"), "{error}");
+    }
+
+    #[test]
+    fn consume_start_positions() {
+        let parse = |from: &str| {
+            let args = Args::try_parse_from(["rill", "consume", "-t", "t", "--from", from]).unwrap();
+            match args.command {
+                Command::Consume(consume) => consume.from,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse("beginning"), StartFrom::Beginning);
+        assert_eq!(parse("stored"), StartFrom::Stored);
+        assert_eq!(parse("42"), StartFrom::Offset(42));
+        assert_eq!(parse("-10"), StartFrom::FromEnd(10));
+        assert!(Args::try_parse_from(["rill", "consume", "-t", "t", "--from", "later"]).is_err());
+        assert!(Args::try_parse_from(["rill", "consume", "-t", "t", "--json", "--format", "%v"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Subcommands of the `rill` binary.
 
 pub(crate) mod args;
+mod consume;
 mod demo;
 mod metadata;
 mod perf;
@@ -17,7 +18,9 @@ pub(crate) async fn run(args: Args) -> Result<(), CliError> {
         Command::Topic(command) => topic::run(&args.common, command).await,
         Command::Metadata => metadata::run(&args.common).await,
         Command::Produce(produce) => produce::run(&args.common, produce).await,
+        Command::Consume(consume) => consume::run(&args.common, consume).await,
         Command::Perf(args::PerfCommand::Produce(perf)) => perf::produce(&args.common, perf).await,
+        Command::Perf(args::PerfCommand::Consume(perf)) => perf::consume(&args.common, perf).await,
         Command::Demo(demo) => demo::run(&args.common, demo).await,
     }
 }

@@ -322,6 +322,11 @@ impl ConsumerHandle {
         self.shared.changed.notify_waiters();
     }
 
+    /// The consumer's settings.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.shared.config
+    }
+
     /// The partitions consumed.
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.shared.lock().partitions.keys().cloned().collect()

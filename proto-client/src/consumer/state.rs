@@ -304,11 +304,14 @@ impl Shared {
         self.purge(partitions);
     }
 
-    /// Drops queued chunks of these partitions (they were revoked, sought
-    /// or paused; their epochs are already bumped).
+    /// Drops queued chunks and end-of-partition events of these partitions
+    /// (they were revoked, sought or paused; their epochs are already
+    /// bumped).
     pub(crate) fn purge(&self, partitions: &[TopicPartition]) {
         self.queue().retain(|item| match item {
             Item::Records(chunk) => !partitions.contains(&chunk.partition),
+            // An end reached from the old position says nothing now.
+            Item::Event(Event::PartitionEof { partition, .. }) => !partitions.contains(partition),
             Item::Event(_) => true,
         });
     }

@@ -1,0 +1,394 @@
+//! `rill consume`: records to standard output, kcat-style.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
+
+use rill_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, Event, OffsetReset};
+use rill_client::{OffsetSpec, TopicPartition, TopicScope};
+
+use super::CliError;
+use super::args::{Common, ConsumeArgs, StartFrom};
+
+/// One piece of an output format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Text(Vec<u8>),
+    Topic,
+    Partition,
+    Offset,
+    Key,
+    Value,
+    Timestamp,
+    Headers,
+    KeySize,
+    ValueSize,
+}
+
+/// Parses a kcat-style format: `%t %p %o %k %v %T %h %K %S %%`, `\n \t \\`.
+fn parse_format(format: &str) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut text = Vec::new();
+    let mut chars = format.chars();
+    let flush = |text: &mut Vec<u8>, tokens: &mut Vec<Token>| {
+        if !text.is_empty() {
+            tokens.push(Token::Text(std::mem::take(text)));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => {
+                let token = match chars.next() {
+                    Some('t') => Token::Topic,
+                    Some('p') => Token::Partition,
+                    Some('o') => Token::Offset,
+                    Some('k') => Token::Key,
+                    Some('v' | 's') => Token::Value,
+                    Some('T') => Token::Timestamp,
+                    Some('h') => Token::Headers,
+                    Some('K') => Token::KeySize,
+                    Some('S') => Token::ValueSize,
+                    Some('%') => {
+                        text.push(b'%');
+                        continue;
+                    }
+                    Some(other) => return Err(format!("unknown format token %{other}")),
+                    None => return Err("format ends with a lone %".into()),
+                };
+                flush(&mut text, &mut tokens);
+                tokens.push(token);
+            }
+            '\\' => match chars.next() {
+                Some('n') => text.push(b'\n'),
+                Some('t') => text.push(b'\t'),
+                Some('\\') => text.push(b'\\'),
+                Some(other) => return Err(format!("unknown escape \\{other}")),
+                None => text.push(b'\\'),
+            },
+            other => {
+                let mut buf = [0u8; 4];
+                text.extend_from_slice(other.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    flush(&mut text, &mut tokens);
+    Ok(tokens)
+}
+
+fn write_formatted(out: &mut Vec<u8>, tokens: &[Token], record: &ConsumerRecord) {
+    for token in tokens {
+        match token {
+            Token::Text(text) => out.extend_from_slice(text),
+            Token::Topic => out.extend_from_slice(record.topic.as_bytes()),
+            Token::Partition => out.extend_from_slice(record.partition.to_string().as_bytes()),
+            Token::Offset => out.extend_from_slice(record.offset.to_string().as_bytes()),
+            Token::Key => out.extend_from_slice(record.key.as_deref().unwrap_or_default()),
+            Token::Value => out.extend_from_slice(record.value.as_deref().unwrap_or_default()),
+            Token::Timestamp => out.extend_from_slice(record.timestamp.to_string().as_bytes()),
+            Token::KeySize => {
+                out.extend_from_slice(record.key.as_ref().map_or(-1, |k| k.len() as i64).to_string().as_bytes())
+            }
+            Token::ValueSize => {
+                out.extend_from_slice(record.value.as_ref().map_or(-1, |v| v.len() as i64).to_string().as_bytes())
+            }
+            Token::Headers => {
+                for (i, header) in record.headers.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(header.key.as_bytes());
+                    out.push(b'=');
+                    out.extend_from_slice(header.value.as_deref().unwrap_or_default());
+                }
+            }
+        }
+    }
+}
+
+/// A JSON string, or `null`.
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Bytes as a JSON value: a string when UTF-8, else `{"base64": "..."}`.
+fn json_bytes(out: &mut String, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.push_str("null"),
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => json_string(out, text),
+            Err(_) => {
+                out.push_str("{\"base64\":\"");
+                out.push_str(&base64(bytes));
+                out.push_str("\"}");
+            }
+        },
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
+            | u32::from(chunk.get(2).copied().unwrap_or(0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn write_json(out: &mut Vec<u8>, record: &ConsumerRecord) {
+    let mut line = String::with_capacity(128);
+    line.push_str("{\"topic\":");
+    json_string(&mut line, &record.topic);
+    line.push_str(&format!(
+        ",\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":",
+        record.partition, record.offset, record.timestamp
+    ));
+    json_bytes(&mut line, record.key.as_deref());
+    line.push_str(",\"value\":");
+    json_bytes(&mut line, record.value.as_deref());
+    line.push_str(",\"headers\":[");
+    for (i, header) in record.headers.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push('[');
+        json_string(&mut line, &header.key);
+        line.push(',');
+        json_bytes(&mut line, header.value.as_deref());
+        line.push(']');
+    }
+    line.push_str("]}\n");
+    out.extend_from_slice(line.as_bytes());
+}
+
+pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliError> {
+    let tokens = parse_format(&args.format)?;
+    let mut config: ConsumerConfig = common.consumer_config()?;
+    if let Some(group) = &args.group {
+        config = config.group(group);
+    }
+    if args.exit_at_end {
+        config = config.partition_eof(true);
+    }
+    config = match args.from {
+        StartFrom::Beginning => config.offset_reset(OffsetReset::Earliest),
+        StartFrom::End => config.offset_reset(OffsetReset::Latest),
+        _ => config,
+    };
+    if args.from == StartFrom::Stored && args.group.is_none() {
+        return Err("--from stored needs --group".into());
+    }
+    let mut consumer = Consumer::new(config.clone())?;
+    let handle = consumer.handle();
+
+    // Partitions to read: the group decides, unless one is named.
+    let metadata = rill_client::Client::new(config.client().clone())?
+        .refresh_metadata(TopicScope::Named(vec![args.topic.clone()]))
+        .await?;
+    let count = metadata
+        .topics
+        .get(&args.topic)
+        .map(|t| t.partitions.len() as i32)
+        .ok_or_else(|| format!("topic {} does not exist", args.topic))?;
+    let subscribed = args.group.is_some() && args.partition.is_none();
+    if subscribed {
+        consumer.subscribe(&[&args.topic])?;
+    } else {
+        let partitions: Vec<TopicPartition> = match args.partition {
+            Some(p) if p < 0 || p >= count => return Err(format!("{} has no partition {p}", args.topic).into()),
+            Some(p) => vec![TopicPartition::new(&args.topic, p)],
+            None => (0..count).map(|p| TopicPartition::new(&args.topic, p)).collect(),
+        };
+        // Start offsets first, so that nothing is fetched from elsewhere.
+        let starts = start_offsets(&config, &partitions, args.from, args.group.is_some()).await?;
+        consumer.assign(&partitions);
+        for (tp, offset) in starts {
+            handle.seek(&tp, offset)?;
+        }
+    }
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut line = Vec::with_capacity(256);
+    let mut printed = 0u64;
+    let mut at_end: BTreeSet<TopicPartition> = BTreeSet::new();
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let outcome: Result<(), CliError> = loop {
+        if args.count.is_some_and(|c| printed >= c) {
+            break Ok(());
+        }
+        let event = tokio::select! {
+            event = consumer.next_event() => event,
+            _ = &mut interrupted => break Ok(()),
+        };
+        match event {
+            Ok(Event::Record(record)) => {
+                at_end.remove(&record.topic_partition());
+                line.clear();
+                if args.json {
+                    write_json(&mut line, &record);
+                } else {
+                    write_formatted(&mut line, &tokens, &record);
+                }
+                if let Err(error) = out.write_all(&line) {
+                    // A closed pipe (`| head`) ends the run quietly.
+                    if error.kind() == std::io::ErrorKind::BrokenPipe {
+                        break Ok(());
+                    }
+                    break Err(error.into());
+                }
+                printed += 1;
+            }
+            Ok(Event::PartitionEof { partition, .. }) => {
+                at_end.insert(partition);
+                let assigned = handle.assignment();
+                if args.exit_at_end && !assigned.is_empty() && assigned.iter().all(|tp| at_end.contains(tp)) {
+                    break Ok(());
+                }
+                // Nothing new to print: show what we have.
+                let _ = out.flush();
+            }
+            Ok(Event::Revoked(revocation)) => {
+                for tp in revocation.partitions() {
+                    at_end.remove(tp);
+                }
+            }
+            Ok(Event::Lost(partitions)) => {
+                for tp in &partitions {
+                    at_end.remove(tp);
+                }
+            }
+            Ok(Event::Assigned(_)) => {}
+            Ok(Event::Error { partition, error }) => {
+                let _ = out.flush();
+                match &partition {
+                    Some(tp) => eprintln!("rill: {tp}: {}", super::one_line(&error)),
+                    None => eprintln!("rill: {}", super::one_line(&error)),
+                }
+                if !error.is_retriable() && partition.is_none() {
+                    break Err(error.into());
+                }
+            }
+            Ok(_) => {}
+            Err(error) => break Err(error.into()),
+        }
+    };
+    let flushed = out.flush();
+    drop(out);
+    let closed = consumer.close(Duration::from_secs(10)).await;
+    eprintln!("rill: consumed {printed} records from {}", args.topic);
+    outcome?;
+    if let Err(error) = flushed
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(error.into());
+    }
+    closed?;
+    Ok(())
+}
+
+/// Where each partition starts per `--from`, when that is an offset to
+/// seek: `beginning` / `end` are otherwise left to the reset policy (no
+/// group: nothing is committed), `stored` to the group's commits.
+async fn start_offsets(
+    config: &ConsumerConfig,
+    partitions: &[TopicPartition],
+    from: StartFrom,
+    grouped: bool,
+) -> Result<Vec<(TopicPartition, i64)>, CliError> {
+    let list = async |spec: OffsetSpec| -> Result<Vec<(TopicPartition, i64)>, CliError> {
+        let client = rill_client::Client::new(config.client().clone())?;
+        let asked: Vec<(TopicPartition, OffsetSpec)> = partitions.iter().map(|tp| (tp.clone(), spec)).collect();
+        let found = client.admin().list_offsets(&asked).await?;
+        Ok(partitions.iter().map(|tp| (tp.clone(), found.get(tp).map_or(0, |o| o.offset))).collect())
+    };
+    Ok(match from {
+        StartFrom::Offset(offset) => partitions.iter().map(|tp| (tp.clone(), offset)).collect(),
+        StartFrom::FromEnd(back) => {
+            let starts = list(OffsetSpec::Earliest).await?;
+            let ends = list(OffsetSpec::Latest).await?;
+            starts.into_iter().zip(ends).map(|((tp, start), (_, end))| (tp, (end - back).max(start))).collect()
+        }
+        // With a group, an explicit start beats the commits.
+        StartFrom::Beginning if grouped => list(OffsetSpec::Earliest).await?,
+        StartFrom::End if grouped => list(OffsetSpec::Latest).await?,
+        StartFrom::Beginning | StartFrom::End | StartFrom::Stored => Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rill_client::kafka_protocol::protocol::StrBytes;
+    use rill_client::records::RecordHeader;
+    use std::sync::Arc;
+
+    fn record() -> ConsumerRecord {
+        ConsumerRecord {
+            topic: Arc::from("t"),
+            partition: 2,
+            offset: 41,
+            timestamp: 1700,
+            timestamp_type: rill_client::consumer::TimestampType::CreateTime,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v\"1")),
+            headers: vec![
+                RecordHeader { key: StrBytes::from_static_str("a"), value: Some(Bytes::from_static(b"1")) },
+                RecordHeader { key: StrBytes::from_static_str("a"), value: None },
+            ],
+            leader_epoch: None,
+        }
+    }
+
+    #[test]
+    fn kcat_format_tokens() {
+        let tokens = parse_format("%t/%p@%o %k=%v (%K,%S) %T [%h] 100%%\\t|\\n").unwrap();
+        let mut out = Vec::new();
+        write_formatted(&mut out, &tokens, &record());
+        assert_eq!(String::from_utf8(out).unwrap(), "t/2@41 k=v\"1 (1,3) 1700 [a=1,a=] 100%\t|\n");
+        assert!(parse_format("%x").is_err());
+        assert!(parse_format("50%").is_err());
+    }
+
+    #[test]
+    fn json_lines() {
+        let mut out = Vec::new();
+        write_json(&mut out, &record());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"topic\":\"t\",\"partition\":2,\"offset\":41,\"timestamp\":1700,\"key\":\"k\",\"value\":\"v\\\"1\",\
+             \"headers\":[[\"a\",\"1\"],[\"a\",null]]}\n"
+        );
+        let mut binary = record();
+        binary.value = Some(Bytes::from_static(&[0xff, 0x00, 0x10]));
+        binary.key = None;
+        let mut out = Vec::new();
+        write_json(&mut out, &binary);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"key\":null,\"value\":{\"base64\":\"/wAQ\"}"), "{text}");
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert_eq!(base64(b"M"), "TQ==");
+    }
+}

@@ -11,8 +11,8 @@
 //! `RILL_BENCH_ROUNDS` runs (default 3), alternating which goes first, on a
 //! fresh topic each time; the table shows the median.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,6 +25,8 @@ use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
 use rill_testkit::perf::{Meter, ProduceLoad, Progress, Report, produce_with_rill};
 use rill_testkit::{Tansu, unique_topic};
+
+use common::{MockProcess, env_number, median, mock_child, print_table, run_child};
 
 const PARTITIONS: i32 = 6;
 const VALUE_BYTES: usize = 100;
@@ -62,7 +64,11 @@ fn main() {
     }
     drop(mock);
 
-    print_table(&rows, messages, rounds);
+    let caption = format!(
+        "Produce: {messages} records x {VALUE_BYTES} B, {KEYS} keys, idempotent, acks=all, linger 5 ms, \
+         {PARTITIONS} partitions; median of {rounds} runs per client."
+    );
+    print_table(&caption, &rows);
 }
 
 /// Runs each client `rounds` times on a fresh topic; returns the median
@@ -75,7 +81,7 @@ fn measure(broker: &str, bootstrap: &str, messages: u64, rounds: usize, mut crea
         for client in order {
             let topic = unique_topic(&format!("bench-{client}"));
             create(&topic);
-            let report = run_child(client, bootstrap, &topic, messages);
+            let report = run_child(&[client, bootstrap, &topic, &messages.to_string()]);
             eprintln!(
                 "{broker} round {round} {client}: {:.0} msgs/s, {:.3} µs CPU/record",
                 report.msgs_per_s, report.cpu_us_per_msg
@@ -86,112 +92,9 @@ fn measure(broker: &str, bootstrap: &str, messages: u64, rounds: usize, mut crea
     vec![median(rill), median(librdkafka)]
 }
 
-fn median(mut reports: Vec<Report>) -> Report {
-    reports.sort_by(|a, b| a.cpu_us_per_msg.total_cmp(&b.cpu_us_per_msg));
-    reports.swap_remove(reports.len() / 2)
-}
-
-fn run_child(client: &str, bootstrap: &str, topic: &str, messages: u64) -> Report {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--child", client, bootstrap, topic, &messages.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("child runs");
-    assert!(output.status.success(), "{client} child failed");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().expect("a report line");
-    Report::from_json(line).unwrap_or_else(|| panic!("unreadable report: {line}"))
-}
-
-fn print_table(rows: &[(&str, Report)], messages: u64, rounds: usize) {
-    println!();
-    println!(
-        "Produce: {messages} records x {VALUE_BYTES} B, {KEYS} keys, idempotent, acks=all, linger 5 ms, \
-         {PARTITIONS} partitions; median of {rounds} runs per client."
-    );
-    println!();
-    println!("| broker | client | msgs/s | CPU µs/record | wall s | peak RSS MiB |");
-    println!("|---|---|---:|---:|---:|---:|");
-    for (broker, report) in rows {
-        println!(
-            "| {broker} | {} | {:.0} | {:.3} | {:.2} | {:.0} |",
-            report.client,
-            report.msgs_per_s,
-            report.cpu_us_per_msg,
-            report.wall_s,
-            report.max_rss_kb as f64 / 1024.0
-        );
-    }
-    println!();
-    println!("| broker | throughput rill/librdkafka | CPU per record rill/librdkafka |");
-    println!("|---|---:|---:|");
-    for pair in rows.chunks(2) {
-        let (broker, rill) = &pair[0];
-        let (_, librdkafka) = &pair[1];
-        println!(
-            "| {broker} | {:.2}x | {:.2}x |",
-            rill.msgs_per_s / librdkafka.msgs_per_s,
-            rill.cpu_us_per_msg / librdkafka.cpu_us_per_msg
-        );
-    }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// librdkafka's mock cluster in a child process, driven over its stdin.
-struct MockProcess {
-    child: Child,
-    bootstrap: String,
-    replies: BufReader<std::process::ChildStdout>,
-}
-
-impl MockProcess {
-    fn start(brokers: i32) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--child", "mock", &brokers.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("mock child starts");
-        let mut replies = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        replies.read_line(&mut line).unwrap();
-        let bootstrap = line.trim().strip_prefix("BOOTSTRAP ").expect("bootstrap line").to_owned();
-        MockProcess { child, bootstrap, replies }
-    }
-
-    fn create(&mut self, topic: &str, partitions: i32) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "create {topic} {partitions}").unwrap();
-        let mut line = String::new();
-        self.replies.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ok");
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
 fn child(args: &[String]) {
     match args[0].as_str() {
-        "mock" => {
-            let mock = rill_testkit::mock::MockKafka::start(args[1].parse().unwrap()).expect("mock cluster");
-            println!("BOOTSTRAP {}", mock.bootstrap());
-            for line in std::io::stdin().lines() {
-                let line = line.unwrap();
-                let parts: Vec<&str> = line.split_whitespace().collect();
-                if let ["create", topic, partitions] = parts[..] {
-                    mock.create_topic(topic, partitions.parse().unwrap(), 3).unwrap();
-                    println!("ok");
-                }
-            }
-        }
+        "mock" => mock_child(&args[1]),
         "rill" => {
             let (bootstrap, topic, messages) = (&args[1], &args[2], args[3].parse().unwrap());
             let load = ProduceLoad { topic: topic.clone(), messages, value_bytes: VALUE_BYTES, keys: KEYS };

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::record::{ConsumerRecord, TimestampType};
-use crate::records::{Batches, RecordError, decode_batch};
+use crate::records::decode::{for_each_record, open_batch};
+use crate::records::{Batches, RecordError};
 
 /// An aborted transaction range from the fetch response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +65,18 @@ pub(crate) fn decode_partition(
     };
     let mut aborting: BTreeSet<i64> = BTreeSet::new();
     for batch in batches.by_ref() {
-        let batch = match batch.and_then(|bytes| decode_batch(bytes, max_uncompressed)) {
-            Ok(batch) => batch,
+        let (header, body) = match batch.and_then(|bytes| open_batch(bytes, max_uncompressed)) {
+            Ok(opened) => opened,
             Err(error) => {
                 out.error = Some(error);
                 return out;
             }
         };
-        let header = batch.header;
         // Records before the position (asked for, or already returned from
         // an earlier batch) are skipped: offsets only move forward, even
         // when a base offset (outside the CRC) is damaged.
         let position = out.next_offset.unwrap_or(fetch_offset);
-        out.next_offset = Some(position.max(header.last_offset() + 1));
+        let next_offset = Some(position.max(header.last_offset() + 1));
         if read_committed {
             while pending_aborts.front().is_some_and(|a| a.first_offset <= header.last_offset()) {
                 let started = pending_aborts.pop_front().expect("checked");
@@ -86,25 +86,46 @@ pub(crate) fn decode_partition(
         if header.is_control() {
             // A transaction marker; an ABORT (type 0) ends that producer's
             // aborted range.
-            if let Some(marker) = batch.records.first() {
-                let abort = marker.key.as_ref().is_some_and(|k| k.len() >= 4 && k[2..4] == [0, 0]);
-                if abort {
-                    aborting.remove(&header.producer_id);
+            let mut abort = false;
+            let mut first = true;
+            if let Err(error) = for_each_record(&header, &body, |marker| {
+                if std::mem::take(&mut first) {
+                    abort = marker.key.as_ref().is_some_and(|k| k.len() >= 4 && k[2..4] == [0, 0]);
                 }
+            }) {
+                out.error = Some(error);
+                return out;
             }
+            if abort {
+                aborting.remove(&header.producer_id);
+            }
+            out.next_offset = next_offset;
             continue;
         }
         if read_committed && header.is_transactional() && aborting.contains(&header.producer_id) {
+            out.next_offset = next_offset;
             continue;
         }
         let timestamp_type =
             if header.is_log_append_time() { TimestampType::LogAppendTime } else { TimestampType::CreateTime };
         let leader_epoch = (header.partition_leader_epoch >= 0).then_some(header.partition_leader_epoch);
-        for record in batch.records {
+        // Straight into the output: a corrupt record drops the whole batch.
+        // Room is reserved once, for as many records as the data holds at
+        // this batch's density (every record takes at least 7 bytes).
+        let count = (header.record_count.max(0) as usize).min(body.len() / 7);
+        if out.records.capacity() == 0 && count > 0 {
+            let per_record = (12 + body.len()).div_ceil(count).max(7);
+            out.records.reserve(total / per_record + count);
+        } else {
+            out.records.reserve(count);
+        }
+        let before = out.records.len();
+        let mut bytes = 0;
+        let parsed = for_each_record(&header, &body, |record| {
             if record.offset < position {
-                continue;
+                return;
             }
-            out.bytes += record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len) + 64;
+            bytes += record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len) + 64;
             out.records.push_back(ConsumerRecord {
                 topic: topic.clone(),
                 partition,
@@ -116,7 +137,14 @@ pub(crate) fn decode_partition(
                 headers: record.headers,
                 leader_epoch,
             });
+        });
+        if let Err(error) = parsed {
+            out.records.truncate(before);
+            out.error = Some(error);
+            return out;
         }
+        out.bytes += bytes;
+        out.next_offset = next_offset;
     }
     out.too_small = out.next_offset.is_none() && batches.remaining() == total && total > 0;
     out

@@ -4,7 +4,8 @@
 //! ```text
 //!  loop:
 //!    plan (lock): partitions led by this broker with a position, not paused,
-//!                 not in flight, nothing queued; reserve budget bytes
+//!                 not in flight; reserve budget bytes (the budget alone
+//!                 bounds how far ahead of the reader a partition gets)
 //!    fetch:       session request (KIP-227), long poll up to fetch.wait.max.ms
 //!    decode:      outside the lock, in this task (brokers decode in parallel)
 //!    apply (lock): drop what went stale (epoch moved), queue chunks, advance
@@ -271,7 +272,6 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                     }
                     if !decoded.records.is_empty() {
                         total += decoded.bytes;
-                        ps.queued += 1;
                         if let Some(last) = decoded.records.back() {
                             ps.leader_epoch = last.leader_epoch.or(ps.leader_epoch);
                         }

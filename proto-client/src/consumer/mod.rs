@@ -251,13 +251,6 @@ impl Consumer {
             let item = shared.queue().pop_front();
             match item {
                 Some(Item::Records(chunk)) => {
-                    if let Some(ps) = shared.lock().partitions.get_mut(&chunk.partition)
-                        && chunk.is_current()
-                    {
-                        ps.queued = ps.queued.saturating_sub(1);
-                    }
-                    // The partition may be fetched again while this is read.
-                    shared.changed.notify_waiters();
                     if chunk.is_current() {
                         self.current = Some(chunk);
                     }

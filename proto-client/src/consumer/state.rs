@@ -141,8 +141,6 @@ pub(crate) struct PartitionState {
     pub(crate) paused: bool,
     /// A fetch for it is in flight.
     pub(crate) in_flight: bool,
-    /// Chunks of it in the application queue.
-    pub(crate) queued: usize,
     pub(crate) leader_epoch: Option<i32>,
     /// Offset (next to consume) stored for the next commit.
     pub(crate) stored: Option<i64>,
@@ -169,7 +167,6 @@ impl PartitionState {
             resolving: false,
             paused: false,
             in_flight: false,
-            queued: 0,
             leader_epoch: None,
             stored: None,
             committed: None,
@@ -188,7 +185,6 @@ impl PartitionState {
         self.fetch_offset = offset;
         self.position = offset;
         self.lookup = if offset.is_some() { Lookup::Done } else { lookup };
-        self.queued = 0;
         self.eof_at = None;
         self.failed = false;
     }
@@ -208,12 +204,7 @@ impl PartitionState {
 
     /// Whether a fetch may include it now.
     pub(crate) fn fetchable(&self) -> bool {
-        self.fetch_offset.is_some()
-            && !self.paused
-            && !self.in_flight
-            && self.queued == 0
-            && !self.failed
-            && !self.revoking
+        self.fetch_offset.is_some() && !self.paused && !self.in_flight && !self.failed && !self.revoking
     }
 }
 
@@ -297,7 +288,6 @@ impl Shared {
                 ps.sync(auto_store);
                 ps.revoking = true;
                 ps.epoch.fetch_add(1, Ordering::AcqRel);
-                ps.queued = 0;
             }
         }
         drop(state);

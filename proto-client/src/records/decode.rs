@@ -196,6 +196,17 @@ fn read_header(batch: &[u8]) -> BatchHeader {
 /// Decodes one complete batch (as [`Batches`] yields them). Decompressed
 /// records may take at most `max_uncompressed` bytes.
 pub fn decode_batch(batch: Bytes, max_uncompressed: usize) -> Result<DecodedBatch, RecordError> {
+    let (header, body) = open_batch(batch, max_uncompressed)?;
+    let count = usize::try_from(header.record_count).unwrap_or(0);
+    // Every record takes at least 7 bytes: bound the reservation by the data.
+    let mut records = Vec::with_capacity(count.min(body.len() / 7));
+    for_each_record(&header, &body, |record| records.push(record))?;
+    Ok(DecodedBatch { header, records })
+}
+
+/// Checks a complete batch (magic, CRC, codec) and returns its header and
+/// its records' bytes, decompressed.
+pub(crate) fn open_batch(batch: Bytes, max_uncompressed: usize) -> Result<(BatchHeader, Bytes), RecordError> {
     let base_offset = batch.get(..8).map_or(-1, |b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
     let corrupt = |reason: &str| RecordError::Corrupt { base_offset, reason: reason.to_owned() };
     if batch.len() < BATCH_HEADER_SIZE {
@@ -219,18 +230,29 @@ pub fn decode_batch(batch: Bytes, max_uncompressed: usize) -> Result<DecodedBatc
                 .map_err(|source| RecordError::Codec { base_offset, source })?,
         ),
     };
-    let count = usize::try_from(header.record_count).map_err(|_| corrupt("negative record count"))?;
-    // Every record takes at least 7 bytes: bound the reservation by the data.
-    let mut records = Vec::with_capacity(count.min(body.len() / 7));
-    let mut cursor: &[u8] = &body;
-    for _ in 0..count {
-        let record = parse_record(&body, &mut cursor, &header).map_err(corrupt)?;
-        records.push(record);
+    if header.record_count < 0 {
+        return Err(corrupt("negative record count"));
+    }
+    Ok((header, body))
+}
+
+/// Parses the records of an opened batch, handing each to `each` as it is
+/// read (no intermediate list). On an error, records already handed over
+/// belong to a batch that is corrupt: the caller drops them.
+pub(crate) fn for_each_record(
+    header: &BatchHeader,
+    body: &Bytes,
+    mut each: impl FnMut(DecodedRecord),
+) -> Result<(), RecordError> {
+    let corrupt = |reason: &str| RecordError::Corrupt { base_offset: header.base_offset, reason: reason.to_owned() };
+    let mut cursor: &[u8] = body;
+    for _ in 0..header.record_count {
+        each(parse_record(body, &mut cursor, header).map_err(corrupt)?);
     }
     if !cursor.is_empty() {
         return Err(corrupt("bytes after the last record"));
     }
-    Ok(DecodedBatch { header, records })
+    Ok(())
 }
 
 /// Parses one record from `cursor` (a suffix of `body`), slicing key, value

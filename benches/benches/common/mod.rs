@@ -1,0 +1,125 @@
+//! What the benchmarks share: the mock cluster in a child process, child
+//! runs that report one JSON line, medians and the ratio table.
+
+#![allow(dead_code, unreachable_pub, reason = "each benchmark uses a different part")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use rill_testkit::perf::Report;
+
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The median run by CPU per record.
+pub fn median(mut reports: Vec<Report>) -> Report {
+    reports.sort_by(|a, b| a.cpu_us_per_msg.total_cmp(&b.cpu_us_per_msg));
+    reports.swap_remove(reports.len() / 2)
+}
+
+/// Runs this program again as `--child ARGS...` and reads the report it
+/// prints last.
+pub fn run_child(args: &[&str]) -> Report {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .arg("--child")
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("child runs");
+    assert!(output.status.success(), "child {args:?} failed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().expect("a report line");
+    Report::from_json(line).unwrap_or_else(|| panic!("unreadable report: {line}"))
+}
+
+/// librdkafka's mock cluster in a child process (`--child mock N`), driven
+/// over its stdin.
+pub struct MockProcess {
+    child: Child,
+    pub bootstrap: String,
+    replies: BufReader<std::process::ChildStdout>,
+}
+
+impl MockProcess {
+    pub fn start(brokers: i32) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--child", "mock", &brokers.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mock child starts");
+        let mut replies = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        replies.read_line(&mut line).unwrap();
+        let bootstrap = line.trim().strip_prefix("BOOTSTRAP ").expect("bootstrap line").to_owned();
+        MockProcess { child, bootstrap, replies }
+    }
+
+    pub fn create(&mut self, topic: &str, partitions: i32) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "create {topic} {partitions}").unwrap();
+        let mut line = String::new();
+        self.replies.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok");
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The child side of [`MockProcess`]: serves `create TOPIC PARTITIONS`
+/// until its stdin closes.
+pub fn mock_child(brokers: &str) {
+    let mock = rill_testkit::mock::MockKafka::start(brokers.parse().unwrap()).expect("mock cluster");
+    println!("BOOTSTRAP {}", mock.bootstrap());
+    for line in std::io::stdin().lines() {
+        let line = line.unwrap();
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let ["create", topic, partitions] = parts[..] {
+            mock.create_topic(topic, partitions.parse().unwrap(), 3).unwrap();
+            println!("ok");
+        }
+    }
+}
+
+/// Per broker, Rill's median against librdkafka's, as a markdown table.
+pub fn print_table(caption: &str, rows: &[(&str, Report)]) {
+    println!();
+    println!("{caption}");
+    println!();
+    // Scenario-specific numbers (first_record_s, …) get columns too.
+    let extras: Vec<String> =
+        rows.first().map(|(_, r)| r.extra.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
+    let extra_head: String = extras.iter().map(|k| format!(" {k} |")).collect();
+    let extra_rule: String = extras.iter().map(|_| "---:|").collect();
+    println!("| broker | client | msgs/s | CPU µs/record | wall s | peak RSS MiB |{extra_head}");
+    println!("|---|---|---:|---:|---:|---:|{extra_rule}");
+    for (broker, report) in rows {
+        let extra: String = report.extra.iter().map(|(_, v)| format!(" {v:.3} |")).collect();
+        println!(
+            "| {broker} | {} | {:.0} | {:.3} | {:.2} | {:.0} |{extra}",
+            report.client,
+            report.msgs_per_s,
+            report.cpu_us_per_msg,
+            report.wall_s,
+            report.max_rss_kb as f64 / 1024.0
+        );
+    }
+    println!();
+    println!("| broker | throughput rill/librdkafka | CPU per record rill/librdkafka |");
+    println!("|---|---:|---:|");
+    for pair in rows.chunks(2) {
+        let (broker, rill) = &pair[0];
+        let (_, librdkafka) = &pair[1];
+        println!(
+            "| {broker} | {:.2}x | {:.2}x |",
+            rill.msgs_per_s / librdkafka.msgs_per_s,
+            rill.cpu_us_per_msg / librdkafka.cpu_us_per_msg
+        );
+    }
+}

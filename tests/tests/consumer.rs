@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rill_client::TopicPartition;
 use rill_client::consumer::{Consumer, ConsumerConfig, Event, OffsetReset};
 use rill_client::records::Compression;
-use rill_testkit::{ClusterOptions, TestCluster, each_broker, unique_topic};
+use rill_testkit::{BrokerKind, ClusterOptions, TestCluster, each_broker, unique_topic};
 
 /// librdkafka writes `count` records to partition `partition`: key `k{i}`
 /// (null for every tenth), value `v{i}` (null for every seventh), headers
@@ -216,6 +216,39 @@ async fn offset_reset_latest_and_error() {
         write_with_librdkafka(cluster, &topic, 0, 5, "none").await;
         assert_eq!(recv_within(&mut latest, "record written after start").await.offset, 10);
         latest.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_out_of_range_applies_the_reset_policy() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("oor");
+        cluster.create_topic(&topic, 1).await.unwrap();
+        write_with_librdkafka(cluster, &topic, 0, 20, "none").await;
+        let tp = TopicPartition::new(&topic, 0);
+        let config = ConsumerConfig::new(cluster.client_config().request_timeout(Duration::from_secs(3)))
+            .offset_reset(OffsetReset::Earliest)
+            .fetch_wait(1, Duration::from_millis(100));
+        let mut consumer = Consumer::new(config).unwrap();
+        consumer.assign(std::slice::from_ref(&tp));
+        assert_eq!(recv_within(&mut consumer, "first record").await.offset, 0);
+        consumer.handle().seek(&tp, 1_000_000).unwrap();
+        if cluster.kind() == BrokerKind::Tansu {
+            // Tansu never answers a fetch past the end (no
+            // OFFSET_OUT_OF_RANGE; the request times out). The consumer
+            // keeps trying without inventing records, and a seek back in
+            // range recovers.
+            let quiet = tokio::time::timeout(Duration::from_secs(4), consumer.recv()).await;
+            assert!(quiet.is_err(), "a record from nowhere: {quiet:?}");
+            consumer.handle().seek(&tp, 5).unwrap();
+            assert_eq!(recv_within(&mut consumer, "record after seeking back").await.offset, 5);
+        } else {
+            // OFFSET_OUT_OF_RANGE: start over per auto.offset.reset.
+            assert_eq!(recv_within(&mut consumer, "record after the reset").await.offset, 0);
+        }
+        consumer.close(Duration::from_secs(5)).await.unwrap();
     })
     .await;
 }

@@ -550,3 +550,103 @@ async fn group_member_rides_out_coordinator_and_leader_faults() {
     })
     .await;
 }
+
+/// A paused partition stays paused through a cooperative rebalance when the
+/// member keeps it (franz-go #1272), the partitions that move are not
+/// paused at their new owner, and the consumer can commit from inside a
+/// revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_survives_a_rebalance_for_kept_partitions() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("pause");
+        let group = unique_topic("pause-g");
+        cluster.create_topic(&topic, 4).await.unwrap();
+        fill(cluster, &topic, 4, 0, 10).await;
+        let config = group_config(cluster, &group, AssignmentStrategy::CooperativeSticky);
+        let mut a = Consumer::new(config.clone()).unwrap();
+        a.subscribe(&[&topic]).unwrap();
+        let handle = a.handle();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while handle.assignment().len() < 4 {
+            assert!(Instant::now() < deadline, "a never got the partitions");
+            let _ = tokio::time::timeout(Duration::from_millis(100), a.next_event()).await;
+        }
+        handle.pause(&handle.assignment());
+
+        let checker = Arc::new(Mutex::new(Checker { rewind_on_handover: true, ..Checker::default() }));
+        let b = member("b", config.clone(), &topic, checker.clone());
+        // a keeps polling (it must, to take part); it is paused, so only
+        // rebalance events come. On revocation it commits from inside.
+        let mut revoked = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "the rebalance never completed");
+            match tokio::time::timeout(Duration::from_millis(100), a.next_event()).await {
+                Ok(Ok(Event::Revoked(revocation))) => {
+                    revoked.extend(revocation.partitions().to_vec());
+                    handle.commit().await.unwrap();
+                }
+                Ok(Ok(Event::Record(record))) => panic!("a paused partition delivered {record:?}"),
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(error)) => panic!("{error}"),
+            }
+            if checker.lock().unwrap().shares() == [2] && handle.assignment().len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(revoked.len(), 2);
+        let mut kept = handle.assignment();
+        kept.sort();
+        let mut paused = handle.paused();
+        paused.sort();
+        assert_eq!(paused, kept, "the kept partitions are still paused");
+        // b reads the moved ones (not paused there).
+        until("b reads its two", Duration::from_secs(30), &checker, |c| c.seen.len() == 20).await;
+        // Resumed, a reads its own.
+        handle.resume(&kept);
+        let mut read = 0;
+        while read < 20 {
+            match tokio::time::timeout(Duration::from_secs(20), a.recv()).await.expect("records after resume") {
+                Ok(record) => {
+                    assert!(kept.contains(&record.topic_partition()));
+                    read += 1;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        a.close(Duration::from_secs(10)).await.unwrap();
+        b.stop().await;
+    })
+    .await;
+}
+
+/// `close` keeps its deadline when every broker is gone (librdkafka
+/// #4519 hangs forever there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_keeps_its_deadline_with_every_broker_down() {
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let topic = unique_topic("close");
+        let group = unique_topic("close-g");
+        mock.create_topic(&topic, 2, 1).unwrap();
+        fill(cluster, &topic, 2, 0, 10).await;
+        // Auto-commit far off: close itself has offsets to commit.
+        let config =
+            group_config(cluster, &group, AssignmentStrategy::Range).auto_commit(true, Duration::from_secs(600));
+        let mut consumer = Consumer::new(config).unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        for _ in 0..20 {
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.unwrap().unwrap();
+        }
+        for broker in 1..=mock.brokers() {
+            mock.broker_down(broker).unwrap();
+        }
+        let started = Instant::now();
+        let result = consumer.close(Duration::from_secs(2)).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(4), "close took {took:?}");
+        assert!(result.is_err(), "the final commit cannot have succeeded");
+    })
+    .await;
+}

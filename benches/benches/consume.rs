@@ -25,7 +25,7 @@ use rill_client::{ClientConfig, NewTopic};
 use rill_testkit::perf::{ConsumeLoad, Meter, ProduceLoad, Progress, Report, consume_with_rill, produce_with_rill};
 use rill_testkit::{Tansu, unique_topic};
 
-use common::{MockProcess, env_number, median, mock_child, print_table, run_child};
+use common::{MockProcess, alternate, env_number, mock_child, print_table, run_child};
 
 const PARTITIONS: i32 = 6;
 const VALUE_BYTES: usize = 100;
@@ -80,20 +80,7 @@ async fn fill(bootstrap: &str, topic: &str, messages: u64) {
 }
 
 fn measure(broker: &str, bootstrap: &str, topic: &str, messages: u64, rounds: usize) -> Vec<Report> {
-    let mut rill = Vec::new();
-    let mut librdkafka = Vec::new();
-    for round in 0..rounds {
-        let order: [&str; 2] = if round % 2 == 0 { ["rill", "librdkafka"] } else { ["librdkafka", "rill"] };
-        for client in order {
-            let report = run_child(&[client, bootstrap, topic, &messages.to_string()]);
-            eprintln!(
-                "{broker} round {round} {client}: {:.0} msgs/s, {:.3} µs CPU/record",
-                report.msgs_per_s, report.cpu_us_per_msg
-            );
-            if client == "rill" { rill.push(report) } else { librdkafka.push(report) }
-        }
-    }
-    vec![median(rill), median(librdkafka)]
+    alternate(broker, rounds, |client| run_child(&[client, bootstrap, topic, &messages.to_string()]))
 }
 
 fn child(args: &[String]) {

@@ -26,7 +26,7 @@ use rill_client::{ClientConfig, NewTopic};
 use rill_testkit::perf::{Meter, ProduceLoad, Progress, Report, produce_with_rill};
 use rill_testkit::{Tansu, unique_topic};
 
-use common::{MockProcess, env_number, median, mock_child, print_table, run_child};
+use common::{MockProcess, alternate, env_number, mock_child, print_table, run_child};
 
 const PARTITIONS: i32 = 6;
 const VALUE_BYTES: usize = 100;
@@ -71,25 +71,14 @@ fn main() {
     print_table(&caption, &rows);
 }
 
-/// Runs each client `rounds` times on a fresh topic; returns the median
-/// report per client, Rill first.
+/// Runs each client `rounds` times, each on a fresh topic; returns the
+/// median report per client, Rill first.
 fn measure(broker: &str, bootstrap: &str, messages: u64, rounds: usize, mut create: impl FnMut(&str)) -> Vec<Report> {
-    let mut rill = Vec::new();
-    let mut librdkafka = Vec::new();
-    for round in 0..rounds {
-        let order: [&str; 2] = if round % 2 == 0 { ["rill", "librdkafka"] } else { ["librdkafka", "rill"] };
-        for client in order {
-            let topic = unique_topic(&format!("bench-{client}"));
-            create(&topic);
-            let report = run_child(&[client, bootstrap, &topic, &messages.to_string()]);
-            eprintln!(
-                "{broker} round {round} {client}: {:.0} msgs/s, {:.3} µs CPU/record",
-                report.msgs_per_s, report.cpu_us_per_msg
-            );
-            if client == "rill" { rill.push(report) } else { librdkafka.push(report) }
-        }
-    }
-    vec![median(rill), median(librdkafka)]
+    alternate(broker, rounds, |client| {
+        let topic = unique_topic(&format!("bench-{client}"));
+        create(&topic);
+        run_child(&[client, bootstrap, &topic, &messages.to_string()])
+    })
 }
 
 fn child(args: &[String]) {

@@ -15,13 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cap::Cap;
-use common::fake_broker::{FakeBroker, Reply, frame};
-use kafka_protocol::messages::api_versions_response::ApiVersion;
+use common::fake_broker::{FakeBroker, Reply, api_versions, frame, one_broker_metadata};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::metadata_response::{
-    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
-};
-use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, BrokerId, FetchResponse, MetadataResponse, TopicName};
+use kafka_protocol::messages::metadata_response::{MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use rill_client::consumer::{Consumer, ConsumerConfig, Event};
 use rill_client::{BrokerAddress, ClientConfig, Error, TopicPartition};
@@ -105,36 +102,22 @@ async fn broker(records: Vec<u8>, raw: Option<Vec<u8>>) -> FakeBroker {
         let id = header.correlation_id;
         match ApiKey::try_from(header.request_api_key).unwrap() {
             ApiKey::ApiVersions => {
-                let range = |key: ApiKey, min: i16, max: i16| {
-                    ApiVersion::default().with_api_key(key as i16).with_min_version(min).with_max_version(max)
-                };
-                let body = ApiVersionsResponse::default().with_api_keys(vec![
-                    range(ApiKey::ApiVersions, 0, 3),
-                    range(ApiKey::Metadata, 0, 12),
-                    range(ApiKey::Fetch, 4, 12),
-                ]);
+                let body =
+                    api_versions(&[(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12), (ApiKey::Fetch, 4, 12)]);
                 Reply::Raw(frame(ApiKey::ApiVersions, version, id, &body))
             }
             ApiKey::Metadata => {
-                let body = MetadataResponse::default()
-                    .with_brokers(vec![
-                        MetadataResponseBroker::default()
-                            .with_node_id(BrokerId(1))
-                            .with_host(StrBytes::from_static_str("127.0.0.1"))
-                            .with_port(i32::from(port2.load(Ordering::SeqCst))),
-                    ])
-                    .with_controller_id(BrokerId(1))
-                    .with_topics(vec![
-                        MetadataResponseTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))
-                            .with_partitions(vec![
-                                MetadataResponsePartition::default()
-                                    .with_partition_index(0)
-                                    .with_leader_id(BrokerId(1))
-                                    .with_replica_nodes(vec![BrokerId(1)])
-                                    .with_isr_nodes(vec![BrokerId(1)]),
-                            ]),
-                    ]);
+                let body = one_broker_metadata(port2.load(Ordering::SeqCst)).with_topics(vec![
+                    MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))
+                        .with_partitions(vec![
+                            MetadataResponsePartition::default()
+                                .with_partition_index(0)
+                                .with_leader_id(BrokerId(1))
+                                .with_replica_nodes(vec![BrokerId(1)])
+                                .with_isr_nodes(vec![BrokerId(1)]),
+                        ]),
+                ]);
                 Reply::Raw(frame(ApiKey::Metadata, version, id, &body))
             }
             ApiKey::Fetch => {

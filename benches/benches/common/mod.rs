@@ -123,3 +123,23 @@ pub fn print_table(caption: &str, rows: &[(&str, Report)]) {
         );
     }
 }
+
+/// Runs `run(client)` for Rill and librdkafka `rounds` times each,
+/// alternating which goes first; returns the median report per client,
+/// Rill first.
+pub fn alternate(broker: &str, rounds: usize, mut run: impl FnMut(&str) -> Report) -> Vec<Report> {
+    let mut rill = Vec::new();
+    let mut librdkafka = Vec::new();
+    for round in 0..rounds {
+        let order: [&str; 2] = if round % 2 == 0 { ["rill", "librdkafka"] } else { ["librdkafka", "rill"] };
+        for client in order {
+            let report = run(client);
+            eprintln!(
+                "{broker} round {round} {client}: {:.0} msgs/s, {:.3} µs CPU/record",
+                report.msgs_per_s, report.cpu_us_per_msg
+            );
+            if client == "rill" { rill.push(report) } else { librdkafka.push(report) }
+        }
+    }
+    vec![median(rill), median(librdkafka)]
+}

@@ -169,17 +169,23 @@ async fn lookup_committed(shared: &Shared, coordinator: &GroupCoordinator, parti
         }
         Err(error) => {
             warn!(target: "rill::cgrp", %error, "fetching committed offsets failed; retrying");
-            tokio::time::sleep(shared.config.client.retry_backoff_max).await;
-            let mut state = shared.lock();
-            for (tp, _) in &partitions {
-                if let Some(ps) = state.partitions.get_mut(tp) {
-                    ps.resolving = false;
-                }
-            }
-            drop(state);
-            shared.changed.notify_waiters();
+            retry_later(shared, &partitions).await;
         }
     }
+}
+
+/// After a failed lookup: waits out the backoff, then lets the engine
+/// start the lookups again.
+async fn retry_later(shared: &Shared, partitions: &[(TopicPartition, u64)]) {
+    tokio::time::sleep(shared.config.client.retry_backoff_max).await;
+    let mut state = shared.lock();
+    for (tp, _) in partitions {
+        if let Some(ps) = state.partitions.get_mut(tp) {
+            ps.resolving = false;
+        }
+    }
+    drop(state);
+    shared.changed.notify_waiters();
 }
 
 async fn lookup_reset(shared: &Shared, reset: OffsetReset, partitions: Vec<(TopicPartition, u64)>) {
@@ -210,15 +216,7 @@ async fn lookup_reset(shared: &Shared, reset: OffsetReset, partitions: Vec<(Topi
         }
         Err(error) => {
             warn!(target: "rill::fetch", %error, "resetting positions failed; retrying");
-            tokio::time::sleep(shared.config.client.retry_backoff_max).await;
-            let mut state = shared.lock();
-            for (tp, _) in &partitions {
-                if let Some(ps) = state.partitions.get_mut(tp) {
-                    ps.resolving = false;
-                }
-            }
-            drop(state);
-            shared.changed.notify_waiters();
+            retry_later(shared, &partitions).await;
         }
     }
 }

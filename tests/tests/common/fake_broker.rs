@@ -133,24 +133,35 @@ pub fn normal_answer(header: &RequestHeader, correlation_id: i32, port: u16) -> 
     let api = ApiKey::try_from(header.request_api_key).unwrap();
     match api {
         ApiKey::ApiVersions => {
-            let range = |key: ApiKey, max: i16| ApiVersion::default().with_api_key(key as i16).with_max_version(max);
-            let body = ApiVersionsResponse::default()
-                .with_api_keys(vec![range(ApiKey::ApiVersions, 3), range(ApiKey::Metadata, 12)]);
+            let body = api_versions(&[(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)]);
             frame(api, version, correlation_id, &body)
         }
-        ApiKey::Metadata => {
-            let body = MetadataResponse::default()
-                .with_brokers(vec![
-                    MetadataResponseBroker::default()
-                        .with_node_id(BrokerId(1))
-                        .with_host(StrBytes::from_static_str("127.0.0.1"))
-                        .with_port(i32::from(port)),
-                ])
-                .with_controller_id(BrokerId(1));
-            frame(api, version, correlation_id, &body)
-        }
+        ApiKey::Metadata => frame(api, version, correlation_id, &one_broker_metadata(port)),
         other => panic!("the fake broker does not answer {other:?}"),
     }
+}
+
+/// An ApiVersions answer offering these (api, min, max) ranges.
+pub fn api_versions(apis: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(
+        apis.iter()
+            .map(|&(key, min, max)| {
+                ApiVersion::default().with_api_key(key as i16).with_min_version(min).with_max_version(max)
+            })
+            .collect(),
+    )
+}
+
+/// Metadata naming one broker, id 1 on this port, as the controller.
+pub fn one_broker_metadata(port: u16) -> MetadataResponse {
+    MetadataResponse::default()
+        .with_brokers(vec![
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(1))
+                .with_host(StrBytes::from_static_str("127.0.0.1"))
+                .with_port(i32::from(port)),
+        ])
+        .with_controller_id(BrokerId(1))
 }
 
 pub fn frame<B: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &B) -> Vec<u8> {

@@ -315,6 +315,11 @@ impl ConsumerHandle {
         self.shared.changed.notify_waiters();
     }
 
+    /// The end of a partition (its high watermark) as last fetched.
+    pub fn high_watermark(&self, partition: &TopicPartition) -> Option<i64> {
+        self.shared.lock().partitions.get(partition).map(|ps| ps.high_watermark).filter(|&hw| hw >= 0)
+    }
+
     /// The consumer's settings.
     pub fn config(&self) -> &ConsumerConfig {
         &self.shared.config

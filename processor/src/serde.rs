@@ -1,0 +1,203 @@
+//! Keys and values to and from bytes.
+//!
+//! [`Serde`] turns one type into bytes and back; a Kafka key or value may
+//! be null, so both directions speak `Option<bytes>`. [`DefaultSerde`]
+//! gives the types the processor handles out of the box their serde:
+//! `String` (UTF-8), `i32`, `i64`, `f32`, `f64` (big-endian, as Java's
+//! serializers), `()` (null; data present is an error), [`Ignore`] (any
+//! data, nothing kept), `Vec<u8>` and `Bytes` (as they are).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Why a key or value could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SerdeError(pub String);
+
+impl SerdeError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        SerdeError(message.into())
+    }
+}
+
+/// Reads and writes one type.
+pub trait Serde<T>: Send + Sync {
+    /// The bytes of `value` (`None`: null).
+    fn serialize(&self, value: &T) -> Result<Option<Bytes>, SerdeError>;
+    /// The value of `data` (`None`: null).
+    fn deserialize(&self, data: Option<&Bytes>) -> Result<T, SerdeError>;
+}
+
+/// Types with a serde of their own.
+pub trait DefaultSerde: Sized + Send + 'static {
+    /// That serde.
+    fn serde() -> Arc<dyn Serde<Self>>;
+}
+
+/// Accepts any data, null included, and keeps none of it: for keys or
+/// values the function does not look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ignore;
+
+/// The serde of a [`DefaultSerde`] type, by name.
+#[derive(Debug)]
+pub struct Builtin<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for Builtin<T> {
+    fn default() -> Self {
+        Builtin(PhantomData)
+    }
+}
+
+fn required<'a>(data: Option<&'a Bytes>, what: &str) -> Result<&'a Bytes, SerdeError> {
+    data.ok_or_else(|| SerdeError::new(format!("null where {what} was expected")))
+}
+
+fn fixed<const N: usize>(data: Option<&Bytes>, what: &str) -> Result<[u8; N], SerdeError> {
+    let data = required(data, what)?;
+    data.as_ref().try_into().map_err(|_| SerdeError::new(format!("{} bytes where {what} takes {N}", data.len())))
+}
+
+macro_rules! numbers {
+    ($($t:ty => $name:literal),*) => {$(
+        impl Serde<$t> for Builtin<$t> {
+            fn serialize(&self, value: &$t) -> Result<Option<Bytes>, SerdeError> {
+                Ok(Some(Bytes::copy_from_slice(&value.to_be_bytes())))
+            }
+            fn deserialize(&self, data: Option<&Bytes>) -> Result<$t, SerdeError> {
+                Ok(<$t>::from_be_bytes(fixed(data, $name)?))
+            }
+        }
+        impl DefaultSerde for $t {
+            fn serde() -> Arc<dyn Serde<Self>> {
+                Arc::new(Builtin::<$t>::default())
+            }
+        }
+    )*};
+}
+
+numbers!(i32 => "an i32", i64 => "an i64", f32 => "an f32", f64 => "an f64");
+
+impl Serde<String> for Builtin<String> {
+    fn serialize(&self, value: &String) -> Result<Option<Bytes>, SerdeError> {
+        Ok(Some(Bytes::copy_from_slice(value.as_bytes())))
+    }
+    fn deserialize(&self, data: Option<&Bytes>) -> Result<String, SerdeError> {
+        let data = required(data, "a string")?;
+        String::from_utf8(data.to_vec()).map_err(|e| SerdeError::new(format!("not UTF-8: {e}")))
+    }
+}
+
+impl Serde<()> for Builtin<()> {
+    fn serialize(&self, _: &()) -> Result<Option<Bytes>, SerdeError> {
+        Ok(None)
+    }
+    fn deserialize(&self, data: Option<&Bytes>) -> Result<(), SerdeError> {
+        match data {
+            None => Ok(()),
+            Some(data) => Err(SerdeError::new(format!("{} bytes where null was expected", data.len()))),
+        }
+    }
+}
+
+impl Serde<Ignore> for Builtin<Ignore> {
+    fn serialize(&self, _: &Ignore) -> Result<Option<Bytes>, SerdeError> {
+        Ok(None)
+    }
+    fn deserialize(&self, _: Option<&Bytes>) -> Result<Ignore, SerdeError> {
+        Ok(Ignore)
+    }
+}
+
+impl Serde<Vec<u8>> for Builtin<Vec<u8>> {
+    fn serialize(&self, value: &Vec<u8>) -> Result<Option<Bytes>, SerdeError> {
+        Ok(Some(Bytes::copy_from_slice(value)))
+    }
+    fn deserialize(&self, data: Option<&Bytes>) -> Result<Vec<u8>, SerdeError> {
+        Ok(required(data, "bytes")?.to_vec())
+    }
+}
+
+impl Serde<Bytes> for Builtin<Bytes> {
+    fn serialize(&self, value: &Bytes) -> Result<Option<Bytes>, SerdeError> {
+        Ok(Some(value.clone()))
+    }
+    fn deserialize(&self, data: Option<&Bytes>) -> Result<Bytes, SerdeError> {
+        Ok(required(data, "bytes")?.clone())
+    }
+}
+
+macro_rules! defaults {
+    ($($t:ty),*) => {$(
+        impl DefaultSerde for $t {
+            fn serde() -> Arc<dyn Serde<Self>> {
+                Arc::new(Builtin::<$t>::default())
+            }
+        }
+    )*};
+}
+
+defaults!(String, (), Ignore, Vec<u8>, Bytes);
+
+/// `Option<T>`: null is `None`, anything else is `T`'s.
+impl<T: DefaultSerde> DefaultSerde for Option<T> {
+    fn serde() -> Arc<dyn Serde<Self>> {
+        Arc::new(Nullable(T::serde()))
+    }
+}
+
+struct Nullable<T>(Arc<dyn Serde<T>>);
+
+impl<T> Serde<Option<T>> for Nullable<T> {
+    fn serialize(&self, value: &Option<T>) -> Result<Option<Bytes>, SerdeError> {
+        match value {
+            None => Ok(None),
+            Some(value) => self.0.serialize(value),
+        }
+    }
+    fn deserialize(&self, data: Option<&Bytes>) -> Result<Option<T>, SerdeError> {
+        data.map(|d| self.0.deserialize(Some(d))).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: DefaultSerde + PartialEq + std::fmt::Debug>(value: T) {
+        let serde = T::serde();
+        let bytes = serde.serialize(&value).unwrap();
+        assert_eq!(serde.deserialize(bytes.as_ref()).unwrap(), value);
+    }
+
+    #[test]
+    fn defaults_round_trip_as_java_writes_them() {
+        round_trip("héllo".to_owned());
+        round_trip(-7i32);
+        round_trip(1i64 << 40);
+        round_trip(1.5f32);
+        round_trip(-2.25f64);
+        round_trip(());
+        round_trip(vec![0u8, 255]);
+        round_trip(Bytes::from_static(b"raw"));
+        round_trip(Some(3i32));
+        round_trip(None::<i32>);
+        // Big-endian, as Java's IntegerSerializer.
+        assert_eq!(i32::serde().serialize(&1).unwrap().unwrap().as_ref(), [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn mismatches_are_errors() {
+        let data = Bytes::from_static(b"abc");
+        assert!(i32::serde().deserialize(Some(&data)).unwrap_err().0.contains("3 bytes"));
+        assert!(<()>::serde().deserialize(Some(&data)).unwrap_err().0.contains("null was expected"));
+        assert!(String::serde().deserialize(None).is_err());
+        assert!(String::serde().deserialize(Some(&Bytes::from_static(&[0xff]))).unwrap_err().0.contains("UTF-8"));
+        assert_eq!(Ignore::serde().deserialize(Some(&data)), Ok(Ignore));
+        assert_eq!(Ignore::serde().deserialize(None), Ok(Ignore));
+    }
+}

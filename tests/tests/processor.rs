@@ -1,0 +1,370 @@
+//! The processor against real brokers: outputs, committed watermarks,
+//! filtering, error tolerances, dead letters, delivery failures.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rill::{ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError};
+use rill_client::TopicPartition;
+use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
+use rill_client::producer::{Producer, ProducerConfig, Record};
+use rill_testkit::{ClusterOptions, TestCluster, each_broker, unique_topic};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Writes `values` round-robin over the partitions, as raw bytes.
+async fn write(cluster: &TestCluster, topic: &str, partitions: i32, values: &[Vec<u8>]) {
+    let producer = Producer::new(ProducerConfig::new(cluster.client_config())).unwrap();
+    let mut pending = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        let record = Record::to(topic).value(value).partition(i as i32 % partitions);
+        pending.push(producer.send(record).await.unwrap());
+    }
+    for delivery in pending {
+        delivery.await.unwrap();
+    }
+    producer.close(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Everything in `topic` now: (key, value, headers) per record.
+type Read = (Option<String>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
+
+/// At least `expected` records, then whatever else arrives before a quiet
+/// half second.
+async fn read_all(cluster: &TestCluster, topic: &str, partitions: i32, expected: usize) -> Vec<Read> {
+    let config = ConsumerConfig::new(cluster.client_config())
+        .offset_reset(OffsetReset::Earliest)
+        .fetch_wait(1, Duration::from_millis(100));
+    let mut consumer = Consumer::new(config).unwrap();
+    consumer.assign(&(0..partitions).map(|p| TopicPartition::new(topic, p)).collect::<Vec<_>>());
+    let mut out = Vec::new();
+    while out.len() < expected {
+        let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{topic}: {} of {expected} records", out.len()))
+            .unwrap();
+        out.push((
+            record.key.map(|k| String::from_utf8(k.to_vec()).unwrap()),
+            record.value.map(|v| v.to_vec()),
+            record.headers.iter().map(|h| (h.key.to_string(), h.value.as_ref().map(|v| v.to_vec()))).collect(),
+        ));
+    }
+    while let Ok(record) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+        let record = record.unwrap();
+        out.push((
+            record.key.map(|k| String::from_utf8(k.to_vec()).unwrap()),
+            record.value.map(|v| v.to_vec()),
+            record.headers.iter().map(|h| (h.key.to_string(), h.value.as_ref().map(|v| v.to_vec()))).collect(),
+        ));
+    }
+    consumer.close(Duration::from_secs(5)).await.unwrap();
+    out
+}
+
+/// The group's committed offsets for `topic`.
+async fn committed(cluster: &TestCluster, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Option<i64>> {
+    let consumer = Consumer::new(ConsumerConfig::new(cluster.client_config()).group(group)).unwrap();
+    let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic, p)).collect();
+    let found = consumer.handle().committed(&tps).await.unwrap();
+    found.into_iter().map(|(tp, offset)| (tp.partition, offset)).collect()
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ProcessorError>>,
+}
+
+fn start<K, V, OK, OV>(processor: Arc<Processor<K, V, OK, OV>>, instance: &str) -> Running
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    OK: Send + Sync + 'static,
+    OV: Send + Sync + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let instance = instance.to_owned();
+    let task = tokio::spawn(async move {
+        processor
+            .run(&instance, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) -> Result<(), ProcessorError> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("the processor stops").unwrap()
+    }
+}
+
+async fn until(what: &str, metrics: &rill::Metrics, done: impl Fn(&MetricsSnapshot) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let snapshot = metrics.snapshot();
+        if done(&snapshot) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {snapshot:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn line(i: usize) -> Vec<u8> {
+    format!("10.0.{}.{} GET /page/{i}", i % 7, i % 250).into_bytes()
+}
+
+/// Splits `ip rest`; keys the output by the address's second-to-last
+/// octet (a stand-in for the country lookup); filters lines whose number is
+/// a multiple of five.
+fn weblog(value: &str) -> Option<Output<String, String>> {
+    let (ip, rest) = value.split_once(' ')?;
+    let n: usize = rest.rsplit('/').next()?.parse().ok()?;
+    if n.is_multiple_of(5) {
+        return None;
+    }
+    let region = ip.split('.').nth(2)?;
+    Some(Output::new(format!("region-{region}"), rest.to_owned()))
+}
+
+fn processor_for(
+    cluster: &TestCluster,
+    name: &str,
+    input: &str,
+    output: &str,
+) -> rill::ProcessorBuilder<Ignore, String, String, String> {
+    Processor::<Ignore, String, String, String>::builder()
+        .name(name)
+        .bootstrap_servers(cluster.bootstrap())
+        .input_topic(input)
+        .output_topic(output)
+        .auto_offset_reset("earliest")
+        .consumer_property("session.timeout.ms", "6000")
+        .consumer_property("heartbeat.interval.ms", "500")
+        .consumer_property("auto.commit.interval.ms", "200")
+        .function(|input| weblog(&input.value))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_filters_and_commits_the_watermark() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("proc-in"), unique_topic("proc-out"));
+        cluster.create_topic(&input, 3).await.unwrap();
+        cluster.create_topic(&output, 2).await.unwrap();
+        let lines: Vec<Vec<u8>> = (0..600).map(line).collect();
+        write(cluster, &input, 3, &lines).await;
+        let name = unique_topic("weblog");
+        let processor = Arc::new(processor_for(cluster, &name, &input, &output).build().unwrap());
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("every record", &metrics, |m| m.produced == 480 && m.filtered == 120).await;
+        running.stop().await.unwrap();
+
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.consumed, snapshot.skipped, snapshot.in_flight), (600, 0, 0));
+        let got = read_all(cluster, &output, 2, 480).await;
+        assert_eq!(got.len(), 480, "no output twice");
+        let mut got: Vec<(String, String)> =
+            got.into_iter().map(|(k, v, _)| (k.unwrap(), String::from_utf8(v.unwrap()).unwrap())).collect();
+        got.sort();
+        let mut expected: Vec<(String, String)> =
+            (0..600).filter_map(|i| weblog(std::str::from_utf8(&line(i)).unwrap())).map(|o| (o.key, o.value)).collect();
+        expected.sort();
+        assert_eq!(got, expected);
+        // Filtered records count as done: the watermark is the end.
+        let offsets = committed(cluster, &format!("{name}-group"), &input, 3).await;
+        assert_eq!(offsets.values().copied().collect::<Vec<_>>(), [Some(200); 3]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_input_is_skipped_dead_lettered_or_stops() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let input = unique_topic("proc-bad");
+        cluster.create_topic(&input, 1).await.unwrap();
+        // Record 3 is not UTF-8: the String value serde refuses it.
+        let mut lines: Vec<Vec<u8>> = (1..=6).map(line).collect();
+        lines[3] = vec![0xff, 0xfe, b' ', b'x'];
+        write(cluster, &input, 1, &lines).await;
+
+        // All: skipped and counted; the watermark passes it.
+        let output = unique_topic("proc-out");
+        cluster.create_topic(&output, 1).await.unwrap();
+        let name = unique_topic("skip");
+        let processor = Arc::new(
+            processor_for(cluster, &name, &input, &output)
+                .consume_error_tolerance(ErrorTolerance::All)
+                .build()
+                .unwrap(),
+        );
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("skip", &metrics, |m| m.consumed == 6 && m.in_flight == 0 && m.skipped == 1).await;
+        running.stop().await.unwrap();
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(6));
+
+        // DeadLetter: the raw bytes, with the error and the source.
+        let (output, dead) = (unique_topic("proc-out"), unique_topic("proc-dead"));
+        cluster.create_topic(&output, 1).await.unwrap();
+        cluster.create_topic(&dead, 1).await.unwrap();
+        let name = unique_topic("dlq");
+        let processor = Arc::new(
+            processor_for(cluster, &name, &input, &output)
+                .consume_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
+                .build()
+                .unwrap(),
+        );
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("dead letter", &metrics, |m| m.dead_lettered == 1 && m.consumed == 6 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        let letters = read_all(cluster, &dead, 1, 1).await;
+        assert_eq!(letters.len(), 1);
+        let (key, value, headers) = &letters[0];
+        assert_eq!((key.as_deref(), value.as_deref()), (None, Some(&lines[3][..])));
+        let header = |name: &str| {
+            headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(header("rill.error.kind").as_deref(), Some("deserialization"));
+        assert!(header("rill.error.message").unwrap().contains("UTF-8"), "{headers:?}");
+        assert_eq!(header("rill.source.topic").as_deref(), Some(input.as_str()));
+        assert_eq!(header("rill.source.partition").as_deref(), Some("0"));
+        assert_eq!(header("rill.source.offset").as_deref(), Some("3"));
+        assert!(header("rill.source.timestamp").is_some());
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(6));
+
+        // None: run stops with the error; nothing at or after it is stored.
+        let output = unique_topic("proc-out");
+        cluster.create_topic(&output, 1).await.unwrap();
+        let name = unique_topic("stop");
+        let processor = Arc::new(processor_for(cluster, &name, &input, &output).build().unwrap());
+        let error = tokio::time::timeout(Duration::from_secs(60), processor.run("one", std::future::pending()))
+            .await
+            .expect("the processor stops on its own")
+            .unwrap_err();
+        assert!(matches!(error, ProcessorError::Deserialize { what: "value", offset: 3, .. }), "{error}");
+        let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
+        assert!(stored.is_none_or(|o| o <= 3), "stored past the bad record: {stored:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_errors_follow_their_tolerance() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output, dead) = (unique_topic("proc-in"), unique_topic("proc-out"), unique_topic("proc-dead"));
+        for topic in [&input, &output, &dead] {
+            cluster.create_topic(topic, 1).await.unwrap();
+        }
+        let lines: Vec<Vec<u8>> = (1..=4).map(line).collect();
+        write(cluster, &input, 1, &lines).await;
+        let failing = |name: &str, tolerance: ErrorTolerance| {
+            Processor::<Ignore, String, String, String>::builder()
+                .name(name)
+                .bootstrap_servers(cluster.bootstrap())
+                .input_topic(&input)
+                .output_topic(&output)
+                .auto_offset_reset("earliest")
+                .consumer_property("session.timeout.ms", "6000")
+                .consumer_property("heartbeat.interval.ms", "500")
+                .function_error_tolerance(tolerance)
+                .function(|input| {
+                    if input.offset == 2 { Err("offset two is cursed".to_owned()) } else { Ok(weblog(&input.value)) }
+                })
+                .build()
+                .unwrap()
+        };
+        let name = unique_topic("fdlq");
+        let processor = Arc::new(failing(&name, ErrorTolerance::DeadLetter(dead.clone())));
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("dead letter", &metrics, |m| m.dead_lettered == 1 && m.consumed == 4 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        let letters = read_all(cluster, &dead, 1, 1).await;
+        assert_eq!(letters[0].1.as_deref(), Some(&lines[2][..]));
+        assert!(letters[0].2.iter().any(|(k, v)| k == "rill.error.kind" && v.as_deref() == Some(b"function")));
+
+        let name = unique_topic("fstop");
+        let error = failing(&name, ErrorTolerance::None).run("one", std::future::pending()).await.unwrap_err();
+        assert!(matches!(error, ProcessorError::Function { offset: 2, .. }), "{error}");
+        assert!(error.to_string().contains("cursed"), "{error}");
+        let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
+        assert!(stored.is_none_or(|o| o <= 2), "{stored:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_cannot_be_sent_stops_and_is_retried_after_a_restart() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("proc-in"), unique_topic("proc-out"));
+        cluster.create_topic(&input, 1).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        let mut lines: Vec<Vec<u8>> = (1..=5).map(line).collect();
+        lines[2] = format!("10.0.0.1 GET /{}/7", "x".repeat(5000)).into_bytes();
+        write(cluster, &input, 1, &lines).await;
+        let name = unique_topic("big");
+        // The producer refuses records over 2000 bytes: record 2's output.
+        let small = Arc::new(
+            processor_for(cluster, &name, &input, &output)
+                .producer_property("message.max.bytes", "2000")
+                .producer_property("batch.size", "2000")
+                .build()
+                .unwrap(),
+        );
+        let error = small.run("one", std::future::pending()).await.unwrap_err();
+        assert!(error.to_string().contains("message.max.bytes"), "{error}");
+        let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
+        assert!(stored.is_none_or(|o| o <= 2), "stored past the failed record: {stored:?}");
+
+        // Restarted with room: the failed input is processed again.
+        let roomy = Arc::new(processor_for(cluster, &name, &input, &output).build().unwrap());
+        let metrics = roomy.metrics();
+        let running = start(roomy, "one");
+        until("after the restart", &metrics, |m| {
+            m.partitions.iter().any(|(_, p)| p.watermark == Some(5)) && m.in_flight == 0
+        })
+        .await;
+        running.stop().await.unwrap();
+        let values: Vec<String> = read_all(cluster, &output, 1, 4)
+            .await
+            .into_iter()
+            .map(|(_, v, _)| String::from_utf8(v.unwrap()).unwrap())
+            .collect();
+        assert!(values.iter().any(|v| v.len() > 5000), "the big record's output arrived: {values:?}");
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(5));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn settings_the_processor_owns_are_refused() {
+    let builder = || {
+        Processor::<Ignore, String, String, String>::builder()
+            .name("n")
+            .bootstrap_servers("127.0.0.1:9")
+            .input_topic("i")
+            .output_topic("o")
+            .function(|input| weblog(&input.value))
+    };
+    for key in ["enable.auto.offset.store", "enable.auto.commit", "group.id"] {
+        let error = builder().consumer_property(key, "x").build().unwrap_err();
+        assert!(error.to_string().contains(key), "{error}");
+    }
+    let error = builder().producer_property("enable.idempotence", "false").build().unwrap_err();
+    assert!(error.to_string().contains("enable.idempotence"), "{error}");
+    let error = builder().consumer_property("no.such.key", "1").build().unwrap_err();
+    assert!(error.to_string().contains("no.such.key"), "{error}");
+    assert!(builder().build().is_ok());
+}

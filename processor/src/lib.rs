@@ -24,10 +24,12 @@
 //! - `processor`: the [`Processor`], its builder and the run loop.
 //! - `tracker` (pure): the [`OffsetTracker`], which input offsets are done.
 //! - `serde`: keys and values to and from bytes.
+//! - `weblog`: the web-log example's function (the `rill weblog` command).
 
 pub mod processor;
 pub mod serde;
 pub mod tracker;
+pub mod weblog;
 
 pub use processor::{
     BoxError, ErrorTolerance, Input, IntoOutputs, Metrics, MetricsSnapshot, Output, PartitionMetrics, Processor,

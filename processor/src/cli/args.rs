@@ -39,6 +39,9 @@ pub(crate) enum Command {
     Produce(ProduceArgs),
     /// Print records, one per line (kcat-style --format, or --json).
     Consume(ConsumeArgs),
+    /// Run the web-log processor (the article's example) until SIGINT or
+    /// SIGTERM: IPv4 address → country key, line without the address.
+    Weblog(WeblogArgs),
     /// Measure throughput and CPU; ends with one JSON line on stdout.
     #[command(subcommand)]
     Perf(PerfCommand),
@@ -139,6 +142,68 @@ pub(crate) struct ConsumeArgs {
     pub(crate) json: bool,
 }
 
+#[derive(Debug, ClapArgs)]
+pub(crate) struct WeblogArgs {
+    /// Topic of web-server log lines.
+    #[arg(short, long)]
+    pub(crate) input: String,
+    /// Topic to write country → line-without-address records to.
+    #[arg(short, long)]
+    pub(crate) output: String,
+    /// This instance's id: client id `weblog-ID`, and the group's
+    /// `group.instance.id` unless --static-membership off.
+    #[arg(long)]
+    pub(crate) instance: String,
+    /// Processor name (group `NAME-group`).
+    #[arg(long, default_value = "weblog")]
+    pub(crate) name: String,
+    /// What to do with input that is not UTF-8: none (stop), all (skip),
+    /// or dead-letter:TOPIC.
+    #[arg(long, default_value = "none")]
+    pub(crate) tolerance: Tolerance,
+    /// Where to start without a committed offset: earliest or latest.
+    #[arg(long, default_value = "latest")]
+    pub(crate) from: String,
+    /// Static membership (the instance id as group.instance.id): on or off.
+    #[arg(long, default_value = "on")]
+    pub(crate) static_membership: OnOff,
+}
+
+/// An error tolerance as the CLI spells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tolerance(pub(crate) rill::ErrorTolerance);
+
+impl std::str::FromStr for Tolerance {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(Tolerance(match text {
+            "none" => rill::ErrorTolerance::None,
+            "all" => rill::ErrorTolerance::All,
+            _ => match text.strip_prefix("dead-letter:") {
+                Some(topic) if !topic.is_empty() => rill::ErrorTolerance::DeadLetter(topic.to_owned()),
+                _ => return Err(format!("`{text}`: expected none, all or dead-letter:TOPIC")),
+            },
+        }))
+    }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OnOff(pub(crate) bool);
+
+impl std::str::FromStr for OnOff {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "on" | "true" => Ok(OnOff(true)),
+            "off" | "false" => Ok(OnOff(false)),
+            _ => Err(format!("`{text}`: expected on or off")),
+        }
+    }
+}
+
 /// Where `rill consume` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StartFrom {
@@ -237,6 +302,11 @@ impl Common {
     /// Client settings.
     pub(crate) fn client_config(&self) -> Result<ClientConfig, ConfigError> {
         ClientConfig::from_properties(self.properties()?)
+    }
+
+    /// The `-X` properties and `--brokers`, as given.
+    pub(crate) fn all_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.properties()
     }
 
     /// Consumer settings from `-X` (consumer and client keys).

@@ -7,6 +7,7 @@ mod metadata;
 mod perf;
 mod produce;
 mod topic;
+mod weblog;
 
 use args::{Args, Command};
 
@@ -19,6 +20,7 @@ pub(crate) async fn run(args: Args) -> Result<(), CliError> {
         Command::Metadata => metadata::run(&args.common).await,
         Command::Produce(produce) => produce::run(&args.common, produce).await,
         Command::Consume(consume) => consume::run(&args.common, consume).await,
+        Command::Weblog(weblog) => weblog::run(&args.common, weblog).await,
         Command::Perf(args::PerfCommand::Produce(perf)) => perf::produce(&args.common, perf).await,
         Command::Perf(args::PerfCommand::Consume(perf)) => perf::consume(&args.common, perf).await,
         Command::Demo(demo) => demo::run(&args.common, demo).await,

@@ -1,0 +1,68 @@
+//! `rill weblog`: the web-log processor until SIGINT or SIGTERM. The first
+//! signal drains, commits and stops within the shutdown timeout; a second
+//! one exits at once.
+
+use rill::weblog;
+use rill::{Ignore, Processor};
+use rill_client::ConfigError;
+use rill_client::consumer::ConsumerConfig;
+use rill_client::producer::ProducerConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::CliError;
+use super::args::{Common, WeblogArgs};
+
+pub(crate) async fn run(common: &Common, args: &WeblogArgs) -> Result<(), CliError> {
+    let mut builder = Processor::<Ignore, String, String, String>::builder()
+        .name(&args.name)
+        .input_topic(&args.input)
+        .output_topic(&args.output)
+        .consume_error_tolerance(args.tolerance.0.clone())
+        .auto_offset_reset(&args.from)
+        .static_membership(args.static_membership.0)
+        .function(|input| weblog::process(&input.value));
+    // -X keys go to whichever client takes them (client keys to both).
+    for (key, value) in common.all_properties()? {
+        if key == "bootstrap.servers" || key == "metadata.broker.list" {
+            builder = builder.bootstrap_servers(value);
+            continue;
+        }
+        let consumer = ConsumerConfig::new(rill_client::ClientConfig::default()).set_property(&key, &value)?;
+        let producer = ProducerConfig::new(rill_client::ClientConfig::default()).set_property(&key, &value)?;
+        if !consumer && !producer {
+            return Err(ConfigError::UnknownKey { key }.into());
+        }
+        if consumer {
+            builder = builder.consumer_property(&key, &value);
+        }
+        if producer {
+            builder = builder.producer_property(&key, &value);
+        }
+    }
+    let processor = builder.build()?;
+    let metrics = processor.metrics();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("rill: stopping (a second signal exits at once)");
+        // A second signal: no more waiting.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            std::process::exit(130);
+        });
+    };
+    processor.run(&args.instance, shutdown).await?;
+    let m = metrics.snapshot();
+    eprintln!(
+        "rill: weblog {} consumed {}, produced {}, filtered {}, skipped {}, dead-lettered {}",
+        args.instance, m.consumed, m.produced, m.filtered, m.skipped, m.dead_lettered
+    );
+    Ok(())
+}

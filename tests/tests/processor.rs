@@ -368,3 +368,166 @@ async fn settings_the_processor_owns_are_refused() {
     assert!(error.to_string().contains("no.such.key"), "{error}");
     assert!(builder().build().is_ok());
 }
+
+/// Writes generated web-log lines `from..to` at about `rate` per second.
+async fn feed(cluster: &TestCluster, topic: &str, from: u64, to: u64, rate: u64) {
+    let producer = Producer::new(ProducerConfig::new(cluster.client_config())).unwrap();
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for id in from..to {
+        let line = rill::weblog::line(id);
+        pending.push(producer.send(Record::to(topic).value(&line)).await.unwrap());
+        if id % 50 == 49 {
+            tokio::time::sleep_until(started + Duration::from_secs_f64((id - from + 1) as f64 / rate as f64)).await;
+        }
+    }
+    for delivery in pending {
+        delivery.await.unwrap();
+    }
+    producer.close(Duration::from_secs(10)).await.unwrap();
+}
+
+/// How often each id reached `topic`, once `count` distinct ids are there.
+async fn ids_in(cluster: &TestCluster, topic: &str, partitions: i32, count: u64) -> BTreeMap<u64, u32> {
+    let config = ConsumerConfig::new(cluster.client_config())
+        .offset_reset(OffsetReset::Earliest)
+        .fetch_wait(1, Duration::from_millis(100));
+    let mut consumer = Consumer::new(config).unwrap();
+    consumer.assign(&(0..partitions).map(|p| TopicPartition::new(topic, p)).collect::<Vec<_>>());
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+            Ok(record) => {
+                let record = record.unwrap();
+                let value = std::str::from_utf8(record.value.as_deref().unwrap()).unwrap();
+                *seen.entry(rill::weblog::id_of(value).unwrap()).or_default() += 1;
+            }
+            Err(_) if seen.len() as u64 >= count => break,
+            Err(_) => {
+                if Instant::now() > deadline {
+                    let missing: Vec<u64> = (0..count).filter(|id| !seen.contains_key(id)).collect();
+                    let mut ranges: Vec<(u64, u64)> = Vec::new();
+                    for id in missing {
+                        match ranges.last_mut() {
+                            Some((_, end)) if *end + 1 == id => *end = id,
+                            _ => ranges.push((id, id)),
+                        }
+                    }
+                    panic!("{} of {count} ids in {topic}; missing {ranges:?}", seen.len());
+                }
+            }
+        }
+    }
+    consumer.close(Duration::from_secs(5)).await.unwrap();
+    seen
+}
+
+fn weblog_processor(
+    cluster: &TestCluster,
+    name: &str,
+    input: &str,
+    output: &str,
+) -> rill::ProcessorBuilder<Ignore, String, String, String> {
+    Processor::<Ignore, String, String, String>::builder()
+        .name(name)
+        .bootstrap_servers(cluster.bootstrap())
+        .input_topic(input)
+        .output_topic(output)
+        .auto_offset_reset("earliest")
+        .consumer_property("session.timeout.ms", "6000")
+        .consumer_property("heartbeat.interval.ms", "500")
+        .consumer_property("auto.commit.interval.ms", "100")
+        .function(|input| rill::weblog::process(&input.value))
+}
+
+/// A second instance joins mid-stream and later leaves (cooperative-sticky
+/// on the mock cluster): nothing is lost, and since each revocation drains
+/// and commits before the partitions move, nothing is processed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_joins_and_leaves_mid_stream() {
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let (input, output) = (unique_topic("reb-in"), unique_topic("reb-out"));
+        mock.create_topic(&input, 4, 1).unwrap();
+        mock.create_topic(&output, 3, 1).unwrap();
+        let name = unique_topic("reb");
+        let build = || {
+            Arc::new(
+                weblog_processor(cluster, &name, &input, &output)
+                    .consumer_property("partition.assignment.strategy", "cooperative-sticky")
+                    .static_membership(false)
+                    .build()
+                    .unwrap(),
+            )
+        };
+        let count = 40_000;
+        let feeding = feed(cluster, &input, 0, count, 2_000);
+        let scenario = async {
+            let a = build();
+            let a_metrics = a.metrics();
+            let running_a = start(a, "a");
+            until("a consumes", &a_metrics, |m| m.produced > 1_000).await;
+            let b = build();
+            let b_metrics = b.metrics();
+            let running_b = start(b, "b");
+            until("b takes a share", &b_metrics, |m| m.produced > 500).await;
+            running_b.stop().await.unwrap();
+            until("a takes everything back", &a_metrics, |m| m.partitions.len() == 4).await;
+            (running_a, a_metrics)
+        };
+        let ((running_a, _), ()) = tokio::join!(scenario, feeding);
+        // a runs on until every id is out.
+        let seen = ids_in(cluster, &output, 3, count).await;
+        running_a.stop().await.unwrap();
+        assert_eq!(seen.len() as u64, count, "every id reached the output");
+        let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+        eprintln!("rebalance: {count} ids, {duplicates} duplicates");
+        assert_eq!(duplicates, 0, "revocations drain and commit before the partitions move");
+    })
+    .await;
+}
+
+/// Outputs spread over three partitions, one behind a slow leader, so they
+/// complete out of input order; the processor is aborted (no shutdown, as
+/// a crash) three times mid-stream and restarted: nothing is lost, so the
+/// stored watermark never passed an input whose output was still in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_completion_never_stores_past_an_undelivered_input() {
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let (input, output) = (unique_topic("ooo-in"), unique_topic("ooo-out"));
+        mock.create_topic(&input, 2, 1).unwrap();
+        mock.create_topic(&output, 3, 1).unwrap();
+        for (partition, broker) in [(0, 1), (1, 2), (2, 3)] {
+            mock.partition_leader(&output, partition, Some(broker)).unwrap();
+        }
+        mock.round_trip_time(2, Duration::from_millis(400)).unwrap();
+        let name = unique_topic("ooo");
+        let count = 9_000;
+        let feeding = feed(cluster, &input, 0, count, 1_500);
+        let crashes = async {
+            for round in 0..3 {
+                let processor = Arc::new(weblog_processor(cluster, &name, &input, &output).build().unwrap());
+                let metrics = processor.metrics();
+                let running = start(processor, "one");
+                until("some progress", &metrics, |m| m.produced > 300).await;
+                // Outputs to the slow partition are in flight now.
+                tokio::time::sleep(Duration::from_millis(150 * (round + 1))).await;
+                let snapshot = metrics.snapshot();
+                eprintln!("round {round}: aborting with {} outputs in flight", snapshot.in_flight);
+                running.task.abort();
+                let _ = running.task.await;
+            }
+        };
+        tokio::join!(feeding, crashes);
+        let processor = Arc::new(weblog_processor(cluster, &name, &input, &output).build().unwrap());
+        let running = start(processor, "one");
+        let seen = ids_in(cluster, &output, 3, count).await;
+        running.stop().await.unwrap();
+        let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+        eprintln!("out of order: {count} ids, {duplicates} duplicates after 3 crashes");
+        assert_eq!(seen.len() as u64, count);
+    })
+    .await;
+}

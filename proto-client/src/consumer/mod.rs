@@ -475,6 +475,9 @@ impl ConsumerHandle {
                 tracing::debug!(target: "rill::cgrp", %error, "rebalance under way; committing after it");
                 loop {
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    // A revocation queued meanwhile must not hold the
+                    // rebalance up either.
+                    self.shared.queue().clear();
                     let now = self.shared.lock().committer.clone();
                     if now.generation < 0 {
                         return Err(error);

@@ -367,6 +367,200 @@ async fn settings_the_processor_owns_are_refused() {
     let error = builder().consumer_property("no.such.key", "1").build().unwrap_err();
     assert!(error.to_string().contains("no.such.key"), "{error}");
     assert!(builder().build().is_ok());
+    let error = builder().source(|| async { None::<Output<String, String>> }).build().unwrap_err();
+    assert!(error.to_string().contains("a source has no input topic"), "{error}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_an_error_before_the_first_message() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let processor = Processor::<Ignore, String, String, String>::builder()
+        .name("unreachable")
+        .bootstrap_servers(format!("127.0.0.1:{port}"))
+        .input_topic("i")
+        .output_topic("o")
+        .startup_timeout(Duration::from_secs(1))
+        .function(|input| weblog(&input.value))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(20), processor.run("one", std::future::pending()))
+        .await
+        .expect("run gives up")
+        .unwrap_err();
+    assert!(matches!(error, ProcessorError::Unreachable { .. }), "{error:?}");
+    assert!(error.to_string().contains(&port.to_string()), "{error}");
+    eprintln!("gave up after {:?}: {error}", started.elapsed());
+}
+
+/// A pseudo-random delay in 0..20 ms from a number (no clock, no RNG).
+fn delay_of(n: i64) -> Duration {
+    Duration::from_millis((n as u64).wrapping_mul(2_654_435_761) % 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_calls_finish_out_of_order_and_outputs_keep_input_order() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("async-in"), unique_topic("async-out"));
+        cluster.create_topic(&input, 3).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        let values: Vec<Vec<u8>> = (0..1500).map(|i| i.to_string().into_bytes()).collect();
+        write(cluster, &input, 3, &values).await;
+        let name = unique_topic("async");
+        let (running_calls, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (calls, peak) = (running_calls.clone(), most.clone());
+        let processor = Processor::<Ignore, i64, String, i64>::builder()
+            .name(&name)
+            .bootstrap_servers(cluster.bootstrap())
+            .input_topic(&input)
+            .output_topic(&output)
+            .auto_offset_reset("earliest")
+            .consumer_property("session.timeout.ms", "6000")
+            .consumer_property("heartbeat.interval.ms", "500")
+            .consumer_property("auto.commit.interval.ms", "200")
+            .input_value_serde(Arc::new(DecimalI64))
+            .output_value_serde(Arc::new(DecimalI64))
+            .function_error_tolerance(ErrorTolerance::All)
+            .async_function(8, move |input| {
+                let (calls, peak) = (calls.clone(), peak.clone());
+                async move {
+                    let now = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(delay_of(input.value)).await;
+                    calls.fetch_sub(1, Ordering::SeqCst);
+                    match input.value {
+                        v if v % 100 == 99 => Err("a service said no".into()),
+                        v if v % 10 == 3 => Ok(Vec::new()),
+                        v => Ok::<_, rill::BoxError>(vec![Output::new(format!("p{}", input.partition), v)]),
+                    }
+                }
+            })
+            .build()
+            .unwrap();
+        let processor = Arc::new(processor);
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("every record", &metrics, |m| m.consumed == 1500 && m.in_flight == 0 && m.skipped == 15).await;
+        running.stop().await.unwrap();
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.filtered, snapshot.produced), (150, 1335), "{snapshot:?}");
+        let peak = most.load(Ordering::SeqCst);
+        assert!((2..=8).contains(&peak), "calls at once: {peak}");
+
+        // One output partition: the order of its records is the send order.
+        let got = read_all(cluster, &output, 1, 1335).await;
+        assert_eq!(got.len(), 1335);
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        for (key, value, _) in got {
+            let (key, value) = (key.unwrap(), DecimalI64.parse(&value.unwrap()));
+            let previous = last.insert(key.clone(), value);
+            assert!(previous.is_none_or(|p| p < value), "{key}: {value} after {previous:?}");
+        }
+        let offsets = committed(cluster, &format!("{name}-group"), &input, 3).await;
+        assert_eq!(offsets.values().copied().collect::<Vec<_>>(), [Some(500); 3]);
+        eprintln!("async: at most {peak} calls at once");
+    })
+    .await;
+}
+
+/// `i64` as decimal text.
+struct DecimalI64;
+
+impl DecimalI64 {
+    fn parse(&self, data: &[u8]) -> i64 {
+        std::str::from_utf8(data).unwrap().parse().unwrap()
+    }
+}
+
+impl rill::Serde<i64> for DecimalI64 {
+    fn serialize(&self, value: &i64) -> Result<Option<bytes::Bytes>, rill::SerdeError> {
+        Ok(Some(value.to_string().into()))
+    }
+
+    fn deserialize(&self, data: Option<&bytes::Bytes>) -> Result<i64, rill::SerdeError> {
+        let text =
+            std::str::from_utf8(data.map_or(&[][..], |d| d)).map_err(|e| rill::SerdeError::new(e.to_string()))?;
+        text.parse().map_err(|e: std::num::ParseIntError| rill::SerdeError::new(e.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_produces_until_stopped_and_its_errors_follow_the_tolerance() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let output = unique_topic("source-out");
+        cluster.create_topic(&output, 2).await.unwrap();
+        let next = Arc::new(AtomicI64::new(0));
+        let counter = next.clone();
+        let processor = Processor::<(), (), String, i64>::builder()
+            .name(unique_topic("source"))
+            .bootstrap_servers(cluster.bootstrap())
+            .output_topic(&output)
+            .source(move || {
+                let call = counter.fetch_add(10, Ordering::SeqCst);
+                async move {
+                    // Every seventh call has nothing to say.
+                    if (call / 10) % 7 == 6 {
+                        return Vec::new();
+                    }
+                    (call..call + 10).map(|n| Output::new(format!("k{}", n % 4), n)).collect()
+                }
+            })
+            .build()
+            .unwrap();
+        let processor = Arc::new(processor);
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("two thousand outputs", &metrics, |m| m.produced >= 2000).await;
+        running.stop().await.unwrap();
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.in_flight, 0);
+        assert!(snapshot.filtered > 0, "{snapshot:?}");
+        let calls = next.load(Ordering::SeqCst) / 10;
+        let expected: Vec<i64> = (0..calls).filter(|c| c % 7 != 6).flat_map(|c| c * 10..c * 10 + 10).collect();
+        assert_eq!(snapshot.produced, expected.len() as u64, "every output returned was delivered");
+        let mut got: Vec<i64> = read_all(cluster, &output, 2, expected.len())
+            .await
+            .into_iter()
+            .map(|(_, v, _)| i64::from_be_bytes(v.unwrap().try_into().unwrap()))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, expected);
+
+        // A source error stops it unless tolerated.
+        let failing = |tolerance: ErrorTolerance| {
+            let calls = Arc::new(AtomicI64::new(0));
+            Processor::<(), (), String, i64>::builder()
+                .name(unique_topic("source-err"))
+                .bootstrap_servers(cluster.bootstrap())
+                .output_topic(&output)
+                .function_error_tolerance(tolerance)
+                .source(move || {
+                    let call = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if call == 3 {
+                            Err("the feed broke".into())
+                        } else {
+                            Ok::<_, rill::BoxError>(vec![Output::new("k".into(), call)])
+                        }
+                    }
+                })
+                .build()
+                .unwrap()
+        };
+        let error = failing(ErrorTolerance::None).run("one", std::future::pending()).await.unwrap_err();
+        assert!(matches!(&error, ProcessorError::Source(e) if e.to_string() == "the feed broke"), "{error:?}");
+        let skipping = Arc::new(failing(ErrorTolerance::All));
+        let metrics = skipping.metrics();
+        let running = start(skipping, "one");
+        until("past the error", &metrics, |m| m.skipped == 1 && m.produced >= 10).await;
+        running.stop().await.unwrap();
+    })
+    .await;
 }
 
 /// Writes generated web-log lines `from..to` at about `rate` per second.

@@ -25,17 +25,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
-use rill_client::consumer::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerRecord, Event};
-use rill_client::producer::{DeliveryFuture, Header, Producer, ProducerConfig, Record, RecordMetadata};
+use futures_util::FutureExt;
+use rill_client::consumer::{Consumer, ConsumerConfig};
+use rill_client::producer::{Producer, ProducerConfig};
 use rill_client::records::RecordHeader;
-use rill_client::{ConfigError, TopicPartition};
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use rill_client::{ConfigError, TopicPartition, TopicScope};
+use tracing::info;
 
 use crate::serde::{DefaultSerde, Serde, SerdeError};
-use crate::tracker::OffsetTracker;
+
+mod run;
+mod source;
 
 /// An error from the user's function.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -135,8 +135,32 @@ impl<K, V, T: IntoOutputs<K, V>, E: Into<BoxError>> IntoOutputs<K, V> for Result
     }
 }
 
-type Function<InK, InV, OutK, OutV> =
-    dyn Fn(Input<InK, InV>) -> Result<Vec<Output<OutK, OutV>>, BoxError> + Send + Sync;
+type Outputs<K, V> = Result<Vec<Output<K, V>>, BoxError>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type SyncFn<InK, InV, OutK, OutV> = dyn Fn(Input<InK, InV>) -> Outputs<OutK, OutV> + Send + Sync;
+type AsyncFn<InK, InV, OutK, OutV> = dyn Fn(Input<InK, InV>) -> BoxFuture<Outputs<OutK, OutV>> + Send + Sync;
+type SourceFn<OutK, OutV> = dyn Fn() -> BoxFuture<Outputs<OutK, OutV>> + Send + Sync;
+
+/// The user's function, in one of its three forms.
+enum Function<InK, InV, OutK, OutV> {
+    /// Called inline, one record at a time.
+    Sync(Arc<SyncFn<InK, InV, OutK, OutV>>),
+    /// Up to `concurrency` calls under way; outputs leave in input order
+    /// per partition.
+    Async { call: Arc<AsyncFn<InK, InV, OutK, OutV>>, concurrency: usize },
+    /// No input: called again and again.
+    Source(Arc<SourceFn<OutK, OutV>>),
+}
+
+impl<InK, InV, OutK, OutV> Clone for Function<InK, InV, OutK, OutV> {
+    fn clone(&self) -> Self {
+        match self {
+            Function::Sync(f) => Function::Sync(f.clone()),
+            Function::Async { call, concurrency } => Function::Async { call: call.clone(), concurrency: *concurrency },
+            Function::Source(f) => Function::Source(f.clone()),
+        }
+    }
+}
 
 /// Why [`Processor::run`] stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +209,25 @@ pub enum ProcessorError {
         offset: i64,
         /// What was wrong.
         error: SerdeError,
+    },
+    /// The source failed and the function tolerance is `None`.
+    #[error("the source failed: {0}")]
+    Source(BoxError),
+    /// An output of the source could not be serialized.
+    #[error("cannot write an output of the source: {0}")]
+    SourceOutput(SerdeError),
+    /// An output of the source was not delivered, retries included.
+    #[error("an output of the source was not delivered: {0}")]
+    SourceDelivery(rill_client::Error),
+    /// No broker answered before the processor could start.
+    #[error("no broker of {bootstrap} answered within {after:?}: {error}")]
+    Unreachable {
+        /// The bootstrap servers.
+        bootstrap: String,
+        /// How long it tried.
+        after: Duration,
+        /// The last error.
+        error: rill_client::Error,
     },
     /// An output (or dead letter) was not delivered, retries included.
     /// Its input and everything after it in that partition stay unstored.
@@ -270,7 +313,7 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     output: Option<String>,
     consume_tolerance: ErrorTolerance,
     function_tolerance: ErrorTolerance,
-    function: Option<Arc<Function<InK, InV, OutK, OutV>>>,
+    function: Option<Function<InK, InV, OutK, OutV>>,
     in_key: Arc<dyn Serde<InK>>,
     in_value: Arc<dyn Serde<InV>>,
     out_key: Arc<dyn Serde<OutK>>,
@@ -282,6 +325,7 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     static_membership: bool,
     revoke_timeout: Duration,
     shutdown_timeout: Duration,
+    startup_timeout: Duration,
 }
 
 impl<InK, InV, OutK, OutV> std::fmt::Debug for ProcessorBuilder<InK, InV, OutK, OutV> {
@@ -327,6 +371,7 @@ where
             static_membership: true,
             revoke_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(30),
         }
     }
 
@@ -373,7 +418,42 @@ where
         mut self,
         function: impl Fn(Input<InK, InV>) -> R + Send + Sync + 'static,
     ) -> Self {
-        self.function = Some(Arc::new(move |input| function(input).into_outputs()));
+        self.function = Some(Function::Sync(Arc::new(move |input| function(input).into_outputs())));
+        self
+    }
+
+    /// An async function, for one that calls services: up to `concurrency`
+    /// calls run at once (at least 1); each input partition's outputs are
+    /// still sent in input order, and an input is done only when its call
+    /// and all its outputs are.
+    pub fn async_function<R, Fut>(
+        mut self,
+        concurrency: usize,
+        function: impl Fn(Input<InK, InV>) -> Fut + Send + Sync + 'static,
+    ) -> Self
+    where
+        R: IntoOutputs<OutK, OutV> + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let call: Arc<AsyncFn<InK, InV, OutK, OutV>> =
+            Arc::new(move |input| function(input).map(IntoOutputs::into_outputs).boxed());
+        self.function = Some(Function::Async { call, concurrency: concurrency.max(1) });
+        self
+    }
+
+    /// Source mode: no input topic; the function is called again and again
+    /// (one call at a time, waiting when the producer's buffer is full) and
+    /// what it returns is produced. A call that returns nothing delays the
+    /// next by 10 ms; a source that waits for data should await inside.
+    /// The function error tolerance covers its errors (a dead letter then
+    /// carries only the error headers).
+    pub fn source<R, Fut>(mut self, source: impl Fn() -> Fut + Send + Sync + 'static) -> Self
+    where
+        R: IntoOutputs<OutK, OutV> + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let call: Arc<SourceFn<OutK, OutV>> = Arc::new(move || source().map(IntoOutputs::into_outputs).boxed());
+        self.function = Some(Function::Source(call));
         self
     }
 
@@ -451,14 +531,33 @@ where
         self
     }
 
+    /// How long `run` waits for a first answer from the cluster before it
+    /// fails with [`ProcessorError::Unreachable`] (default 30 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<Processor<InK, InV, OutK, OutV>, ConfigError> {
         let missing = |what: &str| ConfigError::Invalid(format!("the processor needs {what}"));
         let name = self.name.ok_or_else(|| missing("a name"))?;
         let bootstrap = self.bootstrap.ok_or_else(|| missing("bootstrap servers"))?;
-        let input = self.input.ok_or_else(|| missing("an input topic"))?;
         let output = self.output.ok_or_else(|| missing("an output topic"))?;
         let function = self.function.ok_or_else(|| missing("a function"))?;
+        let input = match (&function, self.input) {
+            (Function::Source(_), Some(topic)) => {
+                return Err(ConfigError::Invalid(format!("a source has no input topic (got `{topic}`)")));
+            }
+            (Function::Source(_), None) => None,
+            (_, None) => return Err(missing("an input topic (or a source)")),
+            (_, input) => input,
+        };
+        if let ErrorTolerance::DeadLetter(topic) = &self.consume_tolerance
+            && input.is_none()
+        {
+            return Err(ConfigError::Invalid(format!("a source reads nothing to dead-letter to `{topic}`")));
+        }
         for (key, _) in &self.consumer_properties {
             if OWNED_CONSUMER_KEYS.contains(&key.as_str()) {
                 return Err(ConfigError::Invalid(format!("`{key}` is set by the processor")));
@@ -488,6 +587,7 @@ where
             static_membership: self.static_membership,
             revoke_timeout: self.revoke_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            startup_timeout: self.startup_timeout,
             metrics: Arc::new(Metrics::default()),
         };
         // Every setting is checked now, not at `run`.
@@ -501,11 +601,11 @@ where
 pub struct Processor<InK, InV, OutK, OutV> {
     name: String,
     bootstrap: String,
-    input: String,
+    input: Option<String>,
     output: String,
     consume_tolerance: ErrorTolerance,
     function_tolerance: ErrorTolerance,
-    function: Arc<Function<InK, InV, OutK, OutV>>,
+    function: Function<InK, InV, OutK, OutV>,
     in_key: Arc<dyn Serde<InK>>,
     in_value: Arc<dyn Serde<InV>>,
     out_key: Arc<dyn Serde<OutK>>,
@@ -517,6 +617,7 @@ pub struct Processor<InK, InV, OutK, OutV> {
     static_membership: bool,
     revoke_timeout: Duration,
     shutdown_timeout: Duration,
+    startup_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -597,384 +698,52 @@ where
     /// group, unless static, within the shutdown timeout) or until an
     /// error the tolerances do not cover.
     pub async fn run(&self, instance_id: &str, shutdown: impl Future<Output = ()>) -> Result<(), ProcessorError> {
-        let consumer = Consumer::new(self.consumer_config(instance_id)?)?;
         let producer = Producer::new(self.producer_config(instance_id)?)?;
-        consumer.subscribe(&[&self.input])?;
-        info!(target: "rill::processor", name = %self.name, instance = instance_id, input = %self.input,
+        let mut shutdown = std::pin::pin!(shutdown);
+        // Nothing starts before a broker answers: an unreachable cluster is
+        // an error now, not an endless retry.
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return producer.close(Duration::from_millis(100)).await.map_err(Into::into),
+            reached = self.reach(&producer) => reached?,
+        }
+        if let Function::Source(source) = &self.function {
+            info!(target: "rill::processor", name = %self.name, instance = instance_id, output = %self.output,
+                "source starting");
+            return source::run(self, source.clone(), producer, shutdown).await;
+        }
+        let input = self.input.as_deref().unwrap_or_default();
+        let consumer = Consumer::new(self.consumer_config(instance_id)?)?;
+        consumer.subscribe(&[input])?;
+        info!(target: "rill::processor", name = %self.name, instance = instance_id, input,
             output = %self.output, "processor starting");
-        let mut run = Run {
-            processor: self,
-            handle: consumer.handle(),
-            consumer,
-            producer,
-            trackers: HashMap::new(),
-            generation: 0,
-            pending: FuturesUnordered::new(),
-        };
+        let mut run = run::Run::new(self, consumer, producer);
         let result = run.main_loop(shutdown).await;
         let closed = run.shut_down(result.is_ok()).await;
         result.and(closed)
     }
-}
 
-/// An output on its way: which input it belongs to, and its outcome.
-type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
-
-struct Outcome {
-    partition: TopicPartition,
-    generation: u64,
-    offset: i64,
-    dead_letter: bool,
-    result: Result<RecordMetadata, rill_client::Error>,
-}
-
-struct Run<'p, InK, InV, OutK, OutV> {
-    processor: &'p Processor<InK, InV, OutK, OutV>,
-    consumer: Consumer,
-    handle: ConsumerHandle,
-    producer: Producer,
-    /// Input partition → (generation, tracker). A new assignment gets a new
-    /// generation, so outcomes of an older one are recognised and ignored.
-    trackers: HashMap<TopicPartition, (u64, OffsetTracker)>,
-    generation: u64,
-    pending: FuturesUnordered<Pending>,
-}
-
-impl<InK, InV, OutK, OutV> Run<'_, InK, InV, OutK, OutV>
-where
-    InK: Send + 'static,
-    InV: Send + 'static,
-    OutK: Send + 'static,
-    OutV: Send + 'static,
-{
-    fn metrics(&self) -> &Metrics {
-        &self.processor.metrics
-    }
-
-    async fn main_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ProcessorError> {
-        let mut shutdown = std::pin::pin!(shutdown);
+    /// Waits until a broker answers a metadata request for the topics, up to
+    /// the startup timeout.
+    async fn reach(&self, producer: &Producer) -> Result<(), ProcessorError> {
+        let topics: Vec<String> = self.input.iter().chain([&self.output]).cloned().collect();
+        let deadline = tokio::time::Instant::now() + self.startup_timeout;
         loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => {
-                    info!(target: "rill::processor", "shutdown requested");
-                    return Ok(());
-                }
-                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
-                event = self.consumer.next_event() => self.handle_event(event?).await?,
+            let attempt = producer.client().refresh_metadata(TopicScope::Named(topics.clone()));
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => rill_client::Error::Timeout { operation: "metadata".into(), after: self.startup_timeout },
+            };
+            if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+                return Err(ProcessorError::Unreachable {
+                    bootstrap: self.bootstrap.clone(),
+                    after: self.startup_timeout,
+                    error,
+                });
             }
+            tracing::debug!(target: "rill::processor", %error, "no broker answered yet");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-
-    async fn handle_event(&mut self, event: Event) -> Result<(), ProcessorError> {
-        match event {
-            Event::Record(record) => self.process(record).await?,
-            Event::Assigned(partitions) => {
-                for tp in partitions {
-                    self.generation += 1;
-                    self.trackers.insert(tp, (self.generation, OffsetTracker::new()));
-                }
-            }
-            Event::Revoked(revocation) => {
-                let partitions = revocation.partitions().to_vec();
-                self.drain(&partitions, self.processor.revoke_timeout).await?;
-                self.release(&partitions, true);
-                // Dropping the revocation lets the consumer commit what was
-                // stored and give the partitions up.
-                drop(revocation);
-            }
-            Event::Lost(partitions) => self.release(&partitions, false),
-            Event::Error { partition, error } => {
-                if partition.is_none() && !error.is_retriable() {
-                    return Err(error.into());
-                }
-                warn!(target: "rill::processor", ?partition, %error, "consumer error");
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// One input record: read, transform, send; its offset is tracked.
-    async fn process(&mut self, record: ConsumerRecord) -> Result<(), ProcessorError> {
-        self.metrics().consumed.fetch_add(1, Ordering::Relaxed);
-        let tp = record.topic_partition();
-        let offset = record.offset;
-        let generation = match self.trackers.get(&tp) {
-            Some(&(generation, _)) => generation,
-            None => {
-                // Records come only after their assignment; be safe anyway.
-                self.generation += 1;
-                self.trackers.insert(tp.clone(), (self.generation, OffsetTracker::new()));
-                self.generation
-            }
-        };
-        let processor = self.processor;
-        let read = processor.in_key.deserialize(record.key.as_ref()).map_err(|e| ("key", e)).and_then(|key| {
-            Ok((key, processor.in_value.deserialize(record.value.as_ref()).map_err(|e| ("value", e))?))
-        });
-        let (key, value) = match read {
-            Ok(read) => read,
-            Err((what, error)) => {
-                let tolerance = processor.consume_tolerance.clone();
-                let message = format!("{what}: {error}");
-                return self
-                    .tolerate(&tolerance, record, generation, "deserialization", &message, || {
-                        ProcessorError::Deserialize {
-                            what,
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                            offset,
-                            error,
-                        }
-                    })
-                    .await;
-            }
-        };
-        let input = Input {
-            key,
-            value,
-            headers: record.headers.clone(),
-            timestamp: record.timestamp,
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-        };
-        let outputs = match (processor.function)(input) {
-            Ok(outputs) => outputs,
-            Err(error) => {
-                let tolerance = processor.function_tolerance.clone();
-                let message = error.to_string();
-                return self
-                    .tolerate(&tolerance, record, generation, "function", &message, || ProcessorError::Function {
-                        topic: tp.topic.clone(),
-                        partition: tp.partition,
-                        offset,
-                        error,
-                    })
-                    .await;
-            }
-        };
-        if outputs.is_empty() {
-            self.metrics().filtered.fetch_add(1, Ordering::Relaxed);
-        }
-        // Serialize everything first: a record whose outputs cannot all be
-        // written sends none.
-        let mut serialized = Vec::with_capacity(outputs.len());
-        for output in &outputs {
-            let key = processor.out_key.serialize(&output.key);
-            let value = processor.out_value.serialize(&output.value);
-            match (key, value) {
-                (Ok(key), Ok(value)) => serialized.push((key, value, output)),
-                (Err(error), _) | (_, Err(error)) => {
-                    return Err(ProcessorError::Serialize {
-                        topic: tp.topic.clone(),
-                        partition: tp.partition,
-                        offset: record.offset,
-                        error,
-                    });
-                }
-            }
-        }
-        let count = serialized.len() as u32;
-        let mut deliveries = Vec::with_capacity(serialized.len());
-        for (key, value, output) in &serialized {
-            let headers: Vec<Header<'_>> = output.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect();
-            let mut out = Record::to(&processor.output).headers(&headers);
-            out.key = key.as_deref();
-            out.value = value.as_deref();
-            out.partition = output.partition;
-            deliveries.push(self.producer.send(out).await?);
-        }
-        self.track(&tp, generation, record.offset, count)?;
-        for delivery in deliveries {
-            self.await_delivery(tp.clone(), generation, record.offset, delivery, false);
-        }
-        Ok(())
-    }
-
-    /// Applies an error tolerance to a record that cannot be processed.
-    async fn tolerate(
-        &mut self,
-        tolerance: &ErrorTolerance,
-        record: ConsumerRecord,
-        generation: u64,
-        kind: &str,
-        message: &str,
-        stop: impl FnOnce() -> ProcessorError,
-    ) -> Result<(), ProcessorError> {
-        let tp = record.topic_partition();
-        match tolerance {
-            ErrorTolerance::None => Err(stop()),
-            ErrorTolerance::All => {
-                warn!(target: "rill::processor", partition = %tp, offset = record.offset, kind, error = message,
-                    "record skipped");
-                self.metrics().skipped.fetch_add(1, Ordering::Relaxed);
-                self.track(&tp, generation, record.offset, 0)
-            }
-            ErrorTolerance::DeadLetter(topic) => {
-                debug!(target: "rill::processor", partition = %tp, offset = record.offset, kind, error = message,
-                    "record dead-lettered");
-                let partition = record.partition.to_string();
-                let offset = record.offset.to_string();
-                let timestamp = record.timestamp.to_string();
-                let mut headers: Vec<Header<'_>> =
-                    record.headers.iter().map(|h| Header::new(&h.key, h.value.as_deref())).collect();
-                headers.extend([
-                    Header::new("rill.error.kind", Some(kind.as_bytes())),
-                    Header::new("rill.error.message", Some(message.as_bytes())),
-                    Header::new("rill.source.topic", Some(record.topic.as_bytes())),
-                    Header::new("rill.source.partition", Some(partition.as_bytes())),
-                    Header::new("rill.source.offset", Some(offset.as_bytes())),
-                    Header::new("rill.source.timestamp", Some(timestamp.as_bytes())),
-                ]);
-                let mut out = Record::to(topic).headers(&headers);
-                out.key = record.key.as_deref();
-                out.value = record.value.as_deref();
-                let delivery = self.producer.send(out).await?;
-                self.track(&tp, generation, record.offset, 1)?;
-                self.await_delivery(tp, generation, record.offset, delivery, true);
-                Ok(())
-            }
-        }
-    }
-
-    fn track(&mut self, tp: &TopicPartition, generation: u64, offset: i64, outputs: u32) -> Result<(), ProcessorError> {
-        let Some((current, tracker)) = self.trackers.get_mut(tp) else { return Ok(()) };
-        if *current != generation {
-            return Ok(());
-        }
-        match tracker.start(offset, outputs) {
-            Ok(Some(watermark)) => self.store(tp, watermark),
-            Ok(None) => {}
-            Err(error) => warn!(target: "rill::processor", partition = %tp, %error, "offset tracking"),
-        }
-        self.note_partition(tp);
-        Ok(())
-    }
-
-    fn await_delivery(
-        &mut self,
-        partition: TopicPartition,
-        generation: u64,
-        offset: i64,
-        delivery: DeliveryFuture,
-        dead_letter: bool,
-    ) {
-        self.metrics().in_flight.fetch_add(1, Ordering::Relaxed);
-        self.pending.push(Box::pin(async move {
-            let result = delivery.await;
-            Outcome { partition, generation, offset, dead_letter, result }
-        }));
-    }
-
-    /// A delivery outcome: the input's tracker moves, or the processor stops.
-    fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
-        self.metrics().in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Outcome { partition, generation, offset, dead_letter, result } = outcome;
-        if let Err(error) = result {
-            return Err(ProcessorError::Delivery {
-                topic: partition.topic.clone(),
-                partition: partition.partition,
-                offset,
-                error,
-            });
-        }
-        let counter = if dead_letter { &self.metrics().dead_lettered } else { &self.metrics().produced };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let Some((current, tracker)) = self.trackers.get_mut(&partition) else { return Ok(()) };
-        if *current != generation {
-            return Ok(()); // an outcome of a partition we gave up meanwhile
-        }
-        match tracker.delivered(offset) {
-            Ok(Some(watermark)) => self.store(&partition, watermark),
-            Ok(None) => {}
-            Err(error) => warn!(target: "rill::processor", %partition, %error, "offset tracking"),
-        }
-        self.note_partition(&partition);
-        Ok(())
-    }
-
-    fn store(&self, tp: &TopicPartition, watermark: i64) {
-        if let Err(error) = self.handle.store_offsets(&[(tp.clone(), watermark)]) {
-            debug!(target: "rill::processor", partition = %tp, %error, "offset not stored");
-        }
-    }
-
-    fn note_partition(&self, tp: &TopicPartition) {
-        let Some((_, tracker)) = self.trackers.get(tp) else { return };
-        let lag = self.handle.high_watermark(tp).zip(tracker.watermark()).map(|(end, mark)| (end - mark).max(0));
-        let mut partitions = self.metrics().partitions.lock().unwrap_or_else(|p| p.into_inner());
-        partitions.insert(
-            tp.clone(),
-            PartitionMetrics { watermark: tracker.watermark(), in_flight: tracker.in_flight(), lag },
-        );
-    }
-
-    /// Waits (up to `timeout`) until `partitions` have no outputs in flight,
-    /// settling every outcome that arrives meanwhile.
-    async fn drain(&mut self, partitions: &[TopicPartition], timeout: Duration) -> Result<(), ProcessorError> {
-        let deadline = Instant::now() + timeout;
-        let busy =
-            |run: &Self| partitions.iter().any(|tp| run.trackers.get(tp).is_some_and(|(_, t)| t.outputs_awaited() > 0));
-        while busy(self) && !self.pending.is_empty() {
-            match tokio::time::timeout_at(deadline, self.pending.next()).await {
-                Ok(Some(outcome)) => self.settle(outcome)?,
-                Ok(None) => break,
-                Err(_) => {
-                    warn!(target: "rill::processor", ?partitions, "outputs still in flight at the deadline; \
-                        their inputs will be processed again by the next owner");
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Forgets partitions; with `store`, their watermarks are stored first.
-    fn release(&mut self, partitions: &[TopicPartition], store: bool) {
-        let processor = self.processor;
-        let mut metrics = processor.metrics.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        for tp in partitions {
-            if let Some((_, tracker)) = self.trackers.remove(tp)
-                && store
-                && let Some(watermark) = tracker.watermark()
-            {
-                self.store(tp, watermark);
-            }
-            metrics.remove(tp);
-        }
-    }
-
-    /// Drains what is in flight, stores, commits and closes, within the
-    /// shutdown timeout. After an error nothing more is awaited: only what
-    /// already completed is stored.
-    async fn shut_down(mut self, clean: bool) -> Result<(), ProcessorError> {
-        let deadline = Instant::now() + self.processor.shutdown_timeout;
-        let all: Vec<TopicPartition> = self.trackers.keys().cloned().collect();
-        let left = |now: Instant| deadline.saturating_duration_since(now);
-        if clean {
-            // Flush first: outputs waiting in the producer's buffer are sent.
-            let _ = tokio::time::timeout(left(Instant::now()), self.producer.flush()).await;
-            self.drain(&all, left(Instant::now())).await?;
-        } else {
-            while let Some(Some(outcome)) = self.pending.next().now_or_never() {
-                if self.settle(outcome).is_err() {
-                    break;
-                }
-            }
-        }
-        for (tp, (_, tracker)) in &self.trackers {
-            if let Some(watermark) = tracker.watermark() {
-                self.store(tp, watermark);
-            }
-        }
-        let consumer = self.consumer;
-        let closed = consumer.close(left(Instant::now()).max(Duration::from_millis(100))).await;
-        let producer_closed = self.producer.close(left(Instant::now()).max(Duration::from_millis(100))).await;
-        info!(target: "rill::processor", name = %self.processor.name, "processor stopped");
-        closed?;
-        producer_closed?;
-        Ok(())
     }
 }

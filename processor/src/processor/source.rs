@@ -1,0 +1,124 @@
+//! Source mode: no input topic; the function is called again and again
+//! and its outputs are produced. There are no input offsets: a delivery
+//! error stops the loop, a shutdown flushes and waits for what was sent.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use rill_client::producer::{Header, Producer, Record};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{ErrorTolerance, Processor, ProcessorError, SourceFn};
+
+/// After a call that returned nothing, the next one waits this long.
+pub(super) const SOURCE_IDLE: Duration = Duration::from_millis(10);
+
+pub(super) async fn run<InK, InV, OutK, OutV>(
+    processor: &Processor<InK, InV, OutK, OutV>,
+    source: Arc<SourceFn<OutK, OutV>>,
+    producer: Producer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProcessorError> {
+    let metrics = &processor.metrics;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut pending = FuturesUnordered::new();
+    let next_call = |idle: bool| {
+        let source = source.clone();
+        async move {
+            if idle {
+                tokio::time::sleep(SOURCE_IDLE).await;
+            }
+            source().await
+        }
+        .boxed()
+    };
+    let mut call = next_call(false);
+    let result: Result<(), ProcessorError> = async {
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    info!(target: "rill::processor", "shutdown requested");
+                    return Ok(());
+                }
+                Some(result) = pending.next(), if !pending.is_empty() => {
+                    metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let (result, dead_letter): (Result<_, rill_client::Error>, bool) = result;
+                    result.map_err(ProcessorError::SourceDelivery)?;
+                    let counter = if dead_letter { &metrics.dead_lettered } else { &metrics.produced };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                result = &mut call => {
+                    let outputs = match result {
+                        Ok(outputs) => outputs,
+                        Err(error) => match &processor.function_tolerance {
+                            ErrorTolerance::None => return Err(ProcessorError::Source(error)),
+                            ErrorTolerance::All => {
+                                warn!(target: "rill::processor", %error, "source error skipped");
+                                metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                                Vec::new()
+                            }
+                            ErrorTolerance::DeadLetter(topic) => {
+                                let message = error.to_string();
+                                let headers = [
+                                    Header::new("rill.error.kind", Some(b"source")),
+                                    Header::new("rill.error.message", Some(message.as_bytes())),
+                                ];
+                                let delivery = producer.send(Record::to(topic).headers(&headers)).await?;
+                                metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                                pending.push(delivery.map(|r| (r, true)).boxed());
+                                call = next_call(false);
+                                continue;
+                            }
+                        },
+                    };
+                    if outputs.is_empty() {
+                        metrics.filtered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let serialized = super::run::serialize(processor, &outputs).map_err(ProcessorError::SourceOutput)?;
+                    for ((key, value), output) in serialized.iter().zip(&outputs) {
+                        let headers: Vec<Header<'_>> =
+                            output.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect();
+                        let mut out = Record::to(&processor.output).headers(&headers);
+                        out.key = key.as_deref();
+                        out.value = value.as_deref();
+                        out.partition = output.partition;
+                        let delivery = producer.send(out).await?;
+                        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                        pending.push(delivery.map(|r| (r, false)).boxed());
+                    }
+                    call = next_call(outputs.is_empty());
+                }
+            }
+        }
+    }
+    .await;
+    // Whatever happened, wait (bounded) for what was sent: a clean stop
+    // reports every delivery; after an error only what already finished.
+    let deadline = Instant::now() + processor.shutdown_timeout;
+    if result.is_ok() {
+        let _ = tokio::time::timeout_at(deadline, producer.flush()).await;
+        while let Ok(Some((outcome, dead_letter))) = tokio::time::timeout_at(deadline, pending.next()).await {
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match outcome {
+                Ok(_) if dead_letter => metrics.dead_lettered.fetch_add(1, Ordering::Relaxed),
+                Ok(_) => metrics.produced.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    let _ = producer.close(Duration::from_millis(100)).await;
+                    return Err(ProcessorError::SourceDelivery(error));
+                }
+            };
+        }
+    }
+    let closed =
+        producer.close(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100))).await;
+    info!(target: "rill::processor", name = %processor.name, "source stopped");
+    result?;
+    closed?;
+    Ok(())
+}

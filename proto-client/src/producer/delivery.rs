@@ -106,11 +106,16 @@ pub struct DeliveryFuture {
     batch: Arc<BatchDelivery>,
     index: u32,
     timestamp: i64,
+    /// Where this future's waker sits in the batch's waiters, once polled:
+    /// a poll again replaces it there instead of searching the list (a
+    /// batch may have thousands of waiters, each with its own waker when
+    /// the futures sit in a `FuturesUnordered`).
+    waiting: Option<usize>,
 }
 
 impl DeliveryFuture {
     pub(crate) fn new(batch: Arc<BatchDelivery>, index: u32, timestamp: i64) -> Self {
-        DeliveryFuture { batch, index, timestamp }
+        DeliveryFuture { batch, index, timestamp, waiting: None }
     }
 
     /// The outcome if known, without waiting.
@@ -134,16 +139,26 @@ impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(result) = self.try_result() {
+        let this = self.get_mut();
+        if let Some(result) = this.try_result() {
             return Poll::Ready(result);
         }
-        let mut waiters = self.batch.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiters = this.batch.waiters.lock().unwrap_or_else(|p| p.into_inner());
         // Completion may have happened between the check and the lock.
-        if let Some(result) = self.try_result() {
+        if let Some(result) = this.try_result() {
             return Poll::Ready(result);
         }
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
+        // The waiters are only taken on completion, so a slot stays ours.
+        match this.waiting {
+            Some(slot) if slot < waiters.len() => {
+                if !waiters[slot].will_wake(cx.waker()) {
+                    waiters[slot] = cx.waker().clone();
+                }
+            }
+            _ => {
+                this.waiting = Some(waiters.len());
+                waiters.push(cx.waker().clone());
+            }
         }
         Poll::Pending
     }
@@ -184,6 +199,39 @@ mod tests {
         let f = DeliveryFuture::new(batch.shared().clone(), 0, 5);
         batch.complete(Err(Error::Closed));
         assert!(matches!(f.await, Err(Error::Closed)));
+    }
+
+    #[test]
+    fn a_future_polled_again_keeps_one_waker_slot() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Flag(AtomicBool);
+        impl futures_util::task::ArcWake for Flag {
+            fn wake_by_ref(arc_self: &Arc<Self>) {
+                arc_self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let batch = DeliveryGuard::new(0);
+        let mut futures: Vec<(DeliveryFuture, Arc<Flag>)> = (0..1000)
+            .map(|i| (DeliveryFuture::new(batch.shared().clone(), i, 0), Arc::new(Flag(AtomicBool::new(false)))))
+            .collect();
+        // Each future has a waker of its own, as in a `FuturesUnordered`,
+        // and is polled three times before the outcome.
+        for _ in 0..3 {
+            for (future, flag) in &mut futures {
+                let waker = futures_util::task::waker(flag.clone());
+                assert!(Pin::new(future).poll(&mut Context::from_waker(&waker)).is_pending());
+            }
+        }
+        assert_eq!(batch.shared().waiters.lock().unwrap().len(), 1000);
+        batch.complete(Ok(Acked { base_offset: Some(0), log_append_time: None }));
+        for (i, (future, flag)) in futures.iter_mut().enumerate() {
+            assert!(flag.0.load(Ordering::SeqCst), "future {i} was woken");
+            let waker = futures_util::task::noop_waker();
+            let Poll::Ready(Ok(metadata)) = Pin::new(future).poll(&mut Context::from_waker(&waker)) else {
+                panic!("future {i} is ready");
+            };
+            assert_eq!(metadata.offset, Some(i as i64));
+        }
     }
 
     #[tokio::test]

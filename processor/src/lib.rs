@@ -25,15 +25,17 @@
 //! - `tracker` (pure): the [`OffsetTracker`], which input offsets are done.
 //! - `serde`: keys and values to and from bytes.
 //! - `weblog`: the web-log example's function (the `rill weblog` command).
+//! - `perf`: the measured processing run (`rill perf process`, the benchmark).
 
+pub mod perf;
 pub mod processor;
 pub mod serde;
 pub mod tracker;
 pub mod weblog;
 
 pub use processor::{
-    BoxError, ErrorTolerance, Input, IntoOutputs, Metrics, MetricsSnapshot, Output, PartitionMetrics, Processor,
-    ProcessorBuilder, ProcessorError,
+    BoxError, ErrorTolerance, Input, IntoOutputs, Latency, LatencySnapshot, Metrics, MetricsSnapshot, Output,
+    PartitionMetrics, Processor, ProcessorBuilder, ProcessorError,
 };
 pub use serde::{DefaultSerde, Ignore, Serde, SerdeError};
 pub use tracker::OffsetTracker;

@@ -13,9 +13,19 @@ pub fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// The median run by CPU per record.
-pub fn median(mut reports: Vec<Report>) -> Report {
-    reports.sort_by(|a, b| a.cpu_us_per_msg.total_cmp(&b.cpu_us_per_msg));
+pub fn median(reports: Vec<Report>) -> Report {
+    median_by(reports, |r| r.cpu_us_per_msg)
+}
+
+/// The median run by `key`.
+pub fn median_by(mut reports: Vec<Report>, key: impl Fn(&Report) -> f64) -> Report {
+    reports.sort_by(|a, b| key(a).total_cmp(&key(b)));
     reports.swap_remove(reports.len() / 2)
+}
+
+/// A scenario-specific number of a report (0 when absent).
+pub fn extra(report: &Report, name: &str) -> f64 {
+    report.extra.iter().find(|(k, _)| k == name).map_or(0.0, |(_, v)| *v)
 }
 
 /// Runs this program again as `--child ARGS...` and reads the report it
@@ -111,13 +121,19 @@ pub fn print_table(caption: &str, rows: &[(&str, Report)]) {
         );
     }
     println!();
-    println!("| broker | throughput rill/librdkafka | CPU per record rill/librdkafka |");
-    println!("|---|---:|---:|");
+    // Latency percentiles, where reported, get ratio columns too.
+    let latencies: Vec<&str> = ["p50_ms", "p99_ms"].into_iter().filter(|k| extras.iter().any(|e| e == k)).collect();
+    let latency_head: String = latencies.iter().map(|k| format!(" {k} rill/librdkafka |")).collect();
+    let latency_rule: String = latencies.iter().map(|_| "---:|").collect();
+    println!("| broker | throughput rill/librdkafka | CPU per record rill/librdkafka |{latency_head}");
+    println!("|---|---:|---:|{latency_rule}");
     for pair in rows.chunks(2) {
         let (broker, rill) = &pair[0];
         let (_, librdkafka) = &pair[1];
+        let latency: String =
+            latencies.iter().map(|k| format!(" {:.2}x |", extra(rill, k) / extra(librdkafka, k))).collect();
         println!(
-            "| {broker} | {:.2}x | {:.2}x |",
+            "| {broker} | {:.2}x | {:.2}x |{latency}",
             rill.msgs_per_s / librdkafka.msgs_per_s,
             rill.cpu_us_per_msg / librdkafka.cpu_us_per_msg
         );
@@ -127,7 +143,17 @@ pub fn print_table(caption: &str, rows: &[(&str, Report)]) {
 /// Runs `run(client)` for Rill and librdkafka `rounds` times each,
 /// alternating which goes first; returns the median report per client,
 /// Rill first.
-pub fn alternate(broker: &str, rounds: usize, mut run: impl FnMut(&str) -> Report) -> Vec<Report> {
+pub fn alternate(broker: &str, rounds: usize, run: impl FnMut(&str) -> Report) -> Vec<Report> {
+    alternate_by(broker, rounds, |r| r.cpu_us_per_msg, run)
+}
+
+/// [`alternate`], with the median taken by `key`.
+pub fn alternate_by(
+    broker: &str,
+    rounds: usize,
+    key: impl Fn(&Report) -> f64,
+    mut run: impl FnMut(&str) -> Report,
+) -> Vec<Report> {
     let mut rill = Vec::new();
     let mut librdkafka = Vec::new();
     for round in 0..rounds {
@@ -141,5 +167,5 @@ pub fn alternate(broker: &str, rounds: usize, mut run: impl FnMut(&str) -> Repor
             if client == "rill" { rill.push(report) } else { librdkafka.push(report) }
         }
     }
-    vec![median(rill), median(librdkafka)]
+    vec![median_by(rill, &key), median_by(librdkafka, &key)]
 }

@@ -238,6 +238,25 @@ pub(crate) enum PerfCommand {
     Produce(PerfProduceArgs),
     /// Read records as fast as the consumer returns them.
     Consume(PerfConsumeArgs),
+    /// Run the web-log processor over generated lines (fresh topics):
+    /// throughput, CPU and end-to-end latency (input CreateTime → output
+    /// delivered) as p50/p99/max.
+    Process(PerfProcessArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct PerfProcessArgs {
+    /// Input lines.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) messages: u64,
+    /// Write the lines at this many per second while the processor runs
+    /// (latency at a steady load); without it they are loaded first and
+    /// processed as fast as possible.
+    #[arg(long)]
+    pub(crate) rate: Option<u64>,
+    /// Partitions of the input and output topics.
+    #[arg(long, default_value_t = 6)]
+    pub(crate) partitions: i32,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -279,6 +298,23 @@ pub(crate) struct DemoArgs {
     pub(crate) partitions: i32,
 }
 
+/// `-X` settings for a processor, by client.
+#[derive(Debug, Default)]
+pub(crate) struct ProcessorProperties {
+    pub(crate) bootstrap: Option<String>,
+    pub(crate) consumer: Vec<(String, String)>,
+    pub(crate) producer: Vec<(String, String)>,
+}
+
+impl ProcessorProperties {
+    /// The bootstrap servers, which a processor cannot do without.
+    pub(crate) fn bootstrap(&self) -> Result<String, ConfigError> {
+        self.bootstrap
+            .clone()
+            .ok_or_else(|| ConfigError::Invalid("no brokers: pass --brokers or set RILL_BROKERS".into()))
+    }
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
@@ -304,9 +340,33 @@ impl Common {
         ClientConfig::from_properties(self.properties()?)
     }
 
-    /// The `-X` properties and `--brokers`, as given.
-    pub(crate) fn all_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
-        self.properties()
+    /// The `-X` properties split by the client that takes them, for a
+    /// processor: bootstrap servers apart (`bootstrap` replaces them when
+    /// given), client keys to both sides, a key neither takes refused.
+    pub(crate) fn processor_properties(&self, bootstrap: Option<String>) -> Result<ProcessorProperties, ConfigError> {
+        let mut properties = self.properties.clone();
+        if let Some(brokers) = bootstrap.or_else(|| self.brokers.clone()) {
+            properties.push(("bootstrap.servers".to_owned(), brokers));
+        }
+        let mut split = ProcessorProperties::default();
+        for (key, value) in properties {
+            if key == "bootstrap.servers" || key == "metadata.broker.list" {
+                split.bootstrap = Some(value);
+                continue;
+            }
+            let consumer = ConsumerConfig::new(ClientConfig::default()).set_property(&key, &value)?;
+            let producer = ProducerConfig::new(ClientConfig::default()).set_property(&key, &value)?;
+            if !consumer && !producer {
+                return Err(ConfigError::UnknownKey { key });
+            }
+            if consumer {
+                split.consumer.push((key.clone(), value.clone()));
+            }
+            if producer {
+                split.producer.push((key, value));
+            }
+        }
+        Ok(split)
     }
 
     /// Consumer settings from `-X` (consumer and client keys).

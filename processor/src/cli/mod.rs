@@ -23,6 +23,7 @@ pub(crate) async fn run(args: Args) -> Result<(), CliError> {
         Command::Weblog(weblog) => weblog::run(&args.common, weblog).await,
         Command::Perf(args::PerfCommand::Produce(perf)) => perf::produce(&args.common, perf).await,
         Command::Perf(args::PerfCommand::Consume(perf)) => perf::consume(&args.common, perf).await,
+        Command::Perf(args::PerfCommand::Process(perf)) => perf::process(&args.common, perf).await,
         Command::Demo(demo) => demo::run(&args.common, demo).await,
     }
 }

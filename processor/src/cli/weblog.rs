@@ -4,9 +4,6 @@
 
 use rill::weblog;
 use rill::{Ignore, Processor};
-use rill_client::ConfigError;
-use rill_client::consumer::ConsumerConfig;
-use rill_client::producer::ProducerConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::CliError;
@@ -22,22 +19,13 @@ pub(crate) async fn run(common: &Common, args: &WeblogArgs) -> Result<(), CliErr
         .static_membership(args.static_membership.0)
         .function(|input| weblog::process(&input.value));
     // -X keys go to whichever client takes them (client keys to both).
-    for (key, value) in common.all_properties()? {
-        if key == "bootstrap.servers" || key == "metadata.broker.list" {
-            builder = builder.bootstrap_servers(value);
-            continue;
-        }
-        let consumer = ConsumerConfig::new(rill_client::ClientConfig::default()).set_property(&key, &value)?;
-        let producer = ProducerConfig::new(rill_client::ClientConfig::default()).set_property(&key, &value)?;
-        if !consumer && !producer {
-            return Err(ConfigError::UnknownKey { key }.into());
-        }
-        if consumer {
-            builder = builder.consumer_property(&key, &value);
-        }
-        if producer {
-            builder = builder.producer_property(&key, &value);
-        }
+    let properties = common.processor_properties(None)?;
+    builder = builder.bootstrap_servers(properties.bootstrap()?);
+    for (key, value) in &properties.consumer {
+        builder = builder.consumer_property(key, value);
+    }
+    for (key, value) in &properties.producer {
+        builder = builder.producer_property(key, value);
     }
     let processor = builder.build()?;
     let metrics = processor.metrics();

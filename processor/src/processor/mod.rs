@@ -17,11 +17,9 @@
 //! a partition the processor no longer tracks (its tracker was dropped,
 //! or replaced after a new assignment) are ignored.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,13 +27,16 @@ use futures_util::FutureExt;
 use rill_client::consumer::{Consumer, ConsumerConfig};
 use rill_client::producer::{Producer, ProducerConfig};
 use rill_client::records::RecordHeader;
-use rill_client::{ConfigError, TopicPartition, TopicScope};
+use rill_client::{ConfigError, TopicScope};
 use tracing::info;
 
 use crate::serde::{DefaultSerde, Serde, SerdeError};
 
+mod metrics;
 mod run;
 mod source;
+
+pub use metrics::{Latency, LatencySnapshot, Metrics, MetricsSnapshot, PartitionMetrics};
 
 /// An error from the user's function.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -242,67 +243,6 @@ pub enum ProcessorError {
         /// The producer's error.
         error: rill_client::Error,
     },
-}
-
-/// Counters of a running processor.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    consumed: AtomicU64,
-    produced: AtomicU64,
-    filtered: AtomicU64,
-    skipped: AtomicU64,
-    dead_lettered: AtomicU64,
-    in_flight: AtomicU64,
-    partitions: Mutex<HashMap<TopicPartition, PartitionMetrics>>,
-}
-
-/// One input partition's numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PartitionMetrics {
-    /// The stored offset: everything before it is done.
-    pub watermark: Option<i64>,
-    /// Records handed to the function and not yet stored.
-    pub in_flight: usize,
-    /// Records between the watermark and the end of the partition, as
-    /// last fetched.
-    pub lag: Option<i64>,
-}
-
-/// A snapshot of [`Metrics`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MetricsSnapshot {
-    /// Input records received.
-    pub consumed: u64,
-    /// Outputs delivered.
-    pub produced: u64,
-    /// Inputs for which the function returned nothing.
-    pub filtered: u64,
-    /// Inputs skipped on an error (tolerance `All`).
-    pub skipped: u64,
-    /// Inputs forwarded to the dead-letter topic (delivered).
-    pub dead_lettered: u64,
-    /// Outputs awaiting delivery.
-    pub in_flight: u64,
-    /// Per input partition.
-    pub partitions: Vec<(TopicPartition, PartitionMetrics)>,
-}
-
-impl Metrics {
-    /// The numbers now.
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        let mut partitions: Vec<(TopicPartition, PartitionMetrics)> =
-            self.partitions.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect();
-        partitions.sort_by(|a, b| a.0.cmp(&b.0));
-        MetricsSnapshot {
-            consumed: self.consumed.load(Ordering::Relaxed),
-            produced: self.produced.load(Ordering::Relaxed),
-            filtered: self.filtered.load(Ordering::Relaxed),
-            skipped: self.skipped.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            partitions,
-        }
-    }
 }
 
 /// Builds a [`Processor`].

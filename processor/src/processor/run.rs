@@ -28,13 +28,40 @@ use super::{BoxError, ErrorTolerance, Function, Input, Metrics, Output, Partitio
 use crate::serde::SerdeError;
 use crate::tracker::OffsetTracker;
 
-/// An output on its way: which input it belongs to, and its outcome.
-type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// An output on its way, and which input it belongs to.
+struct Pending {
+    delivery: DeliveryFuture,
+    origin: Option<Origin>,
+}
 
-struct Outcome {
-    partition: TopicPartition,
+/// The input an output belongs to.
+struct Origin {
+    partition: i32,
     generation: u64,
     offset: i64,
+    /// The input's timestamp, for the end-to-end latency.
+    timestamp: i64,
+    dead_letter: bool,
+}
+
+impl Future for Pending {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
+        let this = self.get_mut();
+        let result = std::task::ready!(Pin::new(&mut this.delivery).poll(cx));
+        let Origin { partition, generation, offset, timestamp, dead_letter } =
+            this.origin.take().expect("a delivery is polled until ready, once");
+        std::task::Poll::Ready(Outcome { partition, generation, offset, timestamp, dead_letter, result })
+    }
+}
+
+struct Outcome {
+    partition: i32,
+    generation: u64,
+    offset: i64,
+    /// The input's timestamp, for the end-to-end latency.
+    timestamp: i64,
     dead_letter: bool,
     result: Result<RecordMetadata, rill_client::Error>,
 }
@@ -49,7 +76,7 @@ type Called<OutK, OutV> = Result<Vec<Output<OutK, OutV>>, Failure>;
 
 /// A call of an async function that finished.
 struct Finished<OutK, OutV> {
-    partition: TopicPartition,
+    partition: i32,
     generation: u64,
     offset: i64,
     result: Called<OutK, OutV>,
@@ -69,16 +96,31 @@ pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     pub(super) consumer: Consumer,
     pub(super) handle: ConsumerHandle,
     pub(super) producer: Producer,
-    /// Input partition → (generation, tracker). A new assignment gets a new
+    /// The input topic: trackers and queues are keyed by its partitions.
+    topic: String,
+    /// Input partition → its tracker. A new assignment gets a new
     /// generation, so outcomes of an older one are recognised and ignored.
-    trackers: HashMap<TopicPartition, (u64, OffsetTracker)>,
+    trackers: HashMap<i32, Tracked>,
     generation: u64,
     pending: FuturesUnordered<Pending>,
     /// Async form: each partition's records in call order.
-    queues: HashMap<TopicPartition, VecDeque<Slot<OutK, OutV>>>,
+    queues: HashMap<i32, VecDeque<Slot<OutK, OutV>>>,
     calls: FuturesUnordered<Call<OutK, OutV>>,
     queued: usize,
 }
+
+/// One input partition's tracker, and what of it was last stored and
+/// published.
+struct Tracked {
+    generation: u64,
+    tracker: OffsetTracker,
+    stored: Option<i64>,
+}
+
+/// How often watermarks are stored in the consumer and the per-partition
+/// numbers published: storing on every delivery would take the consumer's
+/// lock per record. Revocations and shutdown store at once.
+const STORE_INTERVAL: Duration = Duration::from_millis(50);
 
 impl<'p, InK, InV, OutK, OutV> Run<'p, InK, InV, OutK, OutV>
 where
@@ -93,6 +135,7 @@ where
             handle: consumer.handle(),
             consumer,
             producer,
+            topic: processor.input.clone().unwrap_or_default(),
             trackers: HashMap::new(),
             generation: 0,
             pending: FuturesUnordered::new(),
@@ -117,6 +160,8 @@ where
     pub(super) async fn main_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ProcessorError> {
         let mut shutdown = std::pin::pin!(shutdown);
         let concurrency = self.concurrency();
+        let mut tick = tokio::time::interval(STORE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -124,11 +169,17 @@ where
                     info!(target: "rill::processor", "shutdown requested");
                     return Ok(());
                 }
+                _ = tick.tick() => self.store_and_publish(),
                 Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
                 Some(finished) = self.calls.next(), if !self.calls.is_empty() => self.finished(finished).await?,
                 event = self.consumer.next_event(), if self.queued < concurrency => self.handle_event(event?).await?,
             }
         }
+    }
+
+    /// The input partitions among `partitions`.
+    fn ours(&self, partitions: &[TopicPartition]) -> Vec<i32> {
+        partitions.iter().filter(|tp| tp.topic == self.topic).map(|tp| tp.partition).collect()
     }
 
     async fn handle_event(&mut self, event: Event) -> Result<(), ProcessorError> {
@@ -139,20 +190,25 @@ where
                 self.process(record).instrument(span).await?;
             }
             Event::Assigned(partitions) => {
-                for tp in partitions {
+                for partition in self.ours(&partitions) {
                     self.generation += 1;
-                    self.trackers.insert(tp, (self.generation, OffsetTracker::new()));
+                    let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
+                    self.trackers.insert(partition, tracked);
                 }
+                self.store_and_publish();
             }
             Event::Revoked(revocation) => {
-                let partitions = revocation.partitions().to_vec();
+                let partitions = self.ours(revocation.partitions());
                 self.drain(&partitions, self.processor.revoke_timeout).await?;
                 self.release(&partitions, true);
                 // Dropping the revocation lets the consumer commit what was
                 // stored and give the partitions up.
                 drop(revocation);
             }
-            Event::Lost(partitions) => self.release(&partitions, false),
+            Event::Lost(partitions) => {
+                let partitions = self.ours(&partitions);
+                self.release(&partitions, false);
+            }
             Event::Error { partition, error } => {
                 if partition.is_none() && !error.is_retriable() {
                     return Err(error.into());
@@ -169,13 +225,14 @@ where
     /// it in its partition are done (async function).
     async fn process(&mut self, record: ConsumerRecord) -> Result<(), ProcessorError> {
         self.metrics().consumed.fetch_add(1, Ordering::Relaxed);
-        let tp = record.topic_partition();
-        let generation = match self.trackers.get(&tp) {
-            Some(&(generation, _)) => generation,
+        let partition = record.partition;
+        let generation = match self.trackers.get(&partition) {
+            Some(tracked) => tracked.generation,
             None => {
                 // Records come only after their assignment; be safe anyway.
                 self.generation += 1;
-                self.trackers.insert(tp.clone(), (self.generation, OffsetTracker::new()));
+                let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
+                self.trackers.insert(partition, tracked);
                 self.generation
             }
         };
@@ -188,21 +245,20 @@ where
             }
             Function::Async { call, .. } => {
                 let offset = record.offset;
-                let queue = self.queues.entry(tp.clone()).or_default();
+                let queue = self.queues.entry(partition).or_default();
                 self.queued += 1;
                 match input {
                     Err(failure) => queue.push_back(Slot { generation, record, result: Some(Err(failure)) }),
                     Ok(input) => {
                         queue.push_back(Slot { generation, record, result: None });
                         let future = call(input);
-                        let partition = tp.clone();
                         self.calls.push(Box::pin(async move {
                             let result = future.await.map_err(Failure::Function);
                             Finished { partition, generation, offset, result }
                         }));
                     }
                 }
-                self.emit_ready(&tp).await
+                self.emit_ready(partition).await
             }
             Function::Source(_) => unreachable!("a source has no input"),
         }
@@ -216,13 +272,13 @@ where
             return Ok(()); // its partition was given up meanwhile
         };
         slot.result = Some(result);
-        self.emit_ready(&partition).await
+        self.emit_ready(partition).await
     }
 
     /// Emits the finished head of a partition's queue, in offset order.
-    async fn emit_ready(&mut self, tp: &TopicPartition) -> Result<(), ProcessorError> {
+    async fn emit_ready(&mut self, partition: i32) -> Result<(), ProcessorError> {
         loop {
-            let Some(queue) = self.queues.get_mut(tp) else { return Ok(()) };
+            let Some(queue) = self.queues.get_mut(&partition) else { return Ok(()) };
             if queue.front().is_none_or(|slot| slot.result.is_none()) {
                 return Ok(());
             }
@@ -241,11 +297,12 @@ where
         result: Called<OutK, OutV>,
     ) -> Result<(), ProcessorError> {
         let processor = self.processor;
-        let (topic, partition, offset) = (record.topic.to_string(), record.partition, record.offset);
+        let (partition, offset) = (record.partition, record.offset);
         let outputs = match result {
             Ok(outputs) => outputs,
             Err(Failure::Deserialize { what, error }) => {
                 let message = format!("{what}: {error}");
+                let topic = record.topic.to_string();
                 return self
                     .tolerate(&processor.consume_tolerance, record, generation, "deserialization", &message, || {
                         ProcessorError::Deserialize { what, topic, partition, offset, error }
@@ -254,6 +311,7 @@ where
             }
             Err(Failure::Function(error)) => {
                 let message = error.to_string();
+                let topic = record.topic.to_string();
                 return self
                     .tolerate(&processor.function_tolerance, record, generation, "function", &message, || {
                         ProcessorError::Function { topic, partition, offset, error }
@@ -265,24 +323,24 @@ where
             self.metrics().filtered.fetch_add(1, Ordering::Relaxed);
         }
         let serialized = serialize(processor, &outputs).map_err(|error| ProcessorError::Serialize {
-            topic: topic.clone(),
+            topic: record.topic.to_string(),
             partition,
             offset,
             error,
         })?;
-        let mut deliveries = Vec::with_capacity(serialized.len());
+        let count = serialized.len() as u32;
+        // Tracked before the sends: an output may be delivered before the
+        // last one is even queued.
+        self.track(partition, generation, offset, count);
         for ((key, value), output) in serialized.iter().zip(&outputs) {
             let headers: Vec<Header<'_>> = output.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect();
             let mut out = Record::to(&processor.output).headers(&headers);
             out.key = key.as_deref();
             out.value = value.as_deref();
             out.partition = output.partition;
-            deliveries.push(self.producer.send(out).await?);
-        }
-        let tp = record.topic_partition();
-        self.track(&tp, generation, offset, deliveries.len() as u32);
-        for delivery in deliveries {
-            self.await_delivery(tp.clone(), generation, offset, delivery, false);
+            let delivery = self.producer.send(out).await?;
+            let origin = Origin { partition, generation, offset, timestamp: record.timestamp, dead_letter: false };
+            self.await_delivery(delivery, origin);
         }
         Ok(())
     }
@@ -297,21 +355,21 @@ where
         message: &str,
         stop: impl FnOnce() -> ProcessorError,
     ) -> Result<(), ProcessorError> {
-        let tp = record.topic_partition();
+        let (partition, offset) = (record.partition, record.offset);
         match tolerance {
             ErrorTolerance::None => Err(stop()),
             ErrorTolerance::All => {
-                warn!(target: "rill::processor", partition = %tp, offset = record.offset, kind, error = message,
+                warn!(target: "rill::processor", topic = %record.topic, partition, offset, kind, error = message,
                     "record skipped");
                 self.metrics().skipped.fetch_add(1, Ordering::Relaxed);
-                self.track(&tp, generation, record.offset, 0);
+                self.track(partition, generation, offset, 0);
                 Ok(())
             }
             ErrorTolerance::DeadLetter(topic) => {
-                debug!(target: "rill::processor", partition = %tp, offset = record.offset, kind, error = message,
+                debug!(target: "rill::processor", topic = %record.topic, partition, offset, kind, error = message,
                     "record dead-lettered");
-                let partition = record.partition.to_string();
-                let offset = record.offset.to_string();
+                let partition_text = partition.to_string();
+                let offset_text = offset.to_string();
                 let timestamp = record.timestamp.to_string();
                 let mut headers: Vec<Header<'_>> =
                     record.headers.iter().map(|h| Header::new(&h.key, h.value.as_deref())).collect();
@@ -319,101 +377,107 @@ where
                     Header::new("rill.error.kind", Some(kind.as_bytes())),
                     Header::new("rill.error.message", Some(message.as_bytes())),
                     Header::new("rill.source.topic", Some(record.topic.as_bytes())),
-                    Header::new("rill.source.partition", Some(partition.as_bytes())),
-                    Header::new("rill.source.offset", Some(offset.as_bytes())),
+                    Header::new("rill.source.partition", Some(partition_text.as_bytes())),
+                    Header::new("rill.source.offset", Some(offset_text.as_bytes())),
                     Header::new("rill.source.timestamp", Some(timestamp.as_bytes())),
                 ]);
                 let mut out = Record::to(topic).headers(&headers);
                 out.key = record.key.as_deref();
                 out.value = record.value.as_deref();
+                self.track(partition, generation, offset, 1);
                 let delivery = self.producer.send(out).await?;
-                self.track(&tp, generation, record.offset, 1);
-                self.await_delivery(tp, generation, record.offset, delivery, true);
+                let origin = Origin { partition, generation, offset, timestamp: record.timestamp, dead_letter: true };
+                self.await_delivery(delivery, origin);
                 Ok(())
             }
         }
     }
 
-    fn track(&mut self, tp: &TopicPartition, generation: u64, offset: i64, outputs: u32) {
-        let Some((current, tracker)) = self.trackers.get_mut(tp) else { return };
-        if *current != generation {
+    fn track(&mut self, partition: i32, generation: u64, offset: i64, outputs: u32) {
+        let Some(tracked) = self.trackers.get_mut(&partition) else { return };
+        if tracked.generation != generation {
             return;
         }
-        match tracker.start(offset, outputs) {
-            Ok(Some(watermark)) => self.store(tp, watermark),
-            Ok(None) => {}
-            Err(error) => warn!(target: "rill::processor", partition = %tp, %error, "offset tracking"),
+        if let Err(error) = tracked.tracker.start(offset, outputs) {
+            warn!(target: "rill::processor", partition, %error, "offset tracking");
         }
-        self.note_partition(tp);
     }
 
-    fn await_delivery(
-        &mut self,
-        partition: TopicPartition,
-        generation: u64,
-        offset: i64,
-        delivery: DeliveryFuture,
-        dead_letter: bool,
-    ) {
+    fn await_delivery(&mut self, delivery: DeliveryFuture, origin: Origin) {
         self.metrics().in_flight.fetch_add(1, Ordering::Relaxed);
-        self.pending.push(Box::pin(async move {
-            let result = delivery.await;
-            Outcome { partition, generation, offset, dead_letter, result }
-        }));
+        self.pending.push(Pending { delivery, origin: Some(origin) });
     }
 
     /// A delivery outcome: the input's tracker moves, or the processor stops.
     fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
         self.metrics().in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Outcome { partition, generation, offset, dead_letter, result } = outcome;
+        let Outcome { partition, generation, offset, timestamp, dead_letter, result } = outcome;
         if let Err(error) = result {
-            return Err(ProcessorError::Delivery {
-                topic: partition.topic.clone(),
-                partition: partition.partition,
-                offset,
-                error,
-            });
+            return Err(ProcessorError::Delivery { topic: self.topic.clone(), partition, offset, error });
         }
-        let counter = if dead_letter { &self.metrics().dead_lettered } else { &self.metrics().produced };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let Some((current, tracker)) = self.trackers.get_mut(&partition) else { return Ok(()) };
-        if *current != generation {
+        if dead_letter {
+            self.metrics().dead_lettered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics().produced.fetch_add(1, Ordering::Relaxed);
+            self.metrics().latency.record(since_epoch_ms(timestamp));
+        }
+        let Some(tracked) = self.trackers.get_mut(&partition) else { return Ok(()) };
+        if tracked.generation != generation {
             return Ok(()); // an outcome of a partition we gave up meanwhile
         }
-        match tracker.delivered(offset) {
-            Ok(Some(watermark)) => self.store(&partition, watermark),
-            Ok(None) => {}
-            Err(error) => warn!(target: "rill::processor", %partition, %error, "offset tracking"),
+        if let Err(error) = tracked.tracker.delivered(offset) {
+            warn!(target: "rill::processor", partition, %error, "offset tracking");
         }
-        self.note_partition(&partition);
         Ok(())
     }
 
-    fn store(&self, tp: &TopicPartition, watermark: i64) {
-        if let Err(error) = self.handle.store_offsets(&[(tp.clone(), watermark)]) {
-            debug!(target: "rill::processor", partition = %tp, %error, "offset not stored");
+    /// Stores every watermark that moved since it was last stored, and
+    /// publishes the per-partition numbers.
+    fn store_and_publish(&mut self) {
+        let mut moved = Vec::new();
+        for (&partition, tracked) in &mut self.trackers {
+            if let Some(watermark) = tracked.tracker.watermark()
+                && tracked.stored != Some(watermark)
+            {
+                tracked.stored = Some(watermark);
+                moved.push((TopicPartition::new(&self.topic, partition), watermark));
+            }
+        }
+        self.store(&moved);
+        let mut published = self.metrics().partitions.lock().unwrap_or_else(|p| p.into_inner());
+        published.clear();
+        for (&partition, tracked) in &self.trackers {
+            let tp = TopicPartition::new(&self.topic, partition);
+            let watermark = tracked.tracker.watermark();
+            let queued = self.queues.get(&partition).map_or(0, VecDeque::len);
+            let lag = self.handle.high_watermark(&tp).zip(watermark).map(|(end, mark)| (end - mark).max(0));
+            published.insert(tp, PartitionMetrics { watermark, in_flight: tracked.tracker.in_flight() + queued, lag });
         }
     }
 
-    fn note_partition(&self, tp: &TopicPartition) {
-        let Some((_, tracker)) = self.trackers.get(tp) else { return };
-        let queued = self.queues.get(tp).map_or(0, VecDeque::len);
-        let lag = self.handle.high_watermark(tp).zip(tracker.watermark()).map(|(end, mark)| (end - mark).max(0));
-        let mut partitions = self.metrics().partitions.lock().unwrap_or_else(|p| p.into_inner());
-        partitions.insert(
-            tp.clone(),
-            PartitionMetrics { watermark: tracker.watermark(), in_flight: tracker.in_flight() + queued, lag },
-        );
+    fn store(&self, offsets: &[(TopicPartition, i64)]) {
+        if offsets.is_empty() {
+            return;
+        }
+        // One call for all; on an error (a partition no longer assigned)
+        // each alone, so the others are still stored.
+        if self.handle.store_offsets(offsets).is_err() {
+            for offset in offsets {
+                if let Err(error) = self.handle.store_offsets(std::slice::from_ref(offset)) {
+                    debug!(target: "rill::processor", partition = %offset.0, %error, "offset not stored");
+                }
+            }
+        }
     }
 
     /// Waits (up to `timeout`) until `partitions` have no call and no output
     /// in flight, settling everything that finishes meanwhile.
-    async fn drain(&mut self, partitions: &[TopicPartition], timeout: Duration) -> Result<(), ProcessorError> {
+    async fn drain(&mut self, partitions: &[i32], timeout: Duration) -> Result<(), ProcessorError> {
         let deadline = Instant::now() + timeout;
         let busy = |run: &Self| {
-            partitions.iter().any(|tp| {
-                run.queues.get(tp).is_some_and(|q| !q.is_empty())
-                    || run.trackers.get(tp).is_some_and(|(_, t)| t.outputs_awaited() > 0)
+            partitions.iter().any(|p| {
+                run.queues.get(p).is_some_and(|q| !q.is_empty())
+                    || run.trackers.get(p).is_some_and(|t| t.tracker.outputs_awaited() > 0)
             })
         };
         while busy(self) && !(self.pending.is_empty() && self.calls.is_empty()) {
@@ -421,8 +485,9 @@ where
                 Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
                 Some(finished) = self.calls.next(), if !self.calls.is_empty() => self.finished(finished).await?,
                 () = tokio::time::sleep_until(deadline) => {
-                    warn!(target: "rill::processor", ?partitions, "outputs still in flight at the deadline; \
-                        their inputs will be processed again by the next owner");
+                    warn!(target: "rill::processor", topic = %self.topic, ?partitions,
+                        "outputs still in flight at the deadline; their inputs will be processed again by the \
+                         next owner");
                     break;
                 }
             }
@@ -431,21 +496,21 @@ where
     }
 
     /// Forgets partitions; with `store`, their watermarks are stored first.
-    fn release(&mut self, partitions: &[TopicPartition], store: bool) {
-        let processor = self.processor;
-        let mut metrics = processor.metrics.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        for tp in partitions {
-            if let Some(queue) = self.queues.remove(tp) {
+    fn release(&mut self, partitions: &[i32], store: bool) {
+        let mut last = Vec::new();
+        for partition in partitions {
+            if let Some(queue) = self.queues.remove(partition) {
                 self.queued -= queue.len();
             }
-            if let Some((_, tracker)) = self.trackers.remove(tp)
+            if let Some(tracked) = self.trackers.remove(partition)
                 && store
-                && let Some(watermark) = tracker.watermark()
+                && let Some(watermark) = tracked.tracker.watermark()
             {
-                self.store(tp, watermark);
+                last.push((TopicPartition::new(&self.topic, *partition), watermark));
             }
-            metrics.remove(tp);
         }
+        self.store(&last);
+        self.store_and_publish();
     }
 
     /// Drains what is in flight, stores, commits and closes, within the
@@ -453,7 +518,7 @@ where
     /// already completed is stored.
     pub(super) async fn shut_down(mut self, clean: bool) -> Result<(), ProcessorError> {
         let deadline = Instant::now() + self.processor.shutdown_timeout;
-        let all: Vec<TopicPartition> = self.trackers.keys().cloned().collect();
+        let all: Vec<i32> = self.trackers.keys().copied().collect();
         let left = |now: Instant| deadline.saturating_duration_since(now);
         if clean {
             // Calls first (their outputs are sent as they finish), then the
@@ -468,11 +533,7 @@ where
                 }
             }
         }
-        for (tp, (_, tracker)) in &self.trackers {
-            if let Some(watermark) = tracker.watermark() {
-                self.store(tp, watermark);
-            }
-        }
+        self.store_and_publish();
         let consumer = self.consumer;
         let closed = consumer.close(left(Instant::now()).max(Duration::from_millis(100))).await;
         let producer_closed = self.producer.close(left(Instant::now()).max(Duration::from_millis(100))).await;
@@ -494,6 +555,13 @@ where
         }
         Ok(())
     }
+}
+
+/// Time since a timestamp in milliseconds since the epoch (zero if it
+/// lies ahead).
+fn since_epoch_ms(timestamp: i64) -> Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.saturating_sub(Duration::from_millis(u64::try_from(timestamp).unwrap_or(0)))
 }
 
 /// Deserializes a record's key and value and builds the function's input.

@@ -1,0 +1,161 @@
+//! The measured processing run behind `rill perf process` and the
+//! processing benchmark: generated web-log lines in, the web-log processor
+//! between the topics, throughput and end-to-end latency out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rill_client::producer::{DeliveryFuture, Producer, ProducerConfig, Record};
+use rill_client::{ClientConfig, TopicScope};
+use rill_testkit::perf::{Meter, Report};
+use tokio::time::Instant;
+
+use crate::processor::{Processor, ProcessorError};
+use crate::serde::Ignore;
+use crate::weblog;
+
+/// What a processing run does.
+#[derive(Debug, Clone)]
+pub struct ProcessLoad {
+    /// Bootstrap servers.
+    pub bootstrap: String,
+    /// The input topic (must exist).
+    pub input: String,
+    /// The output topic (must exist).
+    pub output: String,
+    /// Input lines to process (ids `0..messages`).
+    pub messages: u64,
+    /// With a rate, the lines are written at that many per second while the
+    /// processor runs (latency at a steady load); without one, they must be
+    /// in the input topic already (throughput).
+    pub rate: Option<u64>,
+    /// Extra consumer settings.
+    pub consumer_properties: Vec<(String, String)>,
+    /// Extra producer settings.
+    pub producer_properties: Vec<(String, String)>,
+}
+
+/// Writes generated lines with ids `from..from + count` to `topic`, as fast
+/// as the producer takes them or at `rate` per second, and waits for every
+/// delivery.
+pub async fn feed(
+    config: ProducerConfig,
+    topic: &str,
+    from: u64,
+    count: u64,
+    rate: Option<u64>,
+) -> Result<(), rill_client::Error> {
+    let producer = Producer::new(config)?;
+    let started = Instant::now();
+    let mut pending: std::collections::VecDeque<DeliveryFuture> = std::collections::VecDeque::new();
+    for (n, id) in (from..from + count).enumerate() {
+        if let Some(rate) = rate {
+            // Keep to the schedule: line n leaves at n / rate seconds.
+            let due = started + Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        let line = weblog::line(id);
+        pending.push_back(producer.send(Record::to(topic).value(&line)).await?);
+        while pending.front().is_some_and(|d| d.try_result().is_some()) {
+            pending.pop_front().expect("checked").await?;
+        }
+    }
+    producer.flush().await?;
+    for delivery in pending {
+        delivery.await?;
+    }
+    producer.close(Duration::from_secs(10)).await
+}
+
+/// Runs the web-log processor over `load` and measures it from the first
+/// input record it receives (joining the group excluded) to the last
+/// output delivered. The report's extra fields: `p50_ms`, `p99_ms`,
+/// `max_ms` (input CreateTime → output delivered).
+pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorError> {
+    let client = rill_client::Client::new(ClientConfig::new(&load.bootstrap)?)?;
+    let metadata = client.refresh_metadata(TopicScope::Named(vec![load.input.clone()])).await?;
+    let partitions = metadata
+        .topics
+        .get(&load.input)
+        .map(|t| t.partitions.len())
+        .ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(load.input.clone()))?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mut builder = Processor::<Ignore, String, String, String>::builder()
+        .name(format!("rill-perf-{stamp}"))
+        .bootstrap_servers(&load.bootstrap)
+        .input_topic(&load.input)
+        .output_topic(&load.output)
+        .auto_offset_reset("earliest")
+        .static_membership(false)
+        .consumer_property("session.timeout.ms", "6000")
+        .consumer_property("heartbeat.interval.ms", "500")
+        .function(|input| weblog::process(&input.value));
+    for (key, value) in &load.consumer_properties {
+        builder = builder.consumer_property(key, value);
+    }
+    for (key, value) in &load.producer_properties {
+        builder = builder.producer_property(key, value);
+    }
+    let processor = Arc::new(builder.build()?);
+    let metrics = processor.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = processor.clone();
+    let mut task = tokio::spawn(async move {
+        running
+            .run("perf", async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // Wait for a state, or for the processor to stop (with its error).
+    macro_rules! wait_for {
+        ($what:literal, $done:expr) => {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let snapshot = metrics.snapshot();
+                if $done(&snapshot) {
+                    break;
+                }
+                if task.is_finished() {
+                    let stopped = (&mut task).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    let early = rill_client::Error::Timeout {
+                        operation: concat!("the processor stopped while ", $what).into(),
+                        after: Duration::ZERO,
+                    };
+                    return Err(stopped.err().unwrap_or(early.into()));
+                }
+                if Instant::now() > deadline {
+                    let _ = stop.send(());
+                    return Err(rill_client::Error::Timeout {
+                        operation: $what.into(),
+                        after: Duration::from_secs(120),
+                    }
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+    }
+    wait_for!("waiting for the partitions", |m: &crate::MetricsSnapshot| m.partitions.len() == partitions);
+    let feeder = load.rate.map(|rate| {
+        let config = rill_client::producer::ProducerConfig::new(ClientConfig::new(&load.bootstrap).expect("checked"));
+        let (topic, messages) = (load.input.clone(), load.messages);
+        tokio::spawn(async move { feed(config, &topic, 0, messages, Some(rate)).await })
+    });
+    wait_for!("waiting for the first record", |m: &crate::MetricsSnapshot| m.consumed > 0);
+    let meter = Meter::start();
+    wait_for!("processing", |m: &crate::MetricsSnapshot| m.produced >= load.messages);
+    let mut report = meter.finish("rill", "process", load.messages, weblog::line(0).len(), partitions);
+    let latency = metrics.snapshot().latency;
+    report.extra.extend([
+        ("p50_ms".to_owned(), latency.p50.as_secs_f64() * 1e3),
+        ("p99_ms".to_owned(), latency.p99.as_secs_f64() * 1e3),
+        ("max_ms".to_owned(), latency.max.as_secs_f64() * 1e3),
+    ]);
+    let _ = stop.send(());
+    task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    if let Some(feeder) = feeder {
+        feeder.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    }
+    Ok(report)
+}

@@ -96,7 +96,7 @@ fn errors_are_one_line_and_exit_non_zero() {
 
 #[test]
 fn demo_runs_on_a_fresh_local_broker() {
-    let demo = rill(&["demo", "--partitions", "4"]);
+    let demo = rill(&["demo", "--partitions", "4", "--lines", "20000"]);
     if !demo.status.success() && !brokers_required() && stderr(&demo).contains("install") {
         return eprintln!("skipping: {}", stderr(&demo));
     }
@@ -105,6 +105,22 @@ fn demo_runs_on_a_fresh_local_broker() {
     assert!(text.contains("with 4 partitions"), "{text}");
     assert!(text.contains("partition 3 leader 111"), "{text}");
     assert!(text.contains("api versions negotiated with broker 111"), "{text}");
+    // Both instances got partitions, and every line was processed.
+    assert!(text.contains("instance demo-1 reads partitions"), "{text}");
+    assert!(text.contains("instance demo-2 reads partitions"), "{text}");
+    assert!(text.contains("processed 20000 lines"), "{text}");
+    assert!(text.contains("19600 outputs, 400 filtered"), "{text}");
+    // Five outputs: a country key and the line without its address.
+    let outputs: Vec<&str> = text.lines().filter(|l| l.contains("rill-demo-by-country-") && l.contains('@')).collect();
+    assert_eq!(outputs.len(), 5, "{text}");
+    assert!(outputs.iter().all(|l| l.contains("GET /item?id=")), "{text}");
+    // The watermarks of the four input partitions cover every line (a
+    // partition the sticky partitioner left empty has none: `-`).
+    let watermarks: Vec<&str> =
+        text.lines().filter_map(|l| l.split_once("  watermark ")?.1.split_whitespace().next()).collect();
+    assert_eq!(watermarks.len(), 4, "{text}");
+    let total: i64 = watermarks.iter().filter(|w| **w != "-").map(|w| w.parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 20000, "{text}");
 }
 
 fn rill_with_input(args: &[&str], input: &[u8]) -> Output {
@@ -260,4 +276,29 @@ async fn consume_prints_formats_json_and_resumes_a_group() {
     let report = rill_testkit::perf::Report::from_json(&stdout(&perf)).expect("one JSON line");
     assert_eq!((report.scenario.as_str(), report.messages, report.partitions), ("consume", 5, 1));
     assert!(report.extra.iter().any(|(k, v)| k == "first_record_s" && *v > 0.0), "{report:?}");
+}
+
+#[tokio::test]
+async fn perf_process_reports_throughput_and_latency_in_one_json_line() {
+    let Some(tansu) = tansu().await else { return };
+    let brokers = tansu.bootstrap();
+    for extra in [&["--messages", "5000"][..], &["--messages", "2000", "--rate", "2000"][..]] {
+        let mut args = vec!["perf", "process", "-b", &brokers];
+        args.extend_from_slice(extra);
+        let run = rill(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let text = stdout(&run);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let report = rill_testkit::perf::Report::from_json(lines[0]).expect("a report");
+        assert_eq!((report.client.as_str(), report.scenario.as_str()), ("rill", "process"));
+        assert_eq!(report.messages, extra[1].parse::<u64>().unwrap());
+        let field = |name: &str| report.extra.iter().find(|(k, _)| k == name).map(|(_, v)| *v).expect(name);
+        let (p50, p99, max) = (field("p50_ms"), field("p99_ms"), field("max_ms"));
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{text}");
+        assert!(report.msgs_per_s > 0.0, "{text}");
+    }
+    // Its topics were deleted.
+    let listed = stdout(&rill(&["topic", "list", "-b", &brokers]));
+    assert!(!listed.contains("rill-perf-"), "{listed}");
 }

@@ -293,9 +293,12 @@ pub(crate) struct PerfProduceArgs {
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct DemoArgs {
-    /// Partitions of the demo topic.
+    /// Partitions of the input and output topics.
     #[arg(long, default_value_t = 6)]
     pub(crate) partitions: i32,
+    /// Web-log lines to generate and process.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) lines: u64,
 }
 
 /// `-X` settings for a processor, by client.

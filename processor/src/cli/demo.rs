@@ -1,41 +1,267 @@
-//! `rill demo`: on a fresh machine, with no arguments, starts a local Tansu
-//! broker (testkit's launcher; the first run installs it with pip), creates
-//! a topic, prints brokers, partitions, leaders and negotiated API versions,
-//! and stops the broker. With `--brokers` it uses that cluster instead.
+//! `rill demo`: the web-log processor end to end. With no arguments it
+//! starts a local Tansu broker (testkit's launcher; the first run installs
+//! it with pip), creates an input and an output topic, runs two processor
+//! instances in one group, generates web-log lines with a third processor
+//! in source mode, and prints throughput, latency, a few outputs and each
+//! input partition's watermark; then it stops everything. With `--brokers`
+//! it uses that cluster instead (and deletes its topics at the end).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rill_client::{Client, ClientConfig, NewTopic, TopicScope};
+use rill::{Ignore, MetricsSnapshot, Output, Processor, weblog};
+use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
+use rill_client::{Client, ClientConfig, NewTopic, TopicPartition, TopicScope};
 use rill_testkit::Tansu;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::CliError;
 use super::args::{Common, DemoArgs};
 
+/// Every this many lines, one without an address (the processor filters it).
+const MALFORMED_EVERY: u64 = 50;
+
 pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<(), CliError> {
     // Keep the broker alive (it stops on drop) until the demo is done.
-    let (config, _broker) = match common.brokers {
-        Some(_) => (common.client_config()?, None),
+    let (bootstrap, _broker) = match common.brokers {
+        Some(_) => (common.processor_properties(None)?.bootstrap()?, None),
         None => {
             eprintln!("starting a local Tansu broker (the first run installs it with pip)...");
             let tansu = Tansu::start().await?;
             eprintln!("tansu is up at {} (pid {})", tansu.bootstrap(), tansu.pid());
-            let mut properties = common.properties.clone();
-            properties.push(("bootstrap.servers".into(), tansu.bootstrap()));
-            (ClientConfig::from_properties(properties)?, Some(tansu))
+            (tansu.bootstrap(), Some(tansu))
         }
     };
-    let client = Client::new(config.client_id("rill-demo"))?;
+    let properties = common.processor_properties(Some(bootstrap.clone()))?;
+    let client = Client::new(ClientConfig::new(&bootstrap)?.client_id("rill-demo"))?;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let topic = format!("rill-demo-{stamp}");
-    client.admin().create_topics(&[NewTopic::new(&topic, args.partitions)]).await?;
-    println!("created topic {topic} with {} partitions", args.partitions);
-    let metadata = client.refresh_metadata(TopicScope::Named(vec![topic.clone()])).await?;
+    let (input, output) = (format!("rill-demo-weblog-{stamp}"), format!("rill-demo-by-country-{stamp}"));
+    client
+        .admin()
+        .create_topics(&[NewTopic::new(&input, args.partitions), NewTopic::new(&output, args.partitions)])
+        .await?;
+    println!("created topic {input} with {} partitions (web-log lines)", args.partitions);
+    println!("created topic {output} with {} partitions (country → line without its address)", args.partitions);
+    let metadata = client.refresh_metadata(TopicScope::Named(vec![input.clone(), output.clone()])).await?;
     print!("{}", super::metadata::describe(&client, &metadata).await);
+
+    let result = demo(&bootstrap, &properties, &input, &output, args).await;
     if common.brokers.is_some() {
-        client.admin().delete_topics(&[topic.as_str()]).await?;
-        println!("deleted topic {topic}");
+        client.admin().delete_topics(&[input.as_str(), output.as_str()]).await?;
+        println!("deleted topics {input} and {output}");
     } else {
         eprintln!("stopping the local broker");
     }
+    result
+}
+
+/// A processor instance running in a task of its own.
+struct Instance {
+    id: String,
+    metrics: Arc<rill::Metrics>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), rill::ProcessorError>>,
+}
+
+impl Instance {
+    fn start<K, V, OK, OV>(processor: Processor<K, V, OK, OV>, id: &str) -> Instance
+    where
+        K: Send + Sync + 'static,
+        V: Send + Sync + 'static,
+        OK: Send + Sync + 'static,
+        OV: Send + Sync + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = processor.metrics();
+        let instance = id.to_owned();
+        let task = tokio::spawn(async move {
+            processor
+                .run(&instance, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Instance { id: id.to_owned(), metrics, stop, task }
+    }
+
+    fn snapshot(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Stops it (drain, commit, close) and returns its last numbers.
+    async fn stop(self) -> Result<MetricsSnapshot, CliError> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(self.metrics.snapshot())
+    }
+}
+
+async fn demo(
+    bootstrap: &str,
+    properties: &super::args::ProcessorProperties,
+    input: &str,
+    output: &str,
+    args: &DemoArgs,
+) -> Result<(), CliError> {
+    let name = format!("rill-demo-{}", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()));
+    let mut instances = Vec::new();
+    for id in ["demo-1", "demo-2"] {
+        let mut builder = Processor::<Ignore, String, String, String>::builder()
+            .name(&name)
+            .bootstrap_servers(bootstrap)
+            .input_topic(input)
+            .output_topic(output)
+            .auto_offset_reset("earliest")
+            .consumer_property("session.timeout.ms", "6000")
+            .consumer_property("heartbeat.interval.ms", "500")
+            .function(|input| weblog::process(&input.value));
+        for (key, value) in &properties.consumer {
+            builder = builder.consumer_property(key, value);
+        }
+        for (key, value) in &properties.producer {
+            builder = builder.producer_property(key, value);
+        }
+        instances.push(Instance::start(builder.build()?, id));
+    }
+    eprintln!("two processor instances are joining group {name}-group...");
+    let partitions = args.partitions as usize;
+    wait_for(&instances, Duration::from_secs(60), "the group to settle", |all| {
+        all.iter().map(|m| m.partitions.len()).sum::<usize>() == partitions
+            && all.iter().all(|m| !m.partitions.is_empty())
+    })
+    .await?;
+    for instance in &instances {
+        let owned: Vec<String> =
+            instance.snapshot().partitions.iter().map(|(tp, _)| tp.partition.to_string()).collect();
+        println!("instance {} reads partitions {}", instance.id, owned.join(", "));
+    }
+
+    // The lines come from a third processor, in source mode.
+    let lines = args.lines;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = next.clone();
+    let generator = Processor::<(), (), (), String>::builder()
+        .name(format!("{name}-generator"))
+        .bootstrap_servers(bootstrap)
+        .output_topic(input)
+        .source(move || {
+            let from = counter.fetch_add(1000, std::sync::atomic::Ordering::Relaxed).min(lines);
+            let to = (from + 1000).min(lines);
+            async move { (from..to).map(|id| Output::new((), line(id))).collect::<Vec<_>>() }
+        })
+        .build()?;
+    let started = Instant::now();
+    let generator = Instance::start(generator, "generator");
+    wait_for(&[&generator], Duration::from_secs(120), "the lines to be written", |m| m[0].produced >= lines).await?;
+    let generated_in = started.elapsed();
+    let generator = generator.stop().await?;
+    println!(
+        "generated {} web-log lines in {:.2} s ({:.0} lines/s); one in {MALFORMED_EVERY} has no address",
+        generator.produced,
+        generated_in.as_secs_f64(),
+        generator.produced as f64 / generated_in.as_secs_f64()
+    );
+    let refs: Vec<&Instance> = instances.iter().collect();
+    let mut last_report = Instant::now();
+    wait_for(&refs, Duration::from_secs(300), "the lines to be processed", |all| {
+        let done: u64 = all.iter().map(|m| m.produced + m.filtered + m.skipped).sum();
+        if last_report.elapsed() > Duration::from_secs(1) {
+            eprintln!("  {done} of {lines} lines processed");
+            last_report = Instant::now();
+        }
+        done >= lines
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let mut totals = (0, 0, 0);
+    let mut latency = rill::LatencySnapshot::default();
+    for instance in &instances {
+        let m = instance.snapshot();
+        totals = (totals.0 + m.consumed, totals.1 + m.produced, totals.2 + m.filtered);
+        latency.p50 = latency.p50.max(m.latency.p50);
+        latency.p99 = latency.p99.max(m.latency.p99);
+    }
+    println!(
+        "processed {} lines in {:.2} s from the first line written: {:.0} lines/s through the processors; \
+         {} outputs, {} filtered; end-to-end latency p50 {:.1} ms, p99 {:.1} ms (the slower instance's)",
+        totals.0,
+        elapsed.as_secs_f64(),
+        totals.0 as f64 / elapsed.as_secs_f64(),
+        totals.1,
+        totals.2,
+        latency.p50.as_secs_f64() * 1e3,
+        latency.p99.as_secs_f64() * 1e3
+    );
+    print_sample(bootstrap, output, args.partitions).await?;
+
+    eprintln!("stopping the processors (drain, commit, leave)...");
+    println!("watermarks (the next input offset of each partition; everything before it is done and committed):");
+    for instance in instances {
+        let id = instance.id.clone();
+        let last = instance.stop().await?;
+        println!("  {id}: consumed {}, produced {}, filtered {}", last.consumed, last.produced, last.filtered);
+        for (tp, partition) in &last.partitions {
+            let watermark = partition.watermark.map_or("-".to_owned(), |w| w.to_string());
+            println!("    {tp}  watermark {watermark}  lag {}", partition.lag.unwrap_or(0));
+        }
+    }
+    Ok(())
+}
+
+/// The demo's input line `id`: a web-log line, or now and then one with no
+/// address.
+fn line(id: u64) -> String {
+    if id % MALFORMED_EVERY == MALFORMED_EVERY - 1 {
+        format!("- - [27/Nov/2026:10:00:00 +0000] \"GET /item?id={id} HTTP/1.1\" 400 0")
+    } else {
+        weblog::line(id)
+    }
+}
+
+/// Waits until `done` holds over the instances' numbers.
+async fn wait_for<I: std::borrow::Borrow<Instance>>(
+    instances: &[I],
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&[MetricsSnapshot]) -> bool,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let snapshots: Vec<MetricsSnapshot> = instances.iter().map(|i| i.borrow().snapshot()).collect();
+        if done(&snapshots) {
+            return Ok(());
+        }
+        if let Some(stopped) = instances.iter().find(|i| i.borrow().task.is_finished()) {
+            return Err(format!("instance {} stopped while waiting for {what}", stopped.borrow().id).into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("gave up waiting for {what} after {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Prints the first outputs of the output topic.
+async fn print_sample(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), CliError> {
+    let config = ConsumerConfig::new(ClientConfig::new(bootstrap)?).offset_reset(OffsetReset::Earliest);
+    let mut consumer = Consumer::new(config)?;
+    consumer.assign(&(0..partitions).map(|p| TopicPartition::new(topic, p)).collect::<Vec<_>>());
+    println!("a few outputs of {topic} (key = country, value = the line without its address):");
+    for _ in 0..5 {
+        let record = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await??;
+        let text =
+            |b: &Option<bytes::Bytes>| b.as_ref().map_or("-".into(), |b| String::from_utf8_lossy(b).into_owned());
+        println!(
+            "  {}/{}@{}  {}  {}",
+            record.topic,
+            record.partition,
+            record.offset,
+            text(&record.key),
+            text(&record.value)
+        );
+    }
+    consumer.close(Duration::from_secs(5)).await?;
     Ok(())
 }

@@ -118,7 +118,7 @@ fn measure_throughput(
     let input = unique_topic("bench-process-in");
     (broker.create)(&[&input]);
     let config = ProducerConfig::new(ClientConfig::new(&broker.bootstrap).unwrap());
-    runtime.block_on(feed(config, &input, 0, messages, None)).expect("the input is loaded");
+    runtime.block_on(feed(config, &input, (0, messages), None, Some(PARTITIONS))).expect("the input is loaded");
     alternate(name, rounds, |client| {
         let output = unique_topic("bench-process-out");
         (broker.create)(&[&output]);
@@ -290,6 +290,7 @@ fn start_feeder(bootstrap: &str, input: &str, messages: u64, rate: u64) -> std::
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let config = ProducerConfig::new(ClientConfig::new(&bootstrap).unwrap());
-        runtime.block_on(feed(config, &input, 0, messages, Some(rate))).expect("the feeder writes");
+        let load = feed(config, &input, (0, messages), Some(rate), Some(PARTITIONS));
+        runtime.block_on(load).expect("the feeder writes");
     })
 }

@@ -37,13 +37,15 @@ pub struct ProcessLoad {
 
 /// Writes generated lines with ids `from..from + count` to `topic`, as fast
 /// as the producer takes them or at `rate` per second, and waits for every
-/// delivery.
+/// delivery. With `partitions`, line `id` goes to partition `id %
+/// partitions` (even spread; the sticky partitioner can fill one partition
+/// with several times its share, more than the mock cluster keeps).
 pub async fn feed(
     config: ProducerConfig,
     topic: &str,
-    from: u64,
-    count: u64,
+    (from, count): (u64, u64),
     rate: Option<u64>,
+    partitions: Option<i32>,
 ) -> Result<(), rill_client::Error> {
     let producer = Producer::new(config)?;
     let started = Instant::now();
@@ -55,7 +57,9 @@ pub async fn feed(
             tokio::time::sleep_until(due).await;
         }
         let line = weblog::line(id);
-        pending.push_back(producer.send(Record::to(topic).value(&line)).await?);
+        let mut record = Record::to(topic).value(&line);
+        record.partition = partitions.map(|n| (id % n.max(1) as u64) as i32);
+        pending.push_back(producer.send(record).await?);
         while pending.front().is_some_and(|d| d.try_result().is_some()) {
             pending.pop_front().expect("checked").await?;
         }
@@ -140,7 +144,8 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
     let feeder = load.rate.map(|rate| {
         let config = rill_client::producer::ProducerConfig::new(ClientConfig::new(&load.bootstrap).expect("checked"));
         let (topic, messages) = (load.input.clone(), load.messages);
-        tokio::spawn(async move { feed(config, &topic, 0, messages, Some(rate)).await })
+        let partitions = i32::try_from(partitions).ok();
+        tokio::spawn(async move { feed(config, &topic, (0, messages), Some(rate), partitions).await })
     });
     wait_for!("waiting for the first record", |m: &crate::MetricsSnapshot| m.consumed > 0);
     let meter = Meter::start();

@@ -55,7 +55,8 @@ pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(
     let result = async {
         if args.rate.is_none() {
             eprintln!("loading {} lines into {input}...", args.messages);
-            rill::perf::feed(ProducerConfig::new(client_config.clone()), &input, 0, args.messages, None).await?;
+            let config = ProducerConfig::new(client_config.clone());
+            rill::perf::feed(config, &input, (0, args.messages), None, Some(args.partitions)).await?;
         }
         Ok::<_, CliError>(rill::perf::process_with_rill(&load).await?)
     }

@@ -32,6 +32,7 @@ use tracing::info;
 
 use crate::serde::{DefaultSerde, Serde, SerdeError};
 
+mod deliveries;
 mod metrics;
 mod run;
 mod source;

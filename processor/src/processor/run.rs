@@ -20,51 +20,14 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rill_client::TopicPartition;
 use rill_client::consumer::{Consumer, ConsumerHandle, ConsumerRecord, Event};
-use rill_client::producer::{DeliveryFuture, Header, Producer, Record, RecordMetadata};
+use rill_client::producer::{DeliveryFuture, Header, Producer, Record};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
+use super::deliveries::{Deliveries, Origin, Outcome};
 use super::{BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, Processor, ProcessorError};
 use crate::serde::SerdeError;
 use crate::tracker::OffsetTracker;
-
-/// An output on its way, and which input it belongs to.
-struct Pending {
-    delivery: DeliveryFuture,
-    origin: Option<Origin>,
-}
-
-/// The input an output belongs to.
-struct Origin {
-    partition: i32,
-    generation: u64,
-    offset: i64,
-    /// The input's timestamp, for the end-to-end latency.
-    timestamp: i64,
-    dead_letter: bool,
-}
-
-impl Future for Pending {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
-        let this = self.get_mut();
-        let result = std::task::ready!(Pin::new(&mut this.delivery).poll(cx));
-        let Origin { partition, generation, offset, timestamp, dead_letter } =
-            this.origin.take().expect("a delivery is polled until ready, once");
-        std::task::Poll::Ready(Outcome { partition, generation, offset, timestamp, dead_letter, result })
-    }
-}
-
-struct Outcome {
-    partition: i32,
-    generation: u64,
-    offset: i64,
-    /// The input's timestamp, for the end-to-end latency.
-    timestamp: i64,
-    dead_letter: bool,
-    result: Result<RecordMetadata, rill_client::Error>,
-}
 
 /// Why a record produced no outputs.
 enum Failure {
@@ -102,7 +65,7 @@ pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     /// generation, so outcomes of an older one are recognised and ignored.
     trackers: HashMap<i32, Tracked>,
     generation: u64,
-    pending: FuturesUnordered<Pending>,
+    pending: Deliveries,
     /// Async form: each partition's records in call order.
     queues: HashMap<i32, VecDeque<Slot<OutK, OutV>>>,
     calls: FuturesUnordered<Call<OutK, OutV>>,
@@ -138,7 +101,7 @@ where
             topic: processor.input.clone().unwrap_or_default(),
             trackers: HashMap::new(),
             generation: 0,
-            pending: FuturesUnordered::new(),
+            pending: Deliveries::default(),
             queues: HashMap::new(),
             calls: FuturesUnordered::new(),
             queued: 0,
@@ -405,13 +368,13 @@ where
 
     fn await_delivery(&mut self, delivery: DeliveryFuture, origin: Origin) {
         self.metrics().in_flight.fetch_add(1, Ordering::Relaxed);
-        self.pending.push(Pending { delivery, origin: Some(origin) });
+        self.pending.push(delivery, origin);
     }
 
     /// A delivery outcome: the input's tracker moves, or the processor stops.
     fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
         self.metrics().in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Outcome { partition, generation, offset, timestamp, dead_letter, result } = outcome;
+        let Outcome { origin: Origin { partition, generation, offset, timestamp, dead_letter }, result } = outcome;
         if let Err(error) = result {
             return Err(ProcessorError::Delivery { topic: self.topic.clone(), partition, offset, error });
         }

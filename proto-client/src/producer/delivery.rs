@@ -113,9 +113,28 @@ pub struct DeliveryFuture {
     waiting: Option<usize>,
 }
 
+/// Another handle to the same record's outcome.
+impl Clone for DeliveryFuture {
+    fn clone(&self) -> Self {
+        DeliveryFuture { batch: self.batch.clone(), index: self.index, timestamp: self.timestamp, waiting: None }
+    }
+}
+
 impl DeliveryFuture {
     pub(crate) fn new(batch: Arc<BatchDelivery>, index: u32, timestamp: i64) -> Self {
         DeliveryFuture { batch, index, timestamp, waiting: None }
+    }
+
+    /// The partition the record was appended to.
+    pub fn partition(&self) -> i32 {
+        self.batch.partition
+    }
+
+    /// Whether `other`'s record is in the same batch as this one. Records of
+    /// one batch complete together with one outcome, so a caller with
+    /// thousands of records in flight may await one future per batch.
+    pub fn shares_batch_with(&self, other: &DeliveryFuture) -> bool {
+        Arc::ptr_eq(&self.batch, &other.batch)
     }
 
     /// The outcome if known, without waiting.
@@ -171,6 +190,7 @@ mod tests {
     #[tokio::test]
     async fn every_record_of_a_batch_sees_its_own_offset() {
         let batch = DeliveryGuard::new(3);
+        let batch_shared = batch.shared().clone();
         let futures: Vec<_> =
             (0..4).map(|i| DeliveryFuture::new(batch.shared().clone(), i, 100 + i64::from(i))).collect();
         assert!(futures[0].try_result().is_none());
@@ -184,6 +204,10 @@ mod tests {
         tokio::task::yield_now().await;
         batch.complete(Ok(Acked { base_offset: Some(40), log_append_time: None }));
         let results = waiter.await.unwrap();
+        let (a, b) = (DeliveryFuture::new(batch_shared.clone(), 0, 0), DeliveryFuture::new(batch_shared, 1, 0));
+        let other = DeliveryFuture::new(BatchDelivery::new(3), 0, 0);
+        assert!(a.shares_batch_with(&b) && !a.shares_batch_with(&other));
+        assert_eq!((a.partition(), other.partition()), (3, 3));
         let offsets: Vec<_> = results.iter().map(|m| (m.partition, m.offset, m.timestamp)).collect();
         assert_eq!(offsets, [(3, Some(40), 100), (3, Some(41), 101), (3, Some(42), 102), (3, Some(43), 103)]);
     }

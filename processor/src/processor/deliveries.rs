@@ -1,0 +1,119 @@
+//! Outputs in flight, awaited one future per producer batch.
+//!
+//! The records of one batch complete together with one outcome. Awaiting a
+//! future per record (thousands in flight) costs a task, a waker and a poll
+//! each; here consecutive outputs appended to the same batch share one
+//! entry, and when it completes each of their inputs gets the outcome.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use rill_client::producer::DeliveryFuture;
+
+/// The input an output belongs to.
+#[derive(Debug)]
+pub(super) struct Origin {
+    pub(super) partition: i32,
+    pub(super) generation: u64,
+    pub(super) offset: i64,
+    /// The input's timestamp, for the end-to-end latency.
+    pub(super) timestamp: i64,
+    pub(super) dead_letter: bool,
+}
+
+/// One output's outcome.
+pub(super) struct Outcome {
+    pub(super) origin: Origin,
+    pub(super) result: Result<(), rill_client::Error>,
+}
+
+/// The batch outputs of one kind (output or dead letter) and partition are
+/// appended to now.
+struct Open {
+    id: u64,
+    last: DeliveryFuture,
+    origins: Vec<Origin>,
+}
+
+/// Resolves when a batch completes.
+struct Batch {
+    id: u64,
+    key: (usize, usize),
+    delivery: DeliveryFuture,
+}
+
+impl Future for Batch {
+    type Output = (u64, (usize, usize), Result<(), rill_client::Error>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let result = ready!(Pin::new(&mut this.delivery).poll(cx));
+        Poll::Ready((this.id, this.key, result.map(|_| ())))
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Deliveries {
+    batches: FuturesUnordered<Batch>,
+    /// By (dead letter?, partition): the batch being filled.
+    open: [Vec<Option<Open>>; 2],
+    /// Origins of batches that are no longer being filled.
+    closed: HashMap<u64, Vec<Origin>>,
+    next_id: u64,
+    /// Outcomes of a completed batch not yet handed out.
+    ready: VecDeque<Outcome>,
+    len: usize,
+}
+
+impl Deliveries {
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn push(&mut self, delivery: DeliveryFuture, origin: Origin) {
+        self.len += 1;
+        let kind = usize::from(origin.dead_letter);
+        let partition = usize::try_from(delivery.partition()).unwrap_or(0);
+        let slots = &mut self.open[kind];
+        if slots.len() <= partition {
+            slots.resize_with(partition + 1, || None);
+        }
+        if let Some(open) = &mut slots[partition]
+            && open.last.shares_batch_with(&delivery)
+        {
+            open.origins.push(origin);
+            open.last = delivery;
+            return;
+        }
+        // A new batch: the one before on this partition is full or sent.
+        if let Some(old) = slots[partition].take() {
+            self.closed.insert(old.id, old.origins);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.batches.push(Batch { id, key: (kind, partition), delivery: delivery.clone() });
+        slots[partition] = Some(Open { id, last: delivery, origins: vec![origin] });
+    }
+
+    /// The next outcome; `None` when nothing is in flight. Cancel-safe:
+    /// nothing is awaited once a batch's outcome is taken.
+    pub(super) async fn next(&mut self) -> Option<Outcome> {
+        if self.ready.is_empty() {
+            let (id, (kind, partition), result) = self.batches.next().await?;
+            let origins = match &self.open[kind][partition] {
+                Some(open) if open.id == id => self.open[kind][partition].take().map(|o| o.origins),
+                _ => self.closed.remove(&id),
+            };
+            self.ready.extend(
+                origins.unwrap_or_default().into_iter().map(|origin| Outcome { origin, result: result.clone() }),
+            );
+        }
+        let outcome = self.ready.pop_front()?;
+        self.len -= 1;
+        Some(outcome)
+    }
+}

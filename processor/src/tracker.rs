@@ -66,8 +66,12 @@ impl OffsetTracker {
     /// One output of `offset` was delivered. Returns the new watermark when
     /// it moved.
     pub fn delivered(&mut self, offset: i64) -> Result<Option<i64>, TrackerError> {
-        let index =
-            self.pending.binary_search_by_key(&offset, |(o, _)| *o).map_err(|_| TrackerError::NotInFlight(offset))?;
+        // Outputs mostly complete in input order: the oldest record first.
+        let index = if self.pending.front().is_some_and(|(o, _)| *o == offset) {
+            0
+        } else {
+            self.pending.binary_search_by_key(&offset, |(o, _)| *o).map_err(|_| TrackerError::NotInFlight(offset))?
+        };
         let remaining = &mut self.pending[index].1;
         if *remaining == 0 {
             return Err(TrackerError::NotInFlight(offset));

@@ -121,6 +121,16 @@ impl Checker {
         (0..partitions).all(|p| (0..per_partition).all(|o| self.seen.contains_key(&(p, o))))
     }
 
+    /// Per partition seen at all, the lowest offset not seen.
+    fn first_unseen(&self) -> BTreeMap<i32, i64> {
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for &(partition, _) in self.seen.keys() {
+            next.entry(partition)
+                .or_insert_with(|| (0..).find(|o| !self.seen.contains_key(&(partition, *o))).unwrap_or(0));
+        }
+        next
+    }
+
     fn shares(&self) -> Vec<usize> {
         let mut shares: Vec<usize> = self.assignments.values().map(BTreeSet::len).filter(|&n| n > 0).collect();
         shares.sort();
@@ -193,7 +203,12 @@ async fn until(what: &str, deadline: Duration, checker: &Arc<Mutex<Checker>>, do
                 return;
             }
             if Instant::now() > end {
-                panic!("{what}: not within {deadline:?}; shares {:?}, owners {:?}", checker.shares(), checker.owners);
+                panic!(
+                    "{what}: not within {deadline:?}; shares {:?}, owners {:?}, next unseen offset per partition {:?}",
+                    checker.shares(),
+                    checker.owners,
+                    checker.first_unseen()
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

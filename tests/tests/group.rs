@@ -665,3 +665,40 @@ async fn close_keeps_its_deadline_with_every_broker_down() {
     })
     .await;
 }
+
+/// A member the group dropped before its last commit closes cleanly: the
+/// commit cannot be made, nothing is committed past what was, and the next
+/// member re-reads (Tansu does this to a static member now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_of_a_member_the_group_dropped_is_not_an_error() {
+    use rdkafka::types::RDKafkaApiKey as Api;
+    use rdkafka::types::RDKafkaRespErr as E;
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let topic = unique_topic("dropped");
+        let group = unique_topic("dropped-g");
+        mock.create_topic(&topic, 2, 1).unwrap();
+        fill(cluster, &topic, 2, 0, 10).await;
+        let config =
+            group_config(cluster, &group, AssignmentStrategy::Range).auto_commit(true, Duration::from_secs(600));
+        let mut consumer = Consumer::new(config.clone()).unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        for _ in 0..20 {
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.unwrap().unwrap();
+        }
+        mock.request_errors(Api::OffsetCommit, &[E::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID; 4]).unwrap();
+        let started = Instant::now();
+        consumer.close(Duration::from_secs(5)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        mock.clear_request_errors(Api::OffsetCommit).unwrap();
+        // Nothing was committed: a new member reads everything again.
+        let mut again = Consumer::new(config).unwrap();
+        again.subscribe(&[&topic]).unwrap();
+        for _ in 0..20 {
+            let record = tokio::time::timeout(Duration::from_secs(30), again.recv()).await.unwrap().unwrap();
+            assert!(record.offset < 10);
+        }
+        again.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}

@@ -287,7 +287,9 @@ impl Consumer {
     }
 
     /// Stops consuming: commits stored offsets (with auto-commit on) and
-    /// returns within `timeout`, whether or not brokers answer.
+    /// returns within `timeout`, whether or not brokers answer. A member the
+    /// group already dropped cannot commit: that is logged, not returned
+    /// (its partitions' next owner re-reads from the last commit).
     pub async fn close(self, timeout: Duration) -> Result<()> {
         self.handle.close(timeout).await
     }
@@ -468,6 +470,10 @@ impl ConsumerHandle {
                 let committer = self.shared.lock().committer.clone();
                 let error = match engine::commit_stored(&self.shared, coordinator, None).await {
                     Err(error) if in_group && error.code().is_some_and(rebalancing) => error,
+                    Err(error) if in_group && error.code().is_some_and(out_of_group) => {
+                        gave_up_commit(&error);
+                        return Ok(());
+                    }
                     other => return other,
                 };
                 // The group is rebalancing: commit in the generation that
@@ -480,7 +486,8 @@ impl ConsumerHandle {
                     self.shared.queue().clear();
                     let now = self.shared.lock().committer.clone();
                     if now.generation < 0 {
-                        return Err(error);
+                        gave_up_commit(&error);
+                        return Ok(());
                     }
                     if now != committer {
                         break;
@@ -515,6 +522,21 @@ impl ConsumerHandle {
 fn rebalancing(code: kafka_protocol::ResponseError) -> bool {
     use kafka_protocol::ResponseError as E;
     matches!(code, E::RebalanceInProgress | E::IllegalGeneration)
+}
+
+/// Commit errors that mean "the group no longer knows this member".
+fn out_of_group(code: kafka_protocol::ResponseError) -> bool {
+    use kafka_protocol::ResponseError as E;
+    matches!(code, E::UnknownMemberId | E::FencedInstanceId)
+}
+
+/// Closing a member the group dropped: its offsets cannot be committed any
+/// more, and that is no error of the close (as in the Java client). The
+/// partitions' next owner reads from the last commit: records again, never
+/// records lost.
+fn gave_up_commit(error: &Error) {
+    tracing::warn!(target: "rill::cgrp", %error,
+        "the group dropped this member before its last commit; the next owner re-reads from the previous one");
 }
 
 /// Marks the application as waiting in the consumer (so polling) while

@@ -35,7 +35,7 @@ pub mod weblog;
 
 pub use processor::{
     BoxError, ErrorTolerance, Input, IntoOutputs, Latency, LatencySnapshot, Metrics, MetricsSnapshot, Output,
-    PartitionMetrics, Processor, ProcessorBuilder, ProcessorError,
+    PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, RunningProcessor,
 };
 pub use serde::{DefaultSerde, Ignore, Serde, SerdeError};
 pub use tracker::OffsetTracker;

@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rill::{ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError};
+use rill::{ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError, RunningProcessor};
 use rill_client::TopicPartition;
 use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
 use rill_client::producer::{Producer, ProducerConfig, Record};
 use rill_testkit::{ClusterOptions, TestCluster, each_broker, unique_topic};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Writes `values` round-robin over the partitions, as raw bytes.
@@ -73,10 +71,8 @@ async fn committed(cluster: &TestCluster, group: &str, topic: &str, partitions: 
     found.into_iter().map(|(tp, offset)| (tp.partition, offset)).collect()
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ProcessorError>>,
-}
+/// A spawned processor, stopped within 30 s.
+struct Running(RunningProcessor);
 
 fn start<K, V, OK, OV>(processor: Arc<Processor<K, V, OK, OV>>, instance: &str) -> Running
 where
@@ -85,22 +81,12 @@ where
     OK: Send + Sync + 'static,
     OV: Send + Sync + 'static,
 {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let instance = instance.to_owned();
-    let task = tokio::spawn(async move {
-        processor
-            .run(&instance, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    Running { stop, task }
+    Running(processor.spawn(instance))
 }
 
 impl Running {
     async fn stop(self) -> Result<(), ProcessorError> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("the processor stops").unwrap()
+        tokio::time::timeout(Duration::from_secs(30), self.0.stop()).await.expect("the processor stops")
     }
 }
 
@@ -710,8 +696,7 @@ async fn out_of_order_completion_never_stores_past_an_undelivered_input() {
                 tokio::time::sleep(Duration::from_millis(150 * (round + 1))).await;
                 let snapshot = metrics.snapshot();
                 eprintln!("round {round}: aborting with {} outputs in flight", snapshot.in_flight);
-                running.task.abort();
-                let _ = running.task.await;
+                running.0.abort().await;
             }
         };
         tokio::join!(feeding, crashes);

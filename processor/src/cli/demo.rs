@@ -9,12 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rill::{Ignore, MetricsSnapshot, Output, Processor, weblog};
+use rill::{Ignore, MetricsSnapshot, Output, Processor, RunningProcessor, weblog};
 use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
 use rill_client::{Client, ClientConfig, NewTopic, TopicPartition, TopicScope};
 use rill_testkit::Tansu;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::CliError;
@@ -60,9 +58,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<(), CliError
 /// A processor instance running in a task of its own.
 struct Instance {
     id: String,
-    metrics: Arc<rill::Metrics>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), rill::ProcessorError>>,
+    running: RunningProcessor,
 }
 
 impl Instance {
@@ -73,28 +69,18 @@ impl Instance {
         OK: Send + Sync + 'static,
         OV: Send + Sync + 'static,
     {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let metrics = processor.metrics();
-        let instance = id.to_owned();
-        let task = tokio::spawn(async move {
-            processor
-                .run(&instance, async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Instance { id: id.to_owned(), metrics, stop, task }
+        Instance { id: id.to_owned(), running: Arc::new(processor).spawn(id) }
     }
 
     fn snapshot(&self) -> MetricsSnapshot {
-        self.metrics.snapshot()
+        self.running.metrics().snapshot()
     }
 
     /// Stops it (drain, commit, close) and returns its last numbers.
     async fn stop(self) -> Result<MetricsSnapshot, CliError> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(self.metrics.snapshot())
+        let metrics = self.running.metrics().clone();
+        self.running.stop().await?;
+        Ok(metrics.snapshot())
     }
 }
 
@@ -233,7 +219,7 @@ async fn wait_for<I: std::borrow::Borrow<Instance>>(
         if done(&snapshots) {
             return Ok(());
         }
-        if let Some(stopped) = instances.iter().find(|i| i.borrow().task.is_finished()) {
+        if let Some(stopped) = instances.iter().find(|i| i.borrow().running.is_finished()) {
             return Err(format!("instance {} stopped while waiting for {what}", stopped.borrow().id).into());
         }
         if Instant::now() > deadline {

@@ -538,6 +538,40 @@ where
     }
 }
 
+/// A processor started with [`Processor::spawn`].
+#[derive(Debug)]
+pub struct RunningProcessor {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ProcessorError>>,
+    metrics: Arc<Metrics>,
+}
+
+impl RunningProcessor {
+    /// Its numbers.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether `run` ended (on an error: [`Self::stop`] returns it).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Ends the task at once, as a crash would: nothing in flight is
+    /// awaited, stored or committed (the auto-commits before stay).
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Asks it to stop (drain, commit, close: within the shutdown timeout)
+    /// and returns what `run` returned.
+    pub async fn stop(self) -> Result<(), ProcessorError> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
 /// A function between an input and an output topic (see the module docs).
 pub struct Processor<InK, InV, OutK, OutV> {
     name: String,
@@ -662,6 +696,27 @@ where
         let result = run.main_loop(shutdown).await;
         let closed = run.shut_down(result.is_ok()).await;
         result.and(closed)
+    }
+
+    /// Runs in a task of its own (on the current tokio runtime) until
+    /// [`RunningProcessor::stop`], or until `run` ends with an error.
+    pub fn spawn(self: Arc<Self>, instance_id: impl Into<String>) -> RunningProcessor
+    where
+        InK: Sync,
+        InV: Sync,
+        OutK: Sync,
+        OutV: Sync,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics();
+        let instance = instance_id.into();
+        let task = tokio::spawn(async move {
+            self.run(&instance, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        RunningProcessor { stop, task, metrics }
     }
 
     /// Waits until a broker answers a metadata request for the topics, up to

@@ -85,6 +85,9 @@ struct Tracked {
 /// lock per record. Revocations and shutdown store at once.
 const STORE_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Records taken at once from what was already fetched.
+const BURST: usize = 64;
+
 impl<'p, InK, InV, OutK, OutV> Run<'p, InK, InV, OutK, OutV>
 where
     InK: Send + 'static,
@@ -135,9 +138,26 @@ where
                 _ = tick.tick() => self.store_and_publish(),
                 Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
                 Some(finished) = self.calls.next(), if !self.calls.is_empty() => self.finished(finished).await?,
-                event = self.consumer.next_event(), if self.queued < concurrency => self.handle_event(event?).await?,
+                event = self.consumer.next_event(), if self.queued < concurrency => {
+                    self.handle_event(event?).await?;
+                    // What was fetched with it is taken in a burst, without
+                    // a turn through the select per record.
+                    for _ in 0..BURST {
+                        if self.queued >= concurrency {
+                            break;
+                        }
+                        let Some(record) = self.consumer.try_next_record() else { break };
+                        self.record(record).await?;
+                    }
+                }
             }
         }
+    }
+
+    async fn record(&mut self, record: ConsumerRecord) -> Result<(), ProcessorError> {
+        let span = tracing::debug_span!(target: "rill::processor", "record", topic = %record.topic,
+            partition = record.partition, offset = record.offset);
+        self.process(record).instrument(span).await
     }
 
     /// The input partitions among `partitions`.
@@ -147,11 +167,7 @@ where
 
     async fn handle_event(&mut self, event: Event) -> Result<(), ProcessorError> {
         match event {
-            Event::Record(record) => {
-                let span = tracing::debug_span!(target: "rill::processor", "record", topic = %record.topic,
-                    partition = record.partition, offset = record.offset);
-                self.process(record).instrument(span).await?;
-            }
+            Event::Record(record) => self.record(record).await?,
             Event::Assigned(partitions) => {
                 for partition in self.ours(&partitions) {
                     self.generation += 1;

@@ -231,6 +231,17 @@ impl Consumer {
         Ok(out)
     }
 
+    /// The next record of the batch being read, if one is there now: no
+    /// waiting and no events (those come from [`Self::next_event`]). For a
+    /// loop that takes what was fetched in bursts.
+    pub fn try_next_record(&mut self) -> Option<ConsumerRecord> {
+        let chunk = self.current.as_mut().filter(|c| c.is_current())?;
+        let record = chunk.records.pop_front()?;
+        chunk.returned(record.offset + 1);
+        self.handle.shared.polls.fetch_add(1, Ordering::Relaxed);
+        Some(record)
+    }
+
     /// The next record or event.
     pub async fn next_event(&mut self) -> Result<Event> {
         self.handle.shared.polls.fetch_add(1, Ordering::Relaxed);

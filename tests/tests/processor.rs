@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rill::{ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError, RunningProcessor};
+use rill::{
+    DefaultSerde, ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError, RunningProcessor,
+};
 use rill_client::TopicPartition;
 use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
 use rill_client::producer::{Producer, ProducerConfig, Record};
@@ -119,13 +121,21 @@ fn weblog(value: &str) -> Option<Output<String, String>> {
     Some(Output::new(format!("region-{region}"), rest.to_owned()))
 }
 
-fn processor_for(
+/// A processor on `cluster` with the tests' settings: from the earliest
+/// offset, a short session, frequent commits; the function is the caller's.
+fn builder<K, V, OK, OV>(
     cluster: &TestCluster,
     name: &str,
     input: &str,
     output: &str,
-) -> rill::ProcessorBuilder<Ignore, String, String, String> {
-    Processor::<Ignore, String, String, String>::builder()
+) -> rill::ProcessorBuilder<K, V, OK, OV>
+where
+    K: DefaultSerde,
+    V: DefaultSerde,
+    OK: DefaultSerde,
+    OV: DefaultSerde,
+{
+    Processor::<K, V, OK, OV>::builder()
         .name(name)
         .bootstrap_servers(cluster.bootstrap())
         .input_topic(input)
@@ -133,8 +143,16 @@ fn processor_for(
         .auto_offset_reset("earliest")
         .consumer_property("session.timeout.ms", "6000")
         .consumer_property("heartbeat.interval.ms", "500")
-        .consumer_property("auto.commit.interval.ms", "200")
-        .function(|input| weblog(&input.value))
+        .consumer_property("auto.commit.interval.ms", "100")
+}
+
+fn processor_for(
+    cluster: &TestCluster,
+    name: &str,
+    input: &str,
+    output: &str,
+) -> rill::ProcessorBuilder<Ignore, String, String, String> {
+    builder::<Ignore, String, String, String>(cluster, name, input, output).function(|input| weblog(&input.value))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,14 +273,7 @@ async fn function_errors_follow_their_tolerance() {
         let lines: Vec<Vec<u8>> = (1..=4).map(line).collect();
         write(cluster, &input, 1, &lines).await;
         let failing = |name: &str, tolerance: ErrorTolerance| {
-            Processor::<Ignore, String, String, String>::builder()
-                .name(name)
-                .bootstrap_servers(cluster.bootstrap())
-                .input_topic(&input)
-                .output_topic(&output)
-                .auto_offset_reset("earliest")
-                .consumer_property("session.timeout.ms", "6000")
-                .consumer_property("heartbeat.interval.ms", "500")
+            builder::<Ignore, String, String, String>(cluster, name, &input, &output)
                 .function_error_tolerance(tolerance)
                 .function(|input| {
                     if input.offset == 2 { Err("offset two is cursed".to_owned()) } else { Ok(weblog(&input.value)) }
@@ -398,15 +409,7 @@ async fn async_calls_finish_out_of_order_and_outputs_keep_input_order() {
         let name = unique_topic("async");
         let (running_calls, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (calls, peak) = (running_calls.clone(), most.clone());
-        let processor = Processor::<Ignore, i64, String, i64>::builder()
-            .name(&name)
-            .bootstrap_servers(cluster.bootstrap())
-            .input_topic(&input)
-            .output_topic(&output)
-            .auto_offset_reset("earliest")
-            .consumer_property("session.timeout.ms", "6000")
-            .consumer_property("heartbeat.interval.ms", "500")
-            .consumer_property("auto.commit.interval.ms", "200")
+        let processor = builder::<Ignore, i64, String, i64>(cluster, &name, &input, &output)
             .input_value_serde(Arc::new(DecimalI64))
             .output_value_serde(Arc::new(DecimalI64))
             .function_error_tolerance(ErrorTolerance::All)
@@ -609,15 +612,7 @@ fn weblog_processor(
     input: &str,
     output: &str,
 ) -> rill::ProcessorBuilder<Ignore, String, String, String> {
-    Processor::<Ignore, String, String, String>::builder()
-        .name(name)
-        .bootstrap_servers(cluster.bootstrap())
-        .input_topic(input)
-        .output_topic(output)
-        .auto_offset_reset("earliest")
-        .consumer_property("session.timeout.ms", "6000")
-        .consumer_property("heartbeat.interval.ms", "500")
-        .consumer_property("auto.commit.interval.ms", "100")
+    builder::<Ignore, String, String, String>(cluster, name, input, output)
         .function(|input| rill::weblog::process(&input.value))
 }
 

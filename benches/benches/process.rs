@@ -200,15 +200,10 @@ impl ProducerContext for StoreOnDelivery {
         // `rd_kafka_offset_store` stores offset + 1.
         let _ = self.consumer.store_offset(&self.input, partition, offset);
         if result.is_ok() {
-            self.latency.record(since_epoch_ms(timestamp));
+            self.latency.record_since(timestamp, SystemTime::now());
             self.delivered.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-fn since_epoch_ms(timestamp: i64) -> Duration {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    now.saturating_sub(Duration::from_millis(u64::try_from(timestamp).unwrap_or(0)))
 }
 
 fn process_with_librdkafka(bootstrap: &str, input: &str, output: &str, messages: u64, rate: Option<u64>) -> Report {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -29,6 +30,8 @@ pub(super) struct Origin {
 pub(super) struct Outcome {
     pub(super) origin: Origin,
     pub(super) result: Result<(), rill_client::Error>,
+    /// When its batch's outcome was taken (one clock read per batch).
+    pub(super) at: SystemTime,
 }
 
 /// The batch outputs of one kind (output or dead letter) and partition are
@@ -108,9 +111,12 @@ impl Deliveries {
                 Some(open) if open.id == id => self.open[kind][partition].take().map(|o| o.origins),
                 _ => self.closed.remove(&id),
             };
-            self.ready.extend(
-                origins.unwrap_or_default().into_iter().map(|origin| Outcome { origin, result: result.clone() }),
-            );
+            let at = SystemTime::now();
+            self.ready.extend(origins.unwrap_or_default().into_iter().map(|origin| Outcome {
+                origin,
+                result: result.clone(),
+                at,
+            }));
         }
         let outcome = self.ready.pop_front()?;
         self.len -= 1;

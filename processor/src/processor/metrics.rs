@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rill_client::TopicPartition;
 
@@ -139,6 +139,13 @@ impl Latency {
         self.max.fetch_max(micros, Ordering::Relaxed);
     }
 
+    /// Records the time from `timestamp` (milliseconds since the epoch, as
+    /// a record's CreateTime) to `now`; zero if it lies ahead.
+    pub fn record_since(&self, timestamp: i64, now: SystemTime) {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.record(now.saturating_sub(Duration::from_millis(u64::try_from(timestamp).unwrap_or(0))));
+    }
+
     /// The `q` quantile (0.0–1.0), within a bucket's width; zero when
     /// empty.
     pub fn quantile(&self, q: f64) -> Duration {
@@ -199,5 +206,15 @@ mod tests {
         let near = |got: Duration, want: f64| (got.as_secs_f64() * 1e3 - want).abs() <= want / 16.0;
         assert!(near(snapshot.p50, 500.0), "{snapshot:?}");
         assert!(near(snapshot.p99, 990.0), "{snapshot:?}");
+    }
+
+    #[test]
+    fn time_since_a_timestamp_and_never_below_zero() {
+        let latency = Latency::default();
+        let now = UNIX_EPOCH + Duration::from_millis(1500);
+        latency.record_since(1000, now);
+        latency.record_since(2000, now);
+        assert_eq!(latency.snapshot().max, Duration::from_millis(500));
+        assert_eq!(latency.quantile(0.0), Duration::ZERO, "a timestamp ahead counts as zero");
     }
 }

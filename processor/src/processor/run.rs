@@ -312,12 +312,8 @@ where
         // last one is even queued.
         self.track(partition, generation, offset, count);
         for ((key, value), output) in serialized.iter().zip(&outputs) {
-            let headers: Vec<Header<'_>> = output.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect();
-            let mut out = Record::to(&processor.output).headers(&headers);
-            out.key = key.as_deref();
-            out.value = value.as_deref();
-            out.partition = output.partition;
-            let delivery = self.producer.send(out).await?;
+            let headers = header_views(output);
+            let delivery = self.producer.send(output_record(&processor.output, key, value, output, &headers)).await?;
             let origin = Origin { partition, generation, offset, timestamp: record.timestamp, dead_letter: false };
             self.await_delivery(delivery, origin);
         }
@@ -390,7 +386,7 @@ where
     /// A delivery outcome: the input's tracker moves, or the processor stops.
     fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
         self.metrics().in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Outcome { origin: Origin { partition, generation, offset, timestamp, dead_letter }, result } = outcome;
+        let Outcome { origin: Origin { partition, generation, offset, timestamp, dead_letter }, result, at } = outcome;
         if let Err(error) = result {
             return Err(ProcessorError::Delivery { topic: self.topic.clone(), partition, offset, error });
         }
@@ -398,7 +394,7 @@ where
             self.metrics().dead_lettered.fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics().produced.fetch_add(1, Ordering::Relaxed);
-            self.metrics().latency.record(since_epoch_ms(timestamp));
+            self.metrics().latency.record_since(timestamp, at);
         }
         let Some(tracked) = self.trackers.get_mut(&partition) else { return Ok(()) };
         if tracked.generation != generation {
@@ -536,13 +532,6 @@ where
     }
 }
 
-/// Time since a timestamp in milliseconds since the epoch (zero if it
-/// lies ahead).
-fn since_epoch_ms(timestamp: i64) -> Duration {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    now.saturating_sub(Duration::from_millis(u64::try_from(timestamp).unwrap_or(0)))
-}
-
 /// Deserializes a record's key and value and builds the function's input.
 fn read<InK, InV, OutK, OutV>(
     processor: &Processor<InK, InV, OutK, OutV>,
@@ -579,4 +568,24 @@ pub(super) fn serialize<InK, InV, OutK, OutV>(
         .iter()
         .map(|output| Ok((processor.out_key.serialize(&output.key)?, processor.out_value.serialize(&output.value)?)))
         .collect()
+}
+
+/// Header views of an output, for its producer record.
+pub(super) fn header_views<K, V>(output: &Output<K, V>) -> Vec<Header<'_>> {
+    output.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect()
+}
+
+/// The producer record of one serialized output.
+pub(super) fn output_record<'a, K, V>(
+    topic: &'a str,
+    key: &'a Option<Bytes>,
+    value: &'a Option<Bytes>,
+    output: &Output<K, V>,
+    headers: &'a [Header<'a>],
+) -> Record<'a> {
+    let mut record = Record::to(topic).headers(headers);
+    record.key = key.as_deref();
+    record.value = value.as_deref();
+    record.partition = output.partition;
+    record
 }

@@ -13,10 +13,10 @@ use rill_client::producer::{Header, Producer, Record};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{ErrorTolerance, Processor, ProcessorError, SourceFn};
+use super::{ErrorTolerance, Processor, ProcessorError, SourceFn, run};
 
 /// After a call that returned nothing, the next one waits this long.
-pub(super) const SOURCE_IDLE: Duration = Duration::from_millis(10);
+const SOURCE_IDLE: Duration = Duration::from_millis(10);
 
 pub(super) async fn run<InK, InV, OutK, OutV>(
     processor: &Processor<InK, InV, OutK, OutV>,
@@ -80,15 +80,11 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
                     if outputs.is_empty() {
                         metrics.filtered.fetch_add(1, Ordering::Relaxed);
                     }
-                    let serialized = super::run::serialize(processor, &outputs).map_err(ProcessorError::SourceOutput)?;
+                    let serialized = run::serialize(processor, &outputs).map_err(ProcessorError::SourceOutput)?;
                     for ((key, value), output) in serialized.iter().zip(&outputs) {
-                        let headers: Vec<Header<'_>> =
-                            output.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect();
-                        let mut out = Record::to(&processor.output).headers(&headers);
-                        out.key = key.as_deref();
-                        out.value = value.as_deref();
-                        out.partition = output.partition;
-                        let delivery = producer.send(out).await?;
+                        let headers = run::header_views(output);
+                        let record = run::output_record(&processor.output, key, value, output, &headers);
+                        let delivery = producer.send(record).await?;
                         metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                         pending.push(delivery.map(|r| (r, false)).boxed());
                     }

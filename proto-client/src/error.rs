@@ -147,6 +147,22 @@ pub enum Error {
         last_error: Option<Arc<Error>>,
     },
 
+    /// The record was not sent again: its partition had to restart its
+    /// sequence numbers (a batch before it failed, or the broker lost the
+    /// producer's state) while an earlier attempt of this record has no
+    /// known outcome. Resent under a new sequence it could be written
+    /// twice, so it fails instead; the producer goes on.
+    #[error(
+        "{reason}; the record may have been written (an earlier attempt's outcome is unknown), so it is not sent again"
+    )]
+    MaybeWritten {
+        /// Why the partition's sequences restarted.
+        reason: Arc<str>,
+        /// What the last attempt ran into.
+        #[source]
+        last_error: Option<Arc<Error>>,
+    },
+
     /// The producer hit an error it cannot recover from; every pending and
     /// later record fails with it.
     #[error("producer failed: {reason}")]
@@ -212,10 +228,23 @@ impl Error {
             | Error::Timeout { .. }
             | Error::RecordTooLarge { .. }
             | Error::DeliveryTimeout { .. }
+            | Error::MaybeWritten { .. }
             | Error::ProducerFailed { .. }
             | Error::NoOffset(_)
             | Error::Closed => ErrorAction::Fatal,
             Error::MaxPollIntervalExceeded { .. } => ErrorAction::Retry,
+        }
+    }
+
+    /// Whether a record that failed with this error may nonetheless be in
+    /// the log: its delivery timed out or it was given up after an attempt
+    /// whose outcome is unknown. A record failed with any other error was
+    /// not written.
+    pub fn maybe_written(&self) -> bool {
+        match self {
+            Error::DeliveryTimeout { maybe_written, .. } => *maybe_written,
+            Error::MaybeWritten { .. } => true,
+            _ => false,
         }
     }
 

@@ -90,8 +90,9 @@ impl DeliveryGuard {
 impl Drop for DeliveryGuard {
     fn drop(&mut self) {
         if !self.0.is_complete() {
-            self.0.complete(Err(Error::ProducerFailed {
-                reason: "the producer stopped before the record's outcome was known; it may have been written".into(),
+            self.0.complete(Err(Error::MaybeWritten {
+                reason: "the producer stopped before the record's outcome was known".into(),
+                last_error: None,
             }));
         }
     }
@@ -263,6 +264,7 @@ mod tests {
         let batch = DeliveryGuard::new(0);
         let f = DeliveryFuture::new(batch.shared().clone(), 0, 5);
         drop(batch);
-        assert!(matches!(f.await, Err(Error::ProducerFailed { .. })));
+        let error = f.await.unwrap_err();
+        assert!(matches!(error, Error::MaybeWritten { .. }) && error.maybe_written(), "{error:?}");
     }
 }

@@ -183,6 +183,7 @@ impl Producer {
         };
         let sequencer = Sequencer::new(SequencerConfig {
             idempotent: config.idempotence,
+            acks_all: config.acks == Acks::All,
             max_in_flight: config.max_in_flight,
             delivery_timeout: config.delivery_timeout,
             retry_backoff: config.client.retry_backoff,

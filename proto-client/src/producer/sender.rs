@@ -237,15 +237,15 @@ impl Sender {
             let mut batches = Vec::new();
             let mut bytes = 0;
             for (topic, partition) in partitions {
-                let batch = match state.sequencer.next_retry(&topic, partition, std_now) {
+                let batch = match state.sequencer.next_retry(&topic, partition, broker, std_now) {
                     Some(batch) => Some(batch),
-                    None if state.sequencer.can_send_new(&topic, partition) => {
+                    None if state.sequencer.can_send_new(&topic, partition, broker) => {
                         state.accumulator.drain(&topic, partition, std_now)
                     }
                     None => None,
                 };
                 let Some(mut batch) = batch else { continue };
-                let stamp = state.sequencer.assign(&mut batch);
+                let stamp = state.sequencer.assign(&mut batch, broker);
                 bytes += batch_size_estimate(&batch);
                 batches.push((batch, stamp));
                 if bytes >= config.max_message_bytes {
@@ -395,15 +395,20 @@ impl Sender {
                 self.producer_id_failures = 0;
                 self.producer_id_retry_at = None;
                 debug!(target: "rill::producer", id, epoch, "producer id");
-                let unsafe_records = self.shared.lock().sequencer.set_producer_id(id, epoch);
-                if unsafe_records == 0 {
-                    return;
+                let finished = {
+                    let mut state = self.shared.lock();
+                    let finished = state.sequencer.set_producer_id(id, epoch);
+                    for f in &finished {
+                        state.accumulator.release(f.records, f.bytes);
+                    }
+                    finished
+                };
+                if !finished.is_empty() {
+                    let records: i32 = finished.iter().map(|f| f.records).sum();
+                    warn!(target: "rill::producer", records, "records that may have been written are not resent under new sequences");
                 }
-                let reason = format!(
-                    "the partition sequences had to be reset, but {unsafe_records} records may already have been \
-                     written and could be written twice if resent; failing them instead"
-                );
-                Error::ProducerFailed { reason: reason.into() }
+                self.deliver(finished);
+                return;
             }
             Err(error) if error.action() == ErrorAction::Fatal => error,
             Err(error) => {

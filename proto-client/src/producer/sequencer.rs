@@ -23,15 +23,33 @@
 //! - a retry keeps its sequence and bytes; retries go out only after every
 //!   earlier batch of the partition has answered, and new batches only
 //!   after every retry;
-//! - an answer we did not get (timeout, broken connection) makes a batch
-//!   `maybe_written`; it is only ever resent with the same sequence, so the
-//!   broker can deduplicate it;
-//! - an epoch bump waits until nothing is in flight and every retry that
-//!   can still be resolved under the old epoch is resolved; if a batch that
-//!   may have been written would have to be re-sequenced, the producer
-//!   fails instead (a resend could write it twice);
+//! - until the broker has acknowledged one batch of a partition under the
+//!   current producer id and epoch, that partition has one batch in flight:
+//!   Kafka takes the first batch of a producer id it does not know at any
+//!   sequence, so a second batch could land before a first one that failed
+//!   (franz-go's rule);
+//! - a partition's in-flight batches are all at one broker: after a leader
+//!   move nothing goes to the new leader until the old one has answered;
+//! - an answer we did not get (timeout, broken connection), or
+//!   NOT_LEADER_OR_FOLLOWER with acks=all (the old leader may have appended
+//!   before it lost leadership), makes a batch `maybe_written`, and nothing
+//!   clears that; it is only ever resent with the same sequence, so the
+//!   broker can deduplicate it, and no new batch follows it until that
+//!   resend is answered (Kafka recognises a duplicate only among the last
+//!   five batches of a producer);
+//! - OUT_OF_ORDER_SEQUENCE_NUMBER on a batch behind an unresolved one is a
+//!   retry; on the first unresolved batch it means the broker lost records,
+//!   and the partition's sequences restart;
+//! - an epoch bump (or a new producer id, where the broker cannot bump)
+//!   waits until nothing is in flight and every retry that can still be
+//!   resolved under the old epoch is resolved; a batch that may have been
+//!   written and would have to be re-sequenced fails alone with
+//!   [`Error::MaybeWritten`] (a resend could write it twice), and every
+//!   other partition goes on;
 //! - results of a partition complete in batch creation order, whatever the
 //!   order answers arrive in.
+//!
+//! Only a fenced or unauthorized producer fails as a whole.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -94,6 +112,15 @@ enum Bump {
 struct PartitionState {
     next_sequence: i32,
     in_flight: usize,
+    /// The broker every in-flight batch went to.
+    in_flight_at: Option<i32>,
+    /// The broker acknowledged a batch under the current producer id and
+    /// epoch; until then one batch at a time.
+    confirmed: bool,
+    /// Batches in flight again after an attempt with no known outcome.
+    /// No new batch follows them until they are answered: a broker
+    /// recognises a resend only among the last five batches it wrote.
+    resent_in_doubt: BTreeSet<u64>,
     /// Numbers of batches holding a sequence, not yet finished.
     unresolved: BTreeSet<u64>,
     retry: BTreeMap<u64, ProducerBatch>,
@@ -109,6 +136,8 @@ struct PartitionState {
 #[derive(Debug, Clone)]
 pub(crate) struct SequencerConfig {
     pub(crate) idempotent: bool,
+    /// acks=all: a leader may append, then answer NOT_LEADER_OR_FOLLOWER.
+    pub(crate) acks_all: bool,
     pub(crate) max_in_flight: usize,
     pub(crate) delivery_timeout: Duration,
     pub(crate) retry_backoff: Duration,
@@ -169,30 +198,40 @@ impl Sequencer {
     }
 
     /// A new producer id or epoch is in use: every partition starts again
-    /// at sequence 0, retries included (they are certainly not written,
-    /// see [`Self::wants_producer_id`]). Returns the batches that cannot be
-    /// re-sequenced safely; the caller fails the producer if there are any.
-    pub(crate) fn set_producer_id(&mut self, id: i64, epoch: i16) -> usize {
-        let unsafe_batches: usize = self
-            .partitions
-            .values()
-            .flat_map(|p| p.retry.values())
-            .filter(|b| b.maybe_written)
-            .map(|b| b.records as usize)
-            .sum();
+    /// at sequence 0 and must be acknowledged once before it sends more
+    /// than one batch at a time. Waiting retries get new sequences, except
+    /// those that may have been written: resent under a new sequence they
+    /// could be written twice, so they fail with [`Error::MaybeWritten`]
+    /// (returned, in completion order).
+    pub(crate) fn set_producer_id(&mut self, id: i64, epoch: i16) -> Vec<Finished> {
+        let reason: Arc<str> = match self.producer {
+            ProducerId::Ready { id: old, .. } if old == id => format!("producer epoch bumped to {epoch}"),
+            ProducerId::Ready { .. } => format!("the broker could not bump the epoch; new producer id {id}"),
+            ProducerId::Unknown => String::new(),
+        }
+        .into();
         self.producer = ProducerId::Ready { id, epoch };
         self.bump = Bump::None;
+        let mut abandoned = Vec::new();
         for state in self.partitions.values_mut() {
             state.next_sequence = 0;
             state.needs_reset = false;
             state.unresolved.clear();
             state.resending = false;
+            state.confirmed = false;
+            let maybe_written: Vec<u64> = state.retry.values().filter(|b| b.maybe_written).map(|b| b.number).collect();
+            abandoned.extend(maybe_written.into_iter().filter_map(|number| state.retry.remove(&number)));
             for batch in state.retry.values_mut() {
                 batch.base_sequence = None;
                 batch.retry_at = None;
             }
         }
-        unsafe_batches
+        let mut finished = Vec::new();
+        for batch in abandoned {
+            let error = Error::MaybeWritten { reason: reason.clone(), last_error: batch.last_error.clone() };
+            finished.extend(self.finish(batch, Err(error)));
+        }
+        finished
     }
 
     /// Fails the producer: nothing more is sent. Returns the batches held
@@ -204,30 +243,46 @@ impl Sequencer {
         self.partitions.values_mut().flat_map(|p| std::mem::take(&mut p.retry).into_values()).collect()
     }
 
-    /// Whether a new batch of this partition may go out now.
-    pub(crate) fn can_send_new(&mut self, topic: &Arc<str>, partition: i32) -> bool {
+    /// Whether one more batch of the partition may be in flight at
+    /// `broker` (its leader now): below the in-flight limit (one until the
+    /// broker has acknowledged the producer id), and nothing in flight at
+    /// another broker.
+    fn room_at(config: &SequencerConfig, state: &PartitionState, broker: i32) -> bool {
+        let limit = if config.idempotent && !state.confirmed { 1 } else { config.max_in_flight };
+        state.in_flight < limit && (state.in_flight == 0 || state.in_flight_at == Some(broker))
+    }
+
+    /// Whether a new batch of this partition may go out now to `broker`.
+    pub(crate) fn can_send_new(&mut self, topic: &Arc<str>, partition: i32, broker: i32) -> bool {
         if self.fatal.is_some() || self.producer == ProducerId::Unknown || self.bump != Bump::None {
             return false;
         }
-        let max = self.config.max_in_flight;
-        let state = self.state(topic, partition);
-        !state.needs_reset && state.retry.is_empty() && state.in_flight < max
+        let state = self.partitions.entry((topic.clone(), partition)).or_default();
+        !state.needs_reset
+            && state.retry.is_empty()
+            && state.resent_in_doubt.is_empty()
+            && Self::room_at(&self.config, state, broker)
     }
 
-    /// Takes the partition's next retry if it may go out now.
-    pub(crate) fn next_retry(&mut self, topic: &Arc<str>, partition: i32, now: Instant) -> Option<ProducerBatch> {
+    /// Takes the partition's next retry if it may go out now to `broker`.
+    pub(crate) fn next_retry(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        broker: i32,
+        now: Instant,
+    ) -> Option<ProducerBatch> {
         if self.fatal.is_some() || self.producer == ProducerId::Unknown {
             return None;
         }
         let bumping = self.bump != Bump::None;
-        let max = self.config.max_in_flight;
         let state = self.partitions.get_mut(&(topic.clone(), partition))?;
         if state.needs_reset && bumping {
             return None;
         }
         // Resend only once every earlier attempt has answered; then the
         // whole queue may follow in order.
-        if !(state.in_flight == 0 || state.resending) || state.in_flight >= max {
+        if !(state.in_flight == 0 || state.resending) || !Self::room_at(&self.config, state, broker) {
             return None;
         }
         let (&number, first) = state.retry.first_key_value()?;
@@ -253,15 +308,16 @@ impl Sequencer {
     }
 
     /// Gives a batch its sequence (first send, or first send after a bump)
-    /// and counts it in flight. Returns the (id, epoch, base sequence) the
-    /// payload must carry.
-    pub(crate) fn assign(&mut self, batch: &mut ProducerBatch) -> (i64, i16, i32) {
+    /// and counts it in flight at `broker`. Returns the (id, epoch, base
+    /// sequence) the payload must carry.
+    pub(crate) fn assign(&mut self, batch: &mut ProducerBatch, broker: i32) -> (i64, i16, i32) {
         let ProducerId::Ready { id, epoch } = self.producer else {
             panic!("assign before the producer id is known");
         };
         let idempotent = self.config.idempotent;
         let state = self.state(&batch.topic, batch.partition);
         state.in_flight += 1;
+        state.in_flight_at = Some(broker);
         if !idempotent {
             return (-1, -1, -1);
         }
@@ -276,6 +332,9 @@ impl Sequencer {
             }
         };
         state.unresolved.insert(batch.number);
+        if batch.maybe_written {
+            state.resent_in_doubt.insert(batch.number);
+        }
         batch.attempts += 1;
         (id, epoch, sequence)
     }
@@ -300,25 +359,33 @@ impl Sequencer {
         let (first_unresolved, partition_reset) = {
             let state = self.state(&batch.topic, batch.partition);
             state.in_flight = state.in_flight.saturating_sub(1);
+            if state.in_flight == 0 {
+                state.in_flight_at = None;
+            }
+            state.resent_in_doubt.remove(&batch.number);
             (state.unresolved.first().copied(), state.needs_reset)
         };
         // Whether the partition's sequences must restart (epoch bump).
         let mut reset = false;
         let decision = match result {
             BatchResult::Written { base_offset, log_append_time } => {
+                self.state(&batch.topic, batch.partition).confirmed = true;
                 Decision::Finish(Ok(Acked { base_offset, log_append_time }))
             }
             BatchResult::Rejected { code: ResponseError::DuplicateSequenceNumber, .. } if idempotent => {
                 // Written by an earlier attempt whose answer we missed.
+                self.state(&batch.topic, batch.partition).confirmed = true;
                 Decision::Finish(Ok(Acked { base_offset: None, log_append_time: None }))
             }
             _ if self.fatal.is_some() => Decision::Finish(Err(self.fatal.clone().expect("checked"))),
             BatchResult::Rejected { code: ResponseError::OutOfOrderSequenceNumber, .. } if idempotent => {
-                // The broker expects a lower sequence: this attempt was not
-                // written. Behind an earlier failure that is normal (the
-                // earlier batch is resent first); on the first unresolved
-                // batch it means the broker lost records we thought written.
-                batch.maybe_written = false;
+                // This attempt was not written. Behind an earlier failure
+                // that is normal (the earlier batch is resent first); on
+                // the first unresolved batch it means the broker lost
+                // records we thought written. An earlier attempt of this
+                // batch may still be in the log: Kafka answers this too for
+                // a resend older than its five-batch window, so whether the
+                // batch may be written stays as it was.
                 reset = partition_reset || first_unresolved == Some(batch.number);
                 Decision::Retry(rejected(&batch, ResponseError::OutOfOrderSequenceNumber, None))
             }
@@ -339,6 +406,14 @@ impl Sequencer {
                 let detail = message.map(|m| format!(" ({m})")).unwrap_or_default();
                 let reason = format!("{code} on {}/{}{detail}", batch.topic, batch.partition);
                 Decision::FailProducer(Error::ProducerFailed { reason: reason.into() })
+            }
+            BatchResult::Rejected { code: code @ ResponseError::NotLeaderOrFollower, message } => {
+                // With acks=all the leader appends, then waits for its
+                // replicas; one that loses leadership meanwhile answers
+                // this after the append.
+                batch.maybe_written |= self.config.acks_all;
+                followup.refresh_metadata = true;
+                Decision::Retry(rejected(&batch, code, message))
             }
             BatchResult::Rejected { code, message } => {
                 let error = rejected(&batch, code, message);

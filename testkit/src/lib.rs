@@ -11,12 +11,17 @@
 //!   available ([`each_broker`]), with per-kind capability gaps.
 //! - [`proxy`]: a seeded fault-injecting TCP proxy (delay, cut, blackhole,
 //!   truncate).
+//! - [`kafka_proxy`] (feature `kafka-proxy`): a proxy that reads Kafka
+//!   frames, sits in front of every broker of a cluster (it rewrites the
+//!   addresses brokers advertise), answers or re-answers chosen requests.
 //! - [`perf`]: CPU and wall-time measurement and the JSON report of `rill perf`
 //!   and the benchmarks.
 //! - [`read`]: reads a partition back with Rill's own decoder.
 //! - [`unique_topic`]: topic names that never collide between tests.
 
 pub mod cluster;
+#[cfg(feature = "kafka-proxy")]
+pub mod kafka_proxy;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod perf;
@@ -29,6 +34,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use cluster::{BrokerKind, Capability, ClusterOptions, TestCluster, each_broker};
+#[cfg(feature = "kafka-proxy")]
+pub use kafka_proxy::{KafkaProxy, RequestFault, Schedule};
 pub use proxy::{Chaos, Fault, Proxy};
 pub use tansu::{Tansu, TansuOptions};
 

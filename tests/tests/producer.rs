@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::read_back::{by_partition, read_all};
+use common::read_back::{by_partition, check_per_key, parse, read_all};
 use rdkafka::message::{Header as RdHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rill_client::producer::{Header, Producer, ProducerConfig, Record, TrySendError, murmur2_partition};
@@ -19,13 +19,6 @@ use rill_testkit::{ClusterOptions, Fault, Proxy, Tansu, each_broker, unique_topi
 
 fn settings(config: ClientConfig) -> ProducerConfig {
     ProducerConfig::new(config)
-}
-
-/// Values carry "key:sequence"; parses them back.
-fn parse(value: &[u8]) -> (String, u64) {
-    let text = std::str::from_utf8(value).unwrap();
-    let (key, sequence) = text.split_once(':').unwrap();
-    (key.to_owned(), sequence.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,33 +141,6 @@ fn proxied(proxy: &Proxy) -> ClientConfig {
         .connection_setup_timeout(Duration::from_secs(2))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
-}
-
-/// Checks a read-back against what was sent: per key, values `key:0..n` in
-/// order, each exactly once (or at least once, when `exactly` is false).
-fn check_per_key(records: &[common::read_back::Consumed], sent: &BTreeMap<String, u64>, exactly: bool) {
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (_, list) in by_partition(records) {
-        for record in list {
-            let (key, sequence) = parse(record.value.as_ref().unwrap());
-            seen.entry(key).or_default().push(sequence);
-        }
-    }
-    for (key, count) in sent {
-        let sequences = seen.remove(key).unwrap_or_default();
-        if exactly {
-            assert_eq!(sequences, (0..*count).collect::<Vec<_>>(), "{key}: exactly once, in order");
-        } else {
-            let mut first = Vec::new();
-            for s in sequences {
-                if !first.contains(&s) {
-                    first.push(s);
-                }
-            }
-            assert_eq!(first, (0..*count).collect::<Vec<_>>(), "{key}: none lost, first copies in order");
-        }
-    }
-    assert!(seen.is_empty(), "records nobody sent: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,3 +76,37 @@ pub fn by_partition(records: &[Consumed]) -> BTreeMap<i32, Vec<&Consumed>> {
     }
     map
 }
+
+/// Values carry "key:sequence"; parses them back.
+pub fn parse(value: &[u8]) -> (String, u64) {
+    let text = std::str::from_utf8(value).unwrap();
+    let (key, sequence) = text.split_once(':').unwrap();
+    (key.to_owned(), sequence.parse().unwrap())
+}
+
+/// Checks a read-back against what was sent: per key, values `key:0..n` in
+/// order, each exactly once (or at least once, when `exactly` is false).
+pub fn check_per_key(records: &[Consumed], sent: &BTreeMap<String, u64>, exactly: bool) {
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (_, list) in by_partition(records) {
+        for record in list {
+            let (key, sequence) = parse(record.value.as_ref().unwrap());
+            seen.entry(key).or_default().push(sequence);
+        }
+    }
+    for (key, count) in sent {
+        let sequences = seen.remove(key).unwrap_or_default();
+        if exactly {
+            assert_eq!(sequences, (0..*count).collect::<Vec<_>>(), "{key}: exactly once, in order");
+        } else {
+            let mut first = Vec::new();
+            for s in sequences {
+                if !first.contains(&s) {
+                    first.push(s);
+                }
+            }
+            assert_eq!(first, (0..*count).collect::<Vec<_>>(), "{key}: none lost, first copies in order");
+        }
+    }
+    assert!(seen.is_empty(), "records nobody sent: {seen:?}");
+}

@@ -36,11 +36,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let code = match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("rill: {}", cli::one_line(&*error));
             ExitCode::FAILURE
         }
-    }
+    };
+    // The command is done; a read of standard input still blocked on its
+    // thread (`rill produce` stopped by a signal) must not hold the exit.
+    runtime.shutdown_background();
+    code
 }

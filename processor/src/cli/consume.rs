@@ -1,10 +1,10 @@
 //! `rill consume`: records to standard output, kcat-style.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
-use rill_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, Event, OffsetReset};
+use rill_client::consumer::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerRecord, Event, OffsetReset};
 use rill_client::{OffsetSpec, TopicPartition, TopicScope};
 
 use super::CliError;
@@ -181,11 +181,47 @@ fn write_json(out: &mut Vec<u8>, record: &ConsumerRecord) {
     out.extend_from_slice(line.as_bytes());
 }
 
+/// Records written to the output but not yet flushed: the offsets to store
+/// once they are. A group commits only offsets whose records reached the
+/// output, however the command stops.
+#[derive(Debug, Default)]
+struct Unflushed(BTreeMap<TopicPartition, i64>);
+
+impl Unflushed {
+    fn written(&mut self, record: &ConsumerRecord) {
+        self.0.insert(record.topic_partition(), record.offset + 1);
+    }
+
+    /// Flushes the output, then stores what it held for the next commit.
+    fn flush(&mut self, out: &mut impl Write, handle: &ConsumerHandle) -> std::io::Result<()> {
+        out.flush()?;
+        for (tp, offset) in std::mem::take(&mut self.0) {
+            // A partition no longer assigned has nothing left to commit.
+            let _ = handle.store_offsets(&[(tp, offset)]);
+        }
+        Ok(())
+    }
+
+    /// A lost partition may be someone else's: nothing of it is stored.
+    fn forget(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            self.0.remove(tp);
+        }
+    }
+}
+
+/// Whether a write error ends the run quietly: a closed pipe (`| head`).
+fn closed_pipe(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::BrokenPipe
+}
+
 pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliError> {
     let tokens = parse_format(&args.format)?;
+    let mut stop = std::pin::pin!(super::stop_signal()?);
     let mut config: ConsumerConfig = common.consumer_config()?;
     if let Some(group) = &args.group {
-        config = config.group(group);
+        // Offsets are stored by hand, once the records are written out.
+        config = config.group(group).auto_offset_store(false);
     }
     if args.exit_at_end {
         config = config.partition_eof(true);
@@ -229,17 +265,27 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut unflushed = Unflushed::default();
     let mut line = Vec::with_capacity(256);
     let mut printed = 0u64;
     let mut at_end: BTreeSet<TopicPartition> = BTreeSet::new();
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let outcome: Result<(), CliError> = loop {
         if args.count.is_some_and(|c| printed >= c) {
             break Ok(());
         }
-        let event = tokio::select! {
-            event = consumer.next_event() => event,
-            _ = &mut interrupted => break Ok(()),
+        // Records already fetched are taken without waiting; before the
+        // loop waits, what was written goes out and its offsets are stored.
+        let event = match consumer.try_next_record() {
+            Some(record) => Ok(Event::Record(record)),
+            None => {
+                if let Err(error) = unflushed.flush(&mut out, &handle) {
+                    break if closed_pipe(&error) { Ok(()) } else { Err(error.into()) };
+                }
+                tokio::select! {
+                    event = consumer.next_event() => event,
+                    () = &mut stop => break Ok(()),
+                }
+            }
         };
         match event {
             Ok(Event::Record(record)) => {
@@ -251,12 +297,9 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                     write_formatted(&mut line, &tokens, &record);
                 }
                 if let Err(error) = out.write_all(&line) {
-                    // A closed pipe (`| head`) ends the run quietly.
-                    if error.kind() == std::io::ErrorKind::BrokenPipe {
-                        break Ok(());
-                    }
-                    break Err(error.into());
+                    break if closed_pipe(&error) { Ok(()) } else { Err(error.into()) };
                 }
+                unflushed.written(&record);
                 printed += 1;
             }
             Ok(Event::PartitionEof { partition, .. }) => {
@@ -265,22 +308,26 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                 if args.exit_at_end && !assigned.is_empty() && assigned.iter().all(|tp| at_end.contains(tp)) {
                     break Ok(());
                 }
-                // Nothing new to print: show what we have.
-                let _ = out.flush();
             }
             Ok(Event::Revoked(revocation)) => {
+                // What was written of these partitions is committed as the
+                // revocation is dropped: flush and store it first.
+                if let Err(error) = unflushed.flush(&mut out, &handle) {
+                    break if closed_pipe(&error) { Ok(()) } else { Err(error.into()) };
+                }
                 for tp in revocation.partitions() {
                     at_end.remove(tp);
                 }
             }
             Ok(Event::Lost(partitions)) => {
+                unflushed.forget(&partitions);
                 for tp in &partitions {
                     at_end.remove(tp);
                 }
             }
             Ok(Event::Assigned(_)) => {}
             Ok(Event::Error { partition, error }) => {
-                let _ = out.flush();
+                let _ = unflushed.flush(&mut out, &handle);
                 match &partition {
                     Some(tp) => eprintln!("rill: {tp}: {}", super::one_line(&error)),
                     None => eprintln!("rill: {}", super::one_line(&error)),
@@ -293,13 +340,14 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
             Err(error) => break Err(error.into()),
         }
     };
-    let flushed = out.flush();
+    // Only what reached the output is stored, so only that is committed.
+    let flushed = unflushed.flush(&mut out, &handle);
     drop(out);
     let closed = consumer.close(Duration::from_secs(10)).await;
     eprintln!("rill: consumed {printed} records from {}", args.topic);
     outcome?;
     if let Err(error) = flushed
-        && error.kind() != std::io::ErrorKind::BrokenPipe
+        && !closed_pipe(&error)
     {
         return Err(error.into());
     }

@@ -28,6 +28,30 @@ pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     }
 }
 
+/// Resolves on the first SIGINT or SIGTERM, after which the command stops
+/// cleanly; a second signal exits the process at once with status 130.
+/// Call it before any work: from then on the signals no longer kill the
+/// process by default.
+pub(crate) fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("rill: stopping (a second signal exits at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            std::process::exit(130);
+        });
+    })
+}
+
 /// An error and its sources on one line: `outer: inner: root`. Sources
 /// already quoted by the outer message are not repeated.
 pub(crate) fn one_line(error: &(dyn std::error::Error + 'static)) -> String {

@@ -17,6 +17,8 @@ const IN_FLIGHT: usize = 100_000;
 struct Tally {
     delivered: u64,
     failed: u64,
+    /// Of the failed, those that may be in the topic all the same.
+    maybe_written: u64,
     first_error: Option<String>,
 }
 
@@ -26,13 +28,18 @@ impl Tally {
             Ok(_) => self.delivered += 1,
             Err(error) => {
                 self.failed += 1;
+                self.maybe_written += u64::from(error.maybe_written());
                 self.first_error.get_or_insert_with(|| super::one_line(&error));
             }
         }
     }
 }
 
+/// Reads lines until the input ends; on SIGINT or SIGTERM stops reading,
+/// delivers what was read (within the delivery timeout), reports what was
+/// not, and exits 0 only if every line read was delivered.
 pub(crate) async fn run(common: &Common, args: &ProduceArgs) -> Result<(), CliError> {
+    let mut stop = std::pin::pin!(super::stop_signal()?);
     let producer = Producer::new(common.producer_config(&args.producer)?)?;
     let headers: Vec<Header<'_>> = args.headers.iter().map(|(k, v)| Header::new(k, Some(v.as_bytes()))).collect();
     let started = Instant::now();
@@ -42,7 +49,11 @@ pub(crate) async fn run(common: &Common, args: &ProduceArgs) -> Result<(), CliEr
     let mut tally = Tally::default();
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line).await? == 0 {
+        let read = tokio::select! {
+            read = input.read_until(b'\n', &mut line) => read?,
+            () = &mut stop => break,
+        };
+        if read == 0 {
             break;
         }
         let mut text = &line[..];
@@ -75,12 +86,16 @@ pub(crate) async fn run(common: &Common, args: &ProduceArgs) -> Result<(), CliEr
     for delivery in pending {
         tally.settle(delivery).await;
     }
+    let failed = match (tally.failed, tally.maybe_written) {
+        (0, _) => String::new(),
+        (failed, 0) => format!(", {failed} failed (not written)"),
+        (failed, maybe) => format!(", {failed} failed ({maybe} of them may have been written)"),
+    };
     eprintln!(
-        "rill: produced {} records to {} in {:.2} s{}",
+        "rill: produced {} records to {} in {:.2} s{failed}",
         tally.delivered,
         args.topic,
         started.elapsed().as_secs_f64(),
-        if tally.failed > 0 { format!(", {} failed", tally.failed) } else { String::new() }
     );
     match tally.first_error {
         Some(error) => Err(format!("not every record was delivered: {error}").into()),

@@ -4,7 +4,6 @@
 
 use rill::weblog;
 use rill::{Ignore, Processor};
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::CliError;
 use super::args::{Common, WeblogArgs};
@@ -29,24 +28,7 @@ pub(crate) async fn run(common: &Common, args: &WeblogArgs) -> Result<(), CliErr
     }
     let processor = builder.build()?;
     let metrics = processor.metrics();
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        eprintln!("rill: stopping (a second signal exits at once)");
-        // A second signal: no more waiting.
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-            std::process::exit(130);
-        });
-    };
-    processor.run(&args.instance, shutdown).await?;
+    processor.run(&args.instance, super::stop_signal()?).await?;
     let m = metrics.snapshot();
     eprintln!(
         "rill: weblog {} consumed {}, produced {}, filtered {}, skipped {}, dead-lettered {}",

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use rill_testkit::Tansu;
-use rill_testkit::brokers_required;
 
 fn rill(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rill"))
@@ -24,13 +23,13 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-async fn tansu() -> Option<Tansu> {
+async fn tansu() -> Tansu {
     rill_testkit::required(Tansu::start().await)
 }
 
 #[tokio::test]
 async fn topic_create_list_delete_and_metadata() {
-    let Some(tansu) = tansu().await else { return };
+    let tansu = tansu().await;
     let brokers = tansu.bootstrap();
     let topic = rill_testkit::unique_topic("cli");
 
@@ -97,9 +96,6 @@ fn errors_are_one_line_and_exit_non_zero() {
 #[test]
 fn demo_runs_on_a_fresh_local_broker() {
     let demo = rill(&["demo", "--partitions", "4", "--lines", "20000"]);
-    if !demo.status.success() && !brokers_required() && stderr(&demo).contains("install") {
-        return eprintln!("skipping: {}", stderr(&demo));
-    }
     assert!(demo.status.success(), "{}", stderr(&demo));
     let text = stdout(&demo);
     assert!(text.contains("with 4 partitions"), "{text}");
@@ -139,7 +135,7 @@ fn rill_with_input(args: &[&str], input: &[u8]) -> Output {
 
 #[tokio::test]
 async fn produce_reads_stdin_and_perf_reports_one_json_line() {
-    let Some(tansu) = tansu().await else { return };
+    let tansu = tansu().await;
     let brokers = tansu.bootstrap();
     let topic = rill_testkit::unique_topic("cli-produce");
     assert!(rill(&["topic", "create", "-b", &brokers, "-p", "2", &topic]).status.success());
@@ -217,7 +213,7 @@ async fn produce_reads_stdin_and_perf_reports_one_json_line() {
 
 #[tokio::test]
 async fn consume_prints_formats_json_and_resumes_a_group() {
-    let Some(tansu) = tansu().await else { return };
+    let tansu = tansu().await;
     let brokers = tansu.bootstrap();
     let topic = rill_testkit::unique_topic("cli-consume");
     assert!(rill(&["topic", "create", "-b", &brokers, "-p", "1", &topic]).status.success());
@@ -280,7 +276,7 @@ async fn consume_prints_formats_json_and_resumes_a_group() {
 
 #[tokio::test]
 async fn perf_process_reports_throughput_and_latency_in_one_json_line() {
-    let Some(tansu) = tansu().await else { return };
+    let tansu = tansu().await;
     let brokers = tansu.bootstrap();
     for extra in [&["--messages", "5000"][..], &["--messages", "2000", "--rate", "2000"][..]] {
         let mut args = vec!["perf", "process", "-b", &brokers];

@@ -3,8 +3,9 @@
 //! Kinds come from `RILL_TEST_BROKERS` (comma-separated: `tansu`, `mock`,
 //! `external`); by default `tansu,mock`, or `external` alone when
 //! `KAFKA_BOOTSTRAP=host:port,...` names an external cluster (a Kafka or
-//! Redpanda container; see docker-compose.yml). Under `CI=true` a broker that
-//! fails to start fails the test; elsewhere it is skipped with a message.
+//! Redpanda container; see docker-compose.yml). A broker that fails to start
+//! fails the test, and so does a run in which no broker kind ran: a test
+//! never passes without its body.
 
 use std::fmt;
 use std::time::Duration;
@@ -12,10 +13,8 @@ use std::time::Duration;
 use rill_client::{Client, ClientConfig, NewTopic};
 
 use crate::TestkitError;
-pub use crate::brokers_required;
 #[cfg(feature = "mock")]
 use crate::mock::MockKafka;
-#[cfg(feature = "mock")]
 use crate::required;
 use crate::tansu::Tansu;
 
@@ -212,28 +211,27 @@ impl Drop for Announce {
 }
 
 /// Runs `body` against librdkafka's mock cluster only, for tests that need
-/// its fault injection (skipped, or failed under CI, if it cannot start).
+/// its fault injection (failing if it cannot start).
 #[cfg(feature = "mock")]
 pub async fn on_mock(options: ClusterOptions, body: impl AsyncFn(&TestCluster, &MockKafka)) {
-    if let Some(cluster) = required(TestCluster::start(BrokerKind::Mock, &options).await) {
-        let mock = cluster.mock().expect("a mock cluster");
-        body(&cluster, mock).await;
-    }
+    let cluster = required(TestCluster::start(BrokerKind::Mock, &options).await);
+    let mock = cluster.mock().expect("a mock cluster");
+    body(&cluster, mock).await;
 }
 
 /// Runs `body` against every broker kind in [`kinds`], one after another,
-/// each on a fresh cluster. Returns the kinds that ran.
+/// each on a fresh cluster. Returns the kinds that ran. A broker that does
+/// not start fails the test, and so does an empty list of kinds: a test
+/// whose body never ran must not pass.
 pub async fn each_broker(options: ClusterOptions, body: impl AsyncFn(&TestCluster)) -> Vec<BrokerKind> {
+    let kinds = kinds();
+    assert!(
+        !kinds.is_empty(),
+        "RILL_TEST_BROKERS names no broker kind (tansu, mock, external): the test body would not run"
+    );
     let mut ran = Vec::new();
-    for kind in kinds() {
-        let cluster = match TestCluster::start(kind, &options).await {
-            Ok(cluster) => cluster,
-            Err(error) if brokers_required() => panic!("CI=true and the {kind} broker did not start: {error}"),
-            Err(error) => {
-                eprintln!("skipping the {kind} broker: {error}");
-                continue;
-            }
-        };
+    for kind in kinds {
+        let cluster = required(TestCluster::start(kind, &options).await);
         let announce = Announce(kind);
         eprintln!("running against the {kind} broker at {}", cluster.bootstrap());
         body(&cluster).await;

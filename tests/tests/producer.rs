@@ -145,7 +145,7 @@ fn proxied(proxy: &Proxy) -> ClientConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_on_tansu_when_answers_are_lost() {
-    let Some((tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(11).await) else { return };
+    let (tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(11).await);
     let topic = unique_topic("lost-answers");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 3)]).await.unwrap();
@@ -271,7 +271,7 @@ async fn leader_moves_on_the_mock_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_refuses_try_send_and_makes_send_wait() {
-    let Some((_tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(12).await) else { return };
+    let (_tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(12).await);
     let topic = unique_topic("full");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 2)]).await.unwrap();
@@ -289,10 +289,14 @@ async fn full_buffer_refuses_try_send_and_makes_send_wait() {
     let (records, bytes) = producer.buffered();
     assert_eq!(records, 50, "the buffer holds exactly its limit");
     assert!(bytes <= 1 << 20);
-    // send waits for room instead of failing.
+    // send waits for room instead of failing: polled again and again while
+    // nothing can free the buffer, it stays pending.
     let waiting = producer.send(Record::to(&topic).value("patient"));
     tokio::pin!(waiting);
-    assert!(tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(), "send waits");
+    for _ in 0..20 {
+        assert!(tokio::time::timeout(Duration::ZERO, &mut waiting).await.is_err(), "send waits");
+        tokio::task::yield_now().await;
+    }
     proxy.set_fault(Fault::None);
     let last = tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("room again").unwrap();
     for delivery in deliveries {
@@ -327,8 +331,36 @@ async fn oversize_records_and_unknown_topics_fail_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_drops_what_is_not_sent_as_a_crash_would() {
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("abort");
+        cluster.create_topic(&topic, 1).await.unwrap();
+        let producer = Producer::new(settings(cluster.client_config()).linger(Duration::from_secs(30))).unwrap();
+        let before = producer.send(Record::to(&topic).value("before")).await.unwrap();
+        producer.flush().await.unwrap();
+        before.await.unwrap();
+        // These wait out a 30 s linger: still in the producer's memory.
+        let mut waiting = Vec::new();
+        for i in 0..100 {
+            let value = format!("lost-{i}");
+            waiting.push(producer.send(Record::to(&topic).value(&value)).await.unwrap());
+        }
+        producer.clone().abort();
+        for delivery in waiting {
+            let error = delivery.await.unwrap_err();
+            assert!(!error.maybe_written(), "never sent: certainly not written ({error})");
+        }
+        assert!(producer.send(Record::to(&topic).value("after")).await.is_err(), "an aborted producer takes nothing");
+        let records = read_all(cluster.bootstrap(), &topic, 1, 1, Duration::from_secs(20));
+        let values: Vec<&[u8]> = records.iter().filter_map(|r| r.value.as_deref()).collect();
+        assert_eq!(values, [&b"before"[..]], "only what was delivered before the abort");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_and_silent_brokers_give_clear_outcomes() {
-    let Some((tansu, proxy)) = rill_testkit::required(Tansu::start_behind_proxy(13).await) else { return };
+    let (tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(13).await);
     let topic = unique_topic("broken");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 1)]).await.unwrap();

@@ -538,6 +538,24 @@ where
     }
 }
 
+/// Aborts the producer when dropped armed: `run`'s future dropped before
+/// it ended.
+struct AbortOnDrop(Option<Producer>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(producer) = self.0.take() {
+            producer.abort();
+        }
+    }
+}
+
 /// A processor started with [`Processor::spawn`].
 #[derive(Debug)]
 pub struct RunningProcessor {
@@ -557,7 +575,8 @@ impl RunningProcessor {
         self.task.is_finished()
     }
 
-    /// Ends the task at once, as a crash would: nothing in flight is
+    /// Ends the task at once, as a crash would: the producer stops without
+    /// flushing (outputs not yet delivered are lost), nothing in flight is
     /// awaited, stored or committed (the auto-commits before stay).
     pub async fn abort(self) {
         self.task.abort();
@@ -672,8 +691,24 @@ where
     /// Runs until `shutdown` completes (then drains, commits and leaves the
     /// group, unless static, within the shutdown timeout) or until an
     /// error the tolerances do not cover.
+    ///
+    /// Dropping the future before it ends is a crash: the producer stops at
+    /// once (outputs not yet delivered are dropped) and nothing more is
+    /// stored or committed.
     pub async fn run(&self, instance_id: &str, shutdown: impl Future<Output = ()>) -> Result<(), ProcessorError> {
         let producer = Producer::new(self.producer_config(instance_id)?)?;
+        let crash = AbortOnDrop(Some(producer.clone()));
+        let result = self.run_with(instance_id, shutdown, producer).await;
+        crash.disarm();
+        result
+    }
+
+    async fn run_with(
+        &self,
+        instance_id: &str,
+        shutdown: impl Future<Output = ()>,
+        producer: Producer,
+    ) -> Result<(), ProcessorError> {
         let mut shutdown = std::pin::pin!(shutdown);
         // Nothing starts before a broker answers: an unreachable cluster is
         // an error now, not an endless retry.

@@ -406,10 +406,21 @@ impl Producer {
         shared.closing.store(true, Ordering::Release);
         let result = self.flush_timeout(timeout).await;
         if result.is_err() {
-            shared.lock().abort = true;
-            shared.wake.notify_one();
+            self.abort();
         }
         result
+    }
+
+    /// Stops at once, as a crash would, without waiting for anything:
+    /// records not yet sent fail as not written, records waiting for a
+    /// retry fail (saying whether an attempt may have been written), and
+    /// requests already on the wire get whatever answer they get. Nothing
+    /// more is sent, by this handle or any clone of it.
+    pub fn abort(&self) {
+        let shared = self.shared();
+        shared.closing.store(true, Ordering::Release);
+        shared.lock().abort = true;
+        shared.wake.notify_one();
     }
 }
 

@@ -163,10 +163,16 @@ impl Sender {
             let error = state.sequencer.fatal().cloned().unwrap_or_else(|| Error::ProducerFailed {
                 reason: "the producer was closed before the record was delivered".into(),
             });
-            let mut batches = state.accumulator.take_all();
-            batches.extend(state.sequencer.take_retries());
-            for batch in batches {
+            for batch in state.accumulator.take_all() {
                 finished.extend(state.sequencer.finish(batch, Err(error.clone())));
+            }
+            for batch in state.sequencer.take_retries() {
+                let error = if batch.maybe_written {
+                    Error::MaybeWritten { reason: error.to_string().into(), last_error: batch.last_error.clone() }
+                } else {
+                    error.clone()
+                };
+                finished.extend(state.sequencer.finish(batch, Err(error)));
             }
         }
         if state.sequencer.wants_producer_id()

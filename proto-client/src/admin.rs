@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::TopicPartition;
 use crate::client::Client;
 use crate::cluster::{Metadata, TopicInfo, TopicScope};
+use crate::consumer::IsolationLevel;
 use crate::error::{Error, ErrorAction, Result, check_with_message};
 use crate::net::Connection;
 use crate::retry::Retrier;
@@ -334,6 +335,17 @@ impl Admin {
         &self,
         requests: &[(TopicPartition, OffsetSpec)],
     ) -> Result<BTreeMap<TopicPartition, ListedOffset>> {
+        self.list_offsets_isolated(requests, IsolationLevel::ReadUncommitted).await
+    }
+
+    /// [`Self::list_offsets`] as a consumer of `isolation` sees them: under
+    /// read_committed, [`OffsetSpec::Latest`] is the last stable offset
+    /// (nothing of an open transaction counts yet).
+    pub async fn list_offsets_isolated(
+        &self,
+        requests: &[(TopicPartition, OffsetSpec)],
+        isolation: IsolationLevel,
+    ) -> Result<BTreeMap<TopicPartition, ListedOffset>> {
         let cluster = self.client.cluster();
         cluster.want_topics(requests.iter().map(|(tp, _)| tp.topic.as_str()));
         let mut retry = self.retrier(format!("listing offsets of {} partitions", requests.len()));
@@ -357,7 +369,7 @@ impl Admin {
             }
             let mut failure = None;
             for (leader, partitions) in by_leader {
-                match self.list_offsets_at(leader, &partitions).await {
+                match self.list_offsets_at(leader, &partitions, isolation).await {
                     Ok(found) => {
                         for (tp, outcome) in found {
                             match outcome {
@@ -405,6 +417,7 @@ impl Admin {
         &self,
         leader: i32,
         partitions: &[(TopicPartition, OffsetSpec, i32)],
+        isolation: IsolationLevel,
     ) -> Result<Vec<(TopicPartition, Result<ListedOffset>)>> {
         let link = self.client.cluster().link_to(leader).await?;
         if partitions.iter().any(|(_, spec, _)| *spec == OffsetSpec::MaxTimestamp) {
@@ -422,31 +435,7 @@ impl Admin {
             }
         }
         let request_timeout = self.client.config().request_timeout;
-        let build = |version: i16| {
-            let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
-            for (tp, spec, epoch) in partitions {
-                topics.entry(tp.topic.as_str()).or_default().push(
-                    ListOffsetsPartition::default()
-                        .with_partition_index(tp.partition)
-                        .with_current_leader_epoch(if version >= 4 { *epoch } else { -1 })
-                        .with_timestamp(spec.wire_timestamp()),
-                );
-            }
-            let mut request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(
-                topics
-                    .into_iter()
-                    .map(|(name, partitions)| {
-                        ListOffsetsTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(name.to_owned())))
-                            .with_partitions(partitions)
-                    })
-                    .collect(),
-            );
-            if version >= 10 {
-                request.timeout_ms = request_timeout.as_millis() as i32;
-            }
-            request
-        };
+        let build = |version: i16| list_offsets_request(partitions, isolation, request_timeout, version);
         let (response, connection) = link.send_idempotent(build, request_timeout).await?;
         let version = connection.version_for::<ListOffsetsRequest>()?;
         let mut out = Vec::new();
@@ -468,5 +457,65 @@ impl Admin {
             }
         }
         Ok(out)
+    }
+}
+
+/// The ListOffsets request for `partitions` (with their leader epochs) at
+/// `version`. The isolation level goes out from v2 on; before that a
+/// broker answers read_uncommitted.
+fn list_offsets_request(
+    partitions: &[(TopicPartition, OffsetSpec, i32)],
+    isolation: IsolationLevel,
+    timeout: Duration,
+    version: i16,
+) -> ListOffsetsRequest {
+    let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
+    for (tp, spec, epoch) in partitions {
+        topics.entry(tp.topic.as_str()).or_default().push(
+            ListOffsetsPartition::default()
+                .with_partition_index(tp.partition)
+                .with_current_leader_epoch(if version >= 4 { *epoch } else { -1 })
+                .with_timestamp(spec.wire_timestamp()),
+        );
+    }
+    let mut request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(
+        topics
+            .into_iter()
+            .map(|(name, partitions)| {
+                ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(name.to_owned())))
+                    .with_partitions(partitions)
+            })
+            .collect(),
+    );
+    if version >= 2 {
+        request.isolation_level = match isolation {
+            IsolationLevel::ReadUncommitted => 0,
+            IsolationLevel::ReadCommitted => 1,
+        };
+    }
+    if version >= 10 {
+        request.timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_offsets_says_the_isolation_level_from_v2() {
+        let partitions = [(TopicPartition::new("t", 0), OffsetSpec::Latest, 3)];
+        let timeout = Duration::from_secs(5);
+        let request = list_offsets_request(&partitions, IsolationLevel::ReadCommitted, timeout, 2);
+        assert_eq!(request.isolation_level, 1);
+        assert_eq!(request.topics[0].partitions[0].timestamp, -1);
+        assert_eq!(request.topics[0].partitions[0].current_leader_epoch, -1, "epochs from v4");
+        let request = list_offsets_request(&partitions, IsolationLevel::ReadUncommitted, timeout, 9);
+        assert_eq!(request.isolation_level, 0);
+        assert_eq!(request.topics[0].partitions[0].current_leader_epoch, 3);
+        let request = list_offsets_request(&partitions, IsolationLevel::ReadCommitted, timeout, 10);
+        assert_eq!((request.isolation_level, request.timeout_ms), (1, 5_000));
     }
 }

@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    ApiKey, FetchResponse, FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,6 +96,8 @@ struct Inner {
     shared: Mutex<Shared>,
     faults: AtomicU64,
     connections_seen: AtomicU64,
+    /// Record batches still to corrupt in Fetch answers.
+    corrupt: AtomicU64,
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -122,6 +125,7 @@ impl KafkaProxy {
             }),
             faults: AtomicU64::new(0),
             connections_seen: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
         });
         let port = inner.listener_for(&host, port)?;
         Ok(KafkaProxy { inner, bootstrap: format!("127.0.0.1:{port}"), seed })
@@ -142,6 +146,15 @@ impl KafkaProxy {
     pub fn add_rule(&self, api: ApiKey, fault: RequestFault, schedule: Schedule) {
         assert_eq!(api, ApiKey::Produce, "the proxy can only make Produce answers");
         lock(&self.inner.shared).rules.push(Rule { api, fault, schedule });
+    }
+
+    /// Corrupts the next `batches` record batches that come back in Fetch
+    /// answers (the first batch of the first partition with records in an
+    /// answer): a byte inside its CRC flips, as a bad disk or a bad link
+    /// would do it. The broker's log stays intact. Counted in
+    /// [`Self::faults_applied`] as it happens.
+    pub fn corrupt_fetched_batches(&self, batches: u64) {
+        self.inner.corrupt.store(batches, Ordering::Relaxed);
     }
 
     /// Removes every rule.
@@ -290,6 +303,9 @@ impl Inner {
                 }
                 let frame = match replace {
                     Some(made) => made,
+                    None if request.api == ApiKey::Fetch && self.corrupt.load(Ordering::Relaxed) > 0 => {
+                        self.corrupt_records(&request, frame).unwrap_or_else(|frame| frame)
+                    }
                     None => self.rewrite(&request, frame).unwrap_or_else(|frame| frame),
                 };
                 writer.write_all(&frame).await.ok()?;
@@ -365,6 +381,38 @@ impl Inner {
             }
             _ => Err(frame),
         }
+    }
+
+    /// Flips the last byte of the first record batch in a Fetch answer, if
+    /// there is one and a corruption is still owed.
+    fn corrupt_records(&self, request: &Request, frame: Bytes) -> Result<Bytes, Bytes> {
+        let version = request.version;
+        let mut body = frame.slice(4..);
+        let header = ResponseHeader::decode(&mut body, FetchResponse::header_version(version));
+        let Ok((header, mut response)) = header.and_then(|h| Ok((h, FetchResponse::decode(&mut body, version)?)))
+        else {
+            return Err(frame);
+        };
+        let Some(records) = response
+            .responses
+            .iter_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+            .filter_map(|p| p.records.as_mut())
+            .find(|r| r.len() > 61)
+        else {
+            return Err(frame);
+        };
+        let first_batch = 12 + i32::from_be_bytes(records[8..12].try_into().expect("4 bytes")) as usize;
+        if first_batch > records.len()
+            || self.corrupt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_err()
+        {
+            return Err(frame);
+        }
+        let mut damaged = records.to_vec();
+        damaged[first_batch - 1] ^= 0x5a;
+        *records = Bytes::from(damaged);
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        encode(&header, &response, version).ok_or(frame)
     }
 
     fn local_port(self: &Arc<Self>, host: &str, port: i32) -> Option<i32> {

@@ -257,3 +257,37 @@ async fn offset_out_of_range_applies_the_reset_policy() {
     })
     .await;
 }
+
+/// The broker leading a partition is down when the consumer looks for its
+/// start offset, longer than any one operation's deadline (the admin
+/// deadline is 30 s). The lookup goes on for as long as the partition is
+/// assigned, with no error event, and reading starts when the broker is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_lookup_outlasts_a_long_broker_outage() {
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let topic = unique_topic("outage");
+        mock.create_topic(&topic, 1, 3).unwrap();
+        mock.partition_leader(&topic, 0, Some(2)).unwrap();
+        write_with_librdkafka(cluster, &topic, 0, 10, "none").await;
+        mock.broker_down(2).unwrap();
+        let tp = TopicPartition::new(&topic, 0);
+        let config = ConsumerConfig::new(cluster.client_config().request_timeout(Duration::from_secs(2)))
+            .offset_reset(OffsetReset::Earliest);
+        let mut consumer = Consumer::new(config).unwrap();
+        consumer.assign(std::slice::from_ref(&tp));
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(35)) => {}
+            event = consumer.next_event() => panic!("during the outage: {:?}", event.map(|e| format!("{e:?}"))),
+        }
+        mock.broker_up(2).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a record once the broker is back")
+            .unwrap();
+        assert_eq!((first.partition, first.offset), (0, 0));
+        consumer.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}

@@ -702,3 +702,57 @@ async fn close_of_a_member_the_group_dropped_is_not_an_error() {
     })
     .await;
 }
+
+/// Tansu holds a JoinGroup for session.timeout.ms / 2 and answers nothing
+/// else on that connection meanwhile. A member that keeps consuming through
+/// a cooperative rebalance has new offsets to commit all the time; a commit
+/// sent behind the held join would time out (request.timeout.ms of 1 s
+/// here), close the connection and abort the join, again and again. Commits
+/// wait for the join instead, and the rebalance completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_never_abort_a_held_join() {
+    common::logs();
+    let cluster = rill_testkit::required(TestCluster::start(BrokerKind::Tansu, &ClusterOptions::default()).await);
+    let topic = unique_topic("held-join");
+    let group = unique_topic("held-join-g");
+    cluster.create_topic(&topic, 4).await.unwrap();
+    let config = ConsumerConfig::new(cluster.client_config().request_timeout(Duration::from_secs(1)))
+        .group(&group)
+        .offset_reset(OffsetReset::Earliest)
+        .session(Duration::from_secs(6), Duration::from_millis(500))
+        .auto_commit(true, Duration::from_millis(100))
+        .strategies(vec![AssignmentStrategy::CooperativeSticky])
+        .fetch_wait(1, Duration::from_millis(50));
+    // Records keep arriving, so the member always has offsets to commit.
+    let (stop_writing, mut stopped) = tokio::sync::watch::channel(false);
+    let writer = {
+        let (cluster_bootstrap, topic) = (cluster.bootstrap().to_owned(), topic.clone());
+        tokio::spawn(async move {
+            let config = rill_client::ClientConfig::new(&cluster_bootstrap).unwrap();
+            let producer =
+                rill_client::producer::Producer::new(rill_client::producer::ProducerConfig::new(config)).unwrap();
+            let mut i = 0u64;
+            while !*stopped.borrow_and_update() {
+                for partition in 0..4 {
+                    let value = format!("{partition}:{i}");
+                    let record = rill_client::producer::Record::to(&topic).partition(partition).value(&value);
+                    drop(producer.send(record).await.unwrap());
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            producer.close(Duration::from_secs(10)).await.unwrap();
+        })
+    };
+    let checker = Arc::new(Mutex::new(Checker::default()));
+    let a = member("a", config.clone(), &topic, checker.clone());
+    until("a gets all four", Duration::from_secs(30), &checker, |c| c.shares() == [4]).await;
+    let b = member("b", config.clone(), &topic, checker.clone());
+    until("two members, two each", Duration::from_secs(40), &checker, |c| c.shares() == [2, 2]).await;
+    stop_writing.send(true).unwrap();
+    writer.await.unwrap();
+    a.stop().await;
+    b.stop().await;
+    let checker = checker.lock().unwrap();
+    assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
+}

@@ -93,7 +93,14 @@ fn crc32c(data: &[u8]) -> u32 {
 /// A broker leading partition 0 of `hostile` whose first Fetch answer
 /// carries `records` (later ones carry nothing), or, with `raw`, whose
 /// Fetch answers are those bytes as they are.
+/// A broker that answers the first Fetch with `records` (or every Fetch
+/// when `every_fetch`: the consumer passes over what is before its
+/// position), later ones empty; or every Fetch with the `raw` frame.
 async fn broker(records: Vec<u8>, raw: Option<Vec<u8>>) -> FakeBroker {
+    broker_with(records, raw, false).await
+}
+
+async fn broker_with(records: Vec<u8>, raw: Option<Vec<u8>>, every_fetch: bool) -> FakeBroker {
     let port = Arc::new(AtomicU16::new(0));
     let port2 = port.clone();
     let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -127,7 +134,7 @@ async fn broker(records: Vec<u8>, raw: Option<Vec<u8>>) -> FakeBroker {
                     return Reply::Raw(out);
                 }
                 let first = fetches.fetch_add(1, Ordering::SeqCst) == 0;
-                let data = if first { records.clone() } else { Vec::new() };
+                let data = if first || every_fetch { records.clone() } else { Vec::new() };
                 Reply::Raw(frame(ApiKey::Fetch, version, id, &fetch_response(data)))
             }
             other => panic!("unexpected {other:?}"),
@@ -164,14 +171,21 @@ fn consumer(address: &BrokerAddress) -> Consumer {
 
 /// Records until an event other than a record, or until quiet.
 async fn drain(consumer: &mut Consumer) -> (Vec<String>, Option<Error>) {
+    let (values, unreadable) = drain_to_unreadable(consumer).await;
+    (values, unreadable.map(|(_, _, error)| error))
+}
+
+/// Records until the partition is reported unreadable (offset, skip_to,
+/// error), or until quiet.
+async fn drain_to_unreadable(consumer: &mut Consumer) -> (Vec<String>, Option<(i64, i64, Error)>) {
     let mut values = Vec::new();
     loop {
         match tokio::time::timeout(Duration::from_millis(1500), consumer.next_event()).await {
             Err(_) => return (values, None),
             Ok(Ok(Event::Record(r))) => values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap()),
-            Ok(Ok(Event::Error { partition, error })) => {
-                assert_eq!(partition, Some(TopicPartition::new(TOPIC, 0)));
-                return (values, Some(error));
+            Ok(Ok(Event::Unreadable { partition, offset, skip_to, error })) => {
+                assert_eq!(partition, TopicPartition::new(TOPIC, 0));
+                return (values, Some((offset, skip_to, error)));
             }
             Ok(other) => panic!("unexpected {other:?}"),
         }
@@ -192,6 +206,26 @@ async fn corrupt_crc_is_an_error_after_the_good_batches() {
     let error = error.expect("an error for the corrupt batch");
     assert!(error.to_string().contains("CRC"), "{error}");
     assert_eq!(consumer.position(&TopicPartition::new(TOPIC, 0)), Some(2), "stays at the bad batch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_batch_says_where_it_ends_and_seeking_there_goes_on() {
+    let mut bad = batch(2, &["c", "d", "e"]);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x5a;
+    let mut data = batch(0, &["a", "b"]);
+    data.extend(bad);
+    data.extend(batch(5, &["f"]));
+    let broker = broker_with(data, None, true).await;
+    let mut consumer = consumer(&broker.address);
+    let (values, unreadable) = drain_to_unreadable(&mut consumer).await;
+    assert_eq!(values, ["a", "b"]);
+    let (offset, skip_to, error) = unreadable.expect("the corrupt batch is reported");
+    assert_eq!((offset, skip_to), (2, 5), "{error}");
+    consumer.handle().seek(&TopicPartition::new(TOPIC, 0), skip_to).unwrap();
+    let (values, unreadable) = drain_to_unreadable(&mut consumer).await;
+    assert_eq!(values, ["f"]);
+    assert!(unreadable.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,6 +262,91 @@ async fn undecodable_input_is_skipped_dead_lettered_or_stops() {
     .await;
 }
 
+/// A batch that arrives damaged (the Kafka-aware proxy flips a byte of the
+/// first batch in a Fetch answer; the broker's copy is intact) is an
+/// unreadable range, and the consume-error tolerance decides: skip past
+/// it, dead-letter it, or stop. Before, the partition stalled with a log
+/// line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_batch_follows_the_consume_tolerance() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let input = unique_topic("proc-unreadable");
+        cluster.create_topic(&input, 1).await.unwrap();
+        // Three batches of four lines each: offsets 0-3, 4-7, 8-11.
+        let lines: Vec<Vec<u8>> = (1..=12).map(line).collect();
+        for chunk in lines.chunks(4) {
+            write(cluster, &input, 1, chunk).await;
+        }
+        let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 91).await.unwrap();
+        let through_proxy = |name: &str, output: &str| {
+            processor_for(cluster, name, &input, output).bootstrap_servers(proxy.bootstrap())
+        };
+
+        // All: the range is skipped (counted once), the rest processed, and
+        // the committed watermark passes the range.
+        proxy.corrupt_fetched_batches(1);
+        let output = unique_topic("proc-out");
+        cluster.create_topic(&output, 1).await.unwrap();
+        let name = unique_topic("skip");
+        let processor =
+            Arc::new(through_proxy(&name, &output).consume_error_tolerance(ErrorTolerance::All).build().unwrap());
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("skip", &metrics, |m| m.consumed == 8 && m.in_flight == 0 && m.skipped == 1).await;
+        running.stop().await.unwrap();
+        assert_eq!(proxy.faults_applied(), 1, "one batch was damaged");
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(12));
+        let produced = metrics.snapshot().produced as usize;
+        assert_eq!(produced + metrics.snapshot().filtered as usize, 8, "lines 5 to 12, each once");
+        assert_eq!(read_all(cluster, &output, 1, produced).await.len(), produced);
+
+        // DeadLetter: one letter for the range, naming it; then on.
+        proxy.corrupt_fetched_batches(1);
+        let (output, dead) = (unique_topic("proc-out"), unique_topic("proc-dead"));
+        cluster.create_topic(&output, 1).await.unwrap();
+        cluster.create_topic(&dead, 1).await.unwrap();
+        let name = unique_topic("dlq");
+        let processor = Arc::new(
+            through_proxy(&name, &output)
+                .consume_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
+                .build()
+                .unwrap(),
+        );
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("dead letter", &metrics, |m| m.dead_lettered == 1 && m.consumed == 8 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        let letters = read_all(cluster, &dead, 1, 1).await;
+        assert_eq!(letters.len(), 1);
+        let (_, value, headers) = &letters[0];
+        assert_eq!(value.as_deref(), None, "no bytes could be read");
+        let header = |name: &str| {
+            headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(header("rill.error.kind").as_deref(), Some("unreadable"));
+        let message = header("rill.error.message").unwrap();
+        assert!(message.contains("offsets 0 to 3") && message.contains("CRC"), "{message}");
+        assert_eq!(header("rill.source.offset").as_deref(), Some("0"));
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(12));
+
+        // None: run stops with the range; nothing at or after it is stored.
+        proxy.corrupt_fetched_batches(1);
+        let output = unique_topic("proc-out");
+        cluster.create_topic(&output, 1).await.unwrap();
+        let name = unique_topic("stop");
+        let processor = Arc::new(through_proxy(&name, &output).build().unwrap());
+        let error = tokio::time::timeout(Duration::from_secs(60), processor.run("one", std::future::pending()))
+            .await
+            .expect("the processor stops on its own")
+            .unwrap_err();
+        assert!(matches!(error, ProcessorError::Unreadable { offset: 0, skip_to: 4, .. }), "{error}");
+        let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
+        assert!(stored.is_none_or(|o| o == 0), "stored past the unreadable range: {stored:?}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_errors_follow_their_tolerance() {
     common::logs();

@@ -326,6 +326,18 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                 }
             }
             Ok(Event::Assigned(_)) => {}
+            Ok(Event::Unreadable { partition, offset, skip_to, error }) => {
+                // As kcat: say so and go on after it.
+                let _ = unflushed.flush(&mut out, &handle);
+                eprintln!(
+                    "rill: {partition}: offsets {offset} to {} cannot be read, skipped: {}",
+                    skip_to - 1,
+                    super::one_line(&error)
+                );
+                if let Err(error) = handle.seek(&partition, skip_to) {
+                    break Err(error.into());
+                }
+            }
             Ok(Event::Error { partition, error }) => {
                 let _ = unflushed.flush(&mut out, &handle);
                 match &partition {

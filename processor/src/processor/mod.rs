@@ -188,6 +188,23 @@ pub enum ProcessorError {
         /// What was wrong.
         error: SerdeError,
     },
+    /// Part of an input partition cannot be read (a corrupt batch, one
+    /// larger than a fetch may take) and the consume-error tolerance is
+    /// `None`.
+    #[error("cannot read {topic}/{partition} from offset {offset} (to {skip_to}): {error}")]
+    Unreadable {
+        /// The input topic.
+        topic: String,
+        /// The input partition.
+        partition: i32,
+        /// The first offset that cannot be read.
+        offset: i64,
+        /// Where reading could go on.
+        skip_to: i64,
+        /// What is wrong.
+        #[source]
+        error: rill_client::Error,
+    },
     /// The function failed on a record and the tolerance is `None`.
     #[error("the function failed on {topic}/{partition}@{offset}: {error}")]
     Function {

@@ -31,8 +31,17 @@ use crate::tracker::OffsetTracker;
 
 /// Why a record produced no outputs.
 enum Failure {
-    Deserialize { what: &'static str, error: SerdeError },
+    Deserialize {
+        what: &'static str,
+        error: SerdeError,
+    },
     Function(BoxError),
+    /// Not a record: offsets from the record's up to `skip_to` could not
+    /// be read at all.
+    Unreadable {
+        error: rill_client::Error,
+        skip_to: i64,
+    },
 }
 
 type Called<OutK, OutV> = Result<Vec<Output<OutK, OutV>>, Failure>;
@@ -188,6 +197,9 @@ where
                 let partitions = self.ours(&partitions);
                 self.release(&partitions, false);
             }
+            Event::Unreadable { partition, offset, skip_to, error } if partition.topic == self.topic => {
+                self.unreadable(partition, offset, skip_to, error).await?;
+            }
             Event::Error { partition, error } => {
                 if partition.is_none() && !error.is_retriable() {
                     return Err(error.into());
@@ -196,6 +208,45 @@ where
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Part of a partition cannot be read: the consume-error tolerance
+    /// decides, as for a record that cannot be deserialized, in offset
+    /// order with the records before it. Unless that stops the processor,
+    /// reading goes on after the unreadable part, and the range counts as
+    /// done once its dead letter (if any) is delivered.
+    async fn unreadable(
+        &mut self,
+        tp: TopicPartition,
+        offset: i64,
+        skip_to: i64,
+        error: rill_client::Error,
+    ) -> Result<(), ProcessorError> {
+        let Some(generation) = self.trackers.get(&tp.partition).map(|t| t.generation) else { return Ok(()) };
+        warn!(target: "rill::processor", partition = %tp, offset, skip_to, %error, "unreadable input");
+        let record = ConsumerRecord {
+            topic: std::sync::Arc::from(tp.topic.as_str()),
+            partition: tp.partition,
+            offset,
+            timestamp: -1,
+            timestamp_type: rill_client::consumer::TimestampType::CreateTime,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            leader_epoch: None,
+        };
+        let failure = Err(Failure::Unreadable { error, skip_to });
+        match &self.processor.function {
+            Function::Async { .. } => {
+                self.queued += 1;
+                let slot = Slot { generation, record, result: Some(failure) };
+                self.queues.entry(tp.partition).or_default().push_back(slot);
+                self.emit_ready(tp.partition).await?;
+            }
+            _ => self.emit(record, generation, failure).await?,
+        }
+        self.handle.seek(&tp, skip_to)?;
         Ok(())
     }
 
@@ -296,6 +347,19 @@ where
                         ProcessorError::Function { topic, partition, offset, error }
                     })
                     .await;
+            }
+            Err(Failure::Unreadable { error, skip_to }) => {
+                let message = format!("offsets {offset} to {} cannot be read: {error}", skip_to - 1);
+                let topic = record.topic.to_string();
+                self.tolerate(&processor.consume_tolerance, record, generation, "unreadable", &message, || {
+                    ProcessorError::Unreadable { topic, partition, offset, skip_to, error }
+                })
+                .await?;
+                // The rest of the range is done with the first offset.
+                if skip_to - 1 > offset {
+                    self.track(partition, generation, skip_to - 1, 0);
+                }
+                return Ok(());
             }
         };
         if outputs.is_empty() {

@@ -34,7 +34,10 @@ pub(crate) async fn run(shared: Arc<Shared>, coordinator: Option<Arc<GroupCoordi
         start_lookups(&shared, &coordinator);
         if Instant::now() >= next_commit {
             next_commit = Instant::now() + interval;
+            // Not while a join or sync is held at the coordinator: the
+            // commit would wait behind it (the next turn commits).
             if shared.config.auto_commit
+                && !*shared.rebalancing.borrow()
                 && let Some(coordinator) = &coordinator
                 && committing.as_ref().is_none_or(|c| c.is_finished())
             {
@@ -201,7 +204,10 @@ async fn lookup_reset(shared: &Shared, reset: OffsetReset, partitions: Vec<(Topi
         }
     };
     let requests: Vec<(TopicPartition, OffsetSpec)> = partitions.iter().map(|(tp, _)| (tp.clone(), spec)).collect();
-    match shared.client.admin().list_offsets(&requests).await {
+    // Each round within the request timeout; failed rounds are retried for
+    // as long as the partitions are assigned.
+    let admin = shared.client.admin().timeout(shared.config.client.request_timeout);
+    match admin.list_offsets_isolated(&requests, shared.config.isolation).await {
         Ok(found) => {
             for (tp, epoch) in partitions {
                 let offset = found.get(&tp).map(|o| o.offset);
@@ -209,25 +215,48 @@ async fn lookup_reset(shared: &Shared, reset: OffsetReset, partitions: Vec<(Topi
                 resolved(shared, &tp, epoch, Ok(offset), Lookup::Reset(reset));
             }
         }
-        Err(error) if !error.is_retriable() => {
+        Err(error) if needs_the_application(&error) => {
             for (tp, epoch) in partitions {
                 resolved(shared, &tp, epoch, Err(error.clone()), Lookup::Done);
             }
         }
         Err(error) => {
+            // As long as the partition is assigned: a broker that is down
+            // or slow now answers later.
             warn!(target: "rill::fetch", %error, "resetting positions failed; retrying");
             retry_later(shared, &partitions).await;
         }
     }
 }
 
+/// Whether a failed position lookup is for the application to act on
+/// (it is not authorized, the broker cannot answer such a request, the
+/// settings are wrong) rather than one to retry for as long as the
+/// partition is assigned. Running out of time is not: the lookup goes on.
+fn needs_the_application(error: &Error) -> bool {
+    use kafka_protocol::ResponseError as E;
+    match error {
+        Error::Timeout { .. } => false,
+        Error::Broker { code: E::TopicAuthorizationFailed | E::ClusterAuthorizationFailed, .. } => true,
+        Error::Config(_) | Error::UnsupportedApi { .. } => true,
+        _ => false,
+    }
+}
+
 /// Commits the stored offsets that moved since the last commit (of
-/// `only` partitions, when given).
+/// `only` partitions, when given). Waits for a join or sync under way to
+/// finish first (within the request timeout). A refusal that says this
+/// member is out of date goes to the group driver at once.
 pub(crate) async fn commit_stored(
     shared: &Shared,
     coordinator: &GroupCoordinator,
     only: Option<&[TopicPartition]>,
 ) -> Result<(), Error> {
+    let timeout = shared.config.client.request_timeout;
+    let mut rebalancing = shared.rebalancing.subscribe();
+    if tokio::time::timeout(timeout, rebalancing.wait_for(|r| !*r)).await.is_err() {
+        return Err(Error::Timeout { operation: "committing offsets during a rebalance".into(), after: timeout });
+    }
     let (offsets, committer) = {
         let mut state = shared.lock();
         let auto_store = shared.config.auto_offset_store;
@@ -247,7 +276,17 @@ pub(crate) async fn commit_stored(
     if offsets.is_empty() {
         return Ok(());
     }
-    coordinator.commit(&offsets, &committer, shared.config.client.request_timeout).await?;
+    if let Err(error) = coordinator.commit(&offsets, &committer, timeout).await {
+        use kafka_protocol::ResponseError as E;
+        if let Some(code @ (E::IllegalGeneration | E::UnknownMemberId | E::FencedInstanceId | E::RebalanceInProgress)) =
+            error.code()
+            && committer.generation >= 0
+        {
+            shared.refused.lock().unwrap_or_else(|p| p.into_inner()).push((code, committer.generation));
+            shared.refused_notify.notify_one();
+        }
+        return Err(error);
+    }
     let mut state = shared.lock();
     for (tp, offset) in &offsets {
         if let Some(ps) = state.partitions.get_mut(tp) {

@@ -43,6 +43,18 @@ pub(crate) struct Decoded {
     /// Whether the data held only a partial batch larger than the fetch
     /// asked for (KIP-74 says the broker should send it whole; ask for more).
     pub(crate) too_small: bool,
+    /// With `error`: the offset after the batch that could not be read, as
+    /// far as its header tells (a damaged header: none).
+    pub(crate) skip_to: Option<i64>,
+}
+
+/// The offset after a batch, read from its header alone (base offset and
+/// last offset delta), whatever its CRC says; `None` when the header is
+/// cut short or makes no sense.
+fn batch_end(bytes: &[u8]) -> Option<i64> {
+    let base = i64::from_be_bytes(bytes.get(0..8)?.try_into().ok()?);
+    let delta = i32::from_be_bytes(bytes.get(23..27)?.try_into().ok()?);
+    (base >= 0 && delta >= 0).then(|| base.saturating_add(i64::from(delta)).saturating_add(1))
 }
 
 /// Decodes the `records` bytes of one partition fetched from `fetch_offset`.
@@ -65,10 +77,18 @@ pub(crate) fn decode_partition(
     };
     let mut aborting: BTreeSet<i64> = BTreeSet::new();
     for batch in batches.by_ref() {
+        let end = batch.as_ref().ok().and_then(|bytes| batch_end(bytes));
+        // A batch wholly before the position (the one a fetch starts in,
+        // or one an application sought past because it cannot be read) is
+        // passed over unopened, as Java's consumer does.
+        if end.is_some_and(|end| end <= out.next_offset.unwrap_or(fetch_offset)) {
+            continue;
+        }
         let (header, body) = match batch.and_then(|bytes| open_batch(bytes, max_uncompressed)) {
             Ok(opened) => opened,
             Err(error) => {
                 out.error = Some(error);
+                out.skip_to = end;
                 return out;
             }
         };
@@ -94,6 +114,7 @@ pub(crate) fn decode_partition(
                 }
             }) {
                 out.error = Some(error);
+                out.skip_to = Some(header.last_offset() + 1);
                 return out;
             }
             if abort {
@@ -141,6 +162,7 @@ pub(crate) fn decode_partition(
         if let Err(error) = parsed {
             out.records.truncate(before);
             out.error = Some(error);
+            out.skip_to = Some(header.last_offset() + 1);
             return out;
         }
         out.bytes += bytes;

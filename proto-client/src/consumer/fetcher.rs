@@ -54,6 +54,7 @@ enum Plan {
 pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
     let mut session = FetchSession::default();
     let mut failures = 0u32;
+    let mut rotation = 0usize;
     let config = &shared.config;
     debug!(target: "rill::fetch", broker, "fetcher started");
     while !shared.closed.load(Ordering::Acquire) {
@@ -81,7 +82,8 @@ pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
             }
             Plan::Fetch { partitions, wanted, granted } => (partitions, wanted, granted),
         };
-        match fetch(&shared, broker, &mut session, &wanted, granted).await {
+        rotation = rotation.wrapping_add(1);
+        match fetch(&shared, broker, &mut session, &wanted, granted, rotation).await {
             Ok(response) => {
                 failures = 0;
                 apply(&shared, &partitions, response, granted);
@@ -128,12 +130,38 @@ fn plan(shared: &Shared, broker: i32) -> Plan {
     Plan::Fetch { partitions, wanted, granted }
 }
 
+/// The partitions of a fetch in the order they go out: the broker fills
+/// its answer in request order until `max_bytes`, so a fixed order would
+/// starve the last partitions whenever the first ones have plenty. The
+/// topics take turns leading, and within each topic the partitions do;
+/// a topic's partitions stay together (one entry per topic).
+fn rotated<T>(partitions: &[(TopicPartition, T)], rotation: usize) -> Vec<&(TopicPartition, T)> {
+    let mut topics: Vec<Vec<&(TopicPartition, T)>> = Vec::new();
+    for entry in partitions {
+        match topics.last_mut() {
+            Some(topic) if topic[0].0.topic == entry.0.topic => topic.push(entry),
+            _ => topics.push(vec![entry]),
+        }
+    }
+    if topics.is_empty() {
+        return Vec::new();
+    }
+    let lead = rotation % topics.len();
+    topics.rotate_left(lead);
+    for topic in &mut topics {
+        let len = topic.len();
+        topic.rotate_left(rotation % len);
+    }
+    topics.into_iter().flatten().collect()
+}
+
 async fn fetch(
     shared: &Shared,
     broker: i32,
     session: &mut FetchSession,
     wanted: &BTreeMap<TopicPartition, FetchState>,
     granted: usize,
+    rotation: usize,
 ) -> Result<FetchResponse, Error> {
     let config = &shared.config;
     let link = shared
@@ -144,15 +172,17 @@ async fn fetch(
     let connection = link.connection().await?;
     let version = connection.version_for::<FetchRequest>()?;
     let planned = session.plan(wanted);
-    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-    for (tp, (offset, max_bytes, leader_epoch)) in &planned.partitions {
-        topics.entry(tp.topic.as_str()).or_default().push(
-            FetchPartition::default()
-                .with_partition(tp.partition)
-                .with_fetch_offset(*offset)
-                .with_partition_max_bytes((*max_bytes).min(granted as i32))
-                .with_current_leader_epoch(if version >= 9 { *leader_epoch } else { -1 }),
-        );
+    let mut topics: Vec<(&str, Vec<FetchPartition>)> = Vec::new();
+    for (tp, (offset, max_bytes, leader_epoch)) in rotated(&planned.partitions, rotation) {
+        let partition = FetchPartition::default()
+            .with_partition(tp.partition)
+            .with_fetch_offset(*offset)
+            .with_partition_max_bytes((*max_bytes).min(granted as i32))
+            .with_current_leader_epoch(if version >= 9 { *leader_epoch } else { -1 });
+        match topics.last_mut() {
+            Some((topic, partitions)) if *topic == tp.topic.as_str() => partitions.push(partition),
+            _ => topics.push((tp.topic.as_str(), vec![partition])),
+        }
     }
     let mut forgotten: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for tp in &planned.forgotten {
@@ -212,7 +242,16 @@ fn unmark(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>) {
 struct Answer {
     error: Option<ResponseError>,
     high_watermark: i64,
+    /// The end a consumer of this isolation level reads to.
+    end: i64,
     decoded: Decoded,
+}
+
+/// Where a partition ends for the consumer: the high watermark, or under
+/// read_committed the last stable offset (records of open transactions
+/// are not readable yet), when the broker sent one (Fetch v4+).
+fn readable_end(read_committed: bool, high_watermark: i64, last_stable_offset: i64) -> i64 {
+    if read_committed && last_stable_offset >= 0 { last_stable_offset.min(high_watermark) } else { high_watermark }
 }
 
 fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, response: FetchResponse, granted: usize) {
@@ -247,7 +286,8 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                 }
                 _ => Decoded::default(),
             };
-            answers.insert(tp, Answer { error, high_watermark: data.high_watermark, decoded });
+            let end = readable_end(read_committed, data.high_watermark, data.last_stable_offset);
+            answers.insert(tp, Answer { error, high_watermark: data.high_watermark, end, decoded });
         }
     }
     let mut chunks = Vec::new();
@@ -263,7 +303,7 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
             if ps.epoch.load(Ordering::Acquire) != fetching.epoch {
                 continue; // sought, revoked or reset meanwhile
             }
-            let Some(Answer { error, high_watermark, decoded }) = answer else { continue };
+            let Some(Answer { error, high_watermark, end, decoded }) = answer else { continue };
             match error {
                 None => {
                     ps.high_watermark = high_watermark;
@@ -285,22 +325,29 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                             progress: ps.progress.clone(),
                         });
                     }
+                    // Where reading stopped: after the last batch returned.
+                    let stopped = ps.fetch_offset.unwrap_or(fetching.offset);
+                    let unreadable = |error: Error, skip_to: Option<i64>| Event::Unreadable {
+                        partition: tp.clone(),
+                        offset: stopped,
+                        skip_to: skip_to.unwrap_or(stopped + 1).max(stopped + 1),
+                        error,
+                    };
                     if let Some(error) = decoded.error {
                         ps.failed = true;
-                        events.push(Event::Error {
-                            partition: Some(tp.clone()),
-                            error: Error::protocol(tp, error.to_string()),
-                        });
+                        warn!(target: "rill::fetch", partition = %tp, offset = stopped, %error, "unreadable batch");
+                        events.push(unreadable(Error::protocol(tp, error.to_string()), decoded.skip_to));
                     } else if decoded.too_small {
                         ps.failed = true;
                         let message = format!(
-                            "a batch of {tp} at offset {} is larger than max.partition.fetch.bytes ({})",
-                            fetching.offset, config.max_partition_fetch_bytes
+                            "a batch of {tp} at offset {stopped} is larger than max.partition.fetch.bytes ({})",
+                            config.max_partition_fetch_bytes
                         );
-                        events.push(Event::Error { partition: Some(tp.clone()), error: Error::protocol(tp, message) });
+                        warn!(target: "rill::fetch", partition = %tp, offset = stopped, "batch larger than the fetch");
+                        events.push(unreadable(Error::protocol(tp, message), None));
                     } else if config.partition_eof {
                         let offset = ps.fetch_offset.unwrap_or(fetching.offset);
-                        if offset >= high_watermark && ps.eof_at != Some(offset) {
+                        if offset >= end && ps.eof_at != Some(offset) {
                             ps.eof_at = Some(offset);
                             events.push(Event::PartitionEof { partition: tp.clone(), offset });
                         }
@@ -340,5 +387,45 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
     shared.changed.notify_waiters();
     if shared.budget.used() > config.queued_max_bytes {
         warn!(target: "rill::fetch", used = shared.budget.used(), "prefetch over budget after decompression");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_committed_ends_at_the_last_stable_offset() {
+        assert_eq!(readable_end(true, 100, 80), 80, "an open transaction from 80 on");
+        assert_eq!(readable_end(false, 100, 80), 100);
+        assert_eq!(readable_end(true, 100, -1), 100, "no LSO before Fetch v4");
+        assert_eq!(readable_end(true, 100, 120), 100, "never past the high watermark");
+    }
+
+    #[test]
+    fn every_partition_leads_a_fetch_in_turn_and_topics_stay_together() {
+        let partitions: Vec<(TopicPartition, ())> = [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1)]
+            .iter()
+            .map(|&(t, p)| (TopicPartition::new(t, p), ()))
+            .collect();
+        let order = |rotation| -> Vec<String> {
+            rotated(&partitions, rotation).iter().map(|(tp, _)| format!("{}{}", tp.topic, tp.partition)).collect()
+        };
+        assert_eq!(order(0), ["a0", "a1", "a2", "b0", "b1"]);
+        assert_eq!(order(1), ["b1", "b0", "a1", "a2", "a0"]);
+        assert_eq!(order(2), ["a2", "a0", "a1", "b0", "b1"]);
+        let mut first_of_topic: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for rotation in 0..12 {
+            let got = order(rotation);
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(sorted, order(0), "each partition once");
+            let runs = got.windows(2).filter(|w| w[0][..1] != w[1][..1]).count() + 1;
+            assert_eq!(runs, 2, "one entry per topic: {got:?}");
+            first_of_topic.insert(got[0].clone());
+            first_of_topic.insert(got.iter().find(|p| p[..1] != got[0][..1]).unwrap().clone());
+        }
+        assert_eq!(first_of_topic.len(), 5, "every partition leads its topic in turn: {first_of_topic:?}");
+        assert!(rotated::<()>(&[], 7).is_empty());
     }
 }

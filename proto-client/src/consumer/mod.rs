@@ -59,6 +59,23 @@ pub enum Event {
         /// The end offset reached.
         offset: i64,
     },
+    /// Part of a partition cannot be read: a batch is corrupt (a CRC or
+    /// framing error, a codec that fails) or larger than the fetch may
+    /// take. Fetching the partition stopped at `offset` until the
+    /// application seeks it: to `skip_to` to go on without the records
+    /// in between (Java's "seek past the record"), or anywhere else.
+    Unreadable {
+        /// The partition.
+        partition: TopicPartition,
+        /// The first offset that could not be read (everything before it
+        /// was returned).
+        offset: i64,
+        /// The offset after the unreadable batch, as far as its header
+        /// says; at least `offset + 1`.
+        skip_to: i64,
+        /// What is wrong.
+        error: Error,
+    },
     /// Something the application should know; fetching of the partition (if
     /// one is named) stopped until the application seeks it.
     Error {
@@ -148,6 +165,9 @@ impl Consumer {
             polls: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             group: Mutex::new(None),
+            rebalancing: tokio::sync::watch::Sender::new(false),
+            refused: Mutex::new(Vec::new()),
+            refused_notify: Notify::new(),
         });
         tokio::spawn(engine::run(shared.clone(), coordinator.clone()));
         Ok(Consumer { handle: ConsumerHandle { shared, coordinator }, current: None })
@@ -208,7 +228,7 @@ impl Consumer {
         loop {
             match self.next_event().await? {
                 Event::Record(record) => return Ok(record),
-                Event::Error { error, .. } => return Err(error),
+                Event::Error { error, .. } | Event::Unreadable { error, .. } => return Err(error),
                 // Dropping a revocation lets the rebalance go on.
                 Event::PartitionEof { .. } | Event::Assigned(_) | Event::Revoked(_) | Event::Lost(_) => {}
             }

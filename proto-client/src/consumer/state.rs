@@ -244,6 +244,16 @@ pub(crate) struct Shared {
     pub(crate) polling: AtomicBool,
     /// The group driver, once subscribed.
     pub(crate) group: Mutex<Option<GroupControl>>,
+    /// A JoinGroup or SyncGroup is under way. The coordinator may hold it
+    /// for a long time, and answers nothing else on that connection until
+    /// it answers it: commits wait (auto-commit skips its turn) instead of
+    /// timing out behind it, which would close the connection and abort
+    /// the join.
+    pub(crate) rebalancing: tokio::sync::watch::Sender<bool>,
+    /// Commits the coordinator refused because of this member's standing
+    /// (code, generation), for the group driver to act on at once.
+    pub(crate) refused: Mutex<Vec<(kafka_protocol::ResponseError, i32)>>,
+    pub(crate) refused_notify: Notify,
 }
 
 /// The consumer's side of a running group driver.

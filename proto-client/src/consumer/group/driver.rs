@@ -103,6 +103,7 @@ pub(crate) async fn run(
         poll: PollClock { seen: 0, at: now },
     };
     driver.run().await;
+    shared.rebalancing.send_replace(false);
     shared.lock().committer = Committer::standalone();
     let _ = done.send(true);
 }
@@ -122,8 +123,10 @@ impl Driver {
                 self.member.close();
             }
             let now = Instant::now();
+            self.take_refusals(now);
             let polled = self.poll.last_poll(&self.shared, now);
             let next = self.member.next(now, polled);
+            self.shared.rebalancing.send_if_modified(|r| std::mem::replace(r, self.member.rebalancing()) != *r);
             match next {
                 Next::Join { reason } => {
                     let closing = self.closing.clone();
@@ -199,6 +202,16 @@ impl Driver {
                     self.check_partition_counts(&metadata);
                 }
             }
+            () = self.shared.refused_notify.notified() => self.take_refusals(Instant::now()),
+        }
+    }
+
+    /// Commits refused because the group moved on: the member acts now.
+    fn take_refusals(&mut self, now: Instant) {
+        let refused = std::mem::take(&mut *self.shared.refused.lock().unwrap_or_else(|p| p.into_inner()));
+        for (code, generation) in refused {
+            info!(target: "rill::cgrp", group = self.group(), %code, generation, "a commit was refused");
+            self.member.commit_refused(code, generation, now);
         }
     }
 

@@ -502,6 +502,27 @@ impl Member {
         }
     }
 
+    /// A JoinGroup or SyncGroup is under way (or due, after a join).
+    pub(crate) fn rebalancing(&self) -> bool {
+        matches!(self.phase, Phase::Joining | Phase::Joined { .. } | Phase::Syncing)
+    }
+
+    /// The coordinator refused a commit this member made in `generation`
+    /// (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID,
+    /// REBALANCE_IN_PROGRESS): acted on now, not at the next heartbeat.
+    pub(crate) fn commit_refused(&mut self, code: ResponseError, generation: i32, now: Instant) {
+        if !self.in_group() || generation != self.generation {
+            return;
+        }
+        match classify(kafka_protocol::messages::ApiKey::OffsetCommit, code.code(), "commit") {
+            Outcome::Rejoin(reason) => self.request_rejoin(reason),
+            outcome @ (Outcome::Lost { .. } | Outcome::Fatal(_)) => {
+                self.apply(outcome, now);
+            }
+            Outcome::Ok | Outcome::Retry(_) => {}
+        }
+    }
+
     /// The application finished with a [`Next::Revoke`] or [`Next::Release`].
     pub(crate) fn revoked(&mut self, partitions: &[TopicPartition]) {
         self.awaiting_revocation = false;
@@ -607,6 +628,38 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(m.generation, 4);
+    }
+
+    #[test]
+    fn refused_commits_reach_the_member_at_once() {
+        let t0 = Instant::now();
+        // A commit of the current generation refused as ILLEGAL_GENERATION:
+        // the partitions are lost (someone else may own them) and the
+        // member rejoins with its id.
+        let mut m = stable(false, &[0, 1], t0);
+        assert!(!m.rebalancing());
+        m.commit_refused(ResponseError::IllegalGeneration, 1, t0);
+        assert!(matches!(m.next(t0, t0), Next::Lose(lost) if lost == [tp(0), tp(1)]));
+        assert!(matches!(m.next(t0, t0), Next::Join { .. }));
+        assert!(m.rebalancing(), "joining");
+        assert_eq!(m.member_id, "me");
+
+        // UNKNOWN_MEMBER_ID: lost, and the id is gone.
+        let mut m = stable(false, &[0], t0);
+        m.commit_refused(ResponseError::UnknownMemberId, 1, t0);
+        assert!(matches!(m.next(t0, t0), Next::Lose(_)));
+        assert!(m.member_id.is_empty());
+
+        // REBALANCE_IN_PROGRESS: a rejoin, revoking first (eager).
+        let mut m = stable(false, &[0], t0);
+        m.commit_refused(ResponseError::RebalanceInProgress, 1, t0);
+        assert!(matches!(m.next(t0, t0), Next::Revoke(_)));
+
+        // A refusal of an older generation's commit changes nothing.
+        let mut m = stable(false, &[0], t0);
+        m.commit_refused(ResponseError::IllegalGeneration, 0, t0);
+        assert!(matches!(m.next(t0, t0), Next::Wait(_)));
+        assert_eq!(m.owned(), [tp(0)]);
     }
 
     #[test]

@@ -25,6 +25,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -79,6 +80,7 @@ struct Shared {
     listeners: HashMap<(String, i32), u16>,
     accepts: Vec<AbortHandle>,
     connections: Vec<AbortHandle>,
+    cutter: Option<AbortHandle>,
 }
 
 /// A running Kafka-aware proxy; dropping it closes every listener and
@@ -122,6 +124,7 @@ impl KafkaProxy {
                 listeners: HashMap::new(),
                 accepts: Vec::new(),
                 connections: Vec::new(),
+                cutter: None,
             }),
             faults: AtomicU64::new(0),
             connections_seen: AtomicU64::new(0),
@@ -174,8 +177,33 @@ impl KafkaProxy {
 
     /// Closes every open connection now.
     pub fn cut_all(&self) {
-        for connection in lock(&self.inner.shared).connections.drain(..) {
-            connection.abort();
+        self.inner.cut_all();
+    }
+
+    /// From now on closes every open connection after a random pause
+    /// between `min` and `max` (drawn from the proxy's seed), again and
+    /// again, until [`Self::stop_cutting`] or the proxy is dropped.
+    pub fn cut_randomly(&self, min: Duration, max: Duration) {
+        let inner = self.inner.clone();
+        let mut rng = Rng(self.seed ^ 0xc0ff_ee00);
+        let span = max.saturating_sub(min).as_millis().max(1) as u64;
+        let task = tokio::spawn(async move {
+            loop {
+                let pause = min + Duration::from_millis(rng.next() % span);
+                tokio::time::sleep(pause).await;
+                inner.cut_all();
+            }
+        });
+        let mut shared = lock(&self.inner.shared);
+        if let Some(old) = shared.cutter.replace(task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Stops [`Self::cut_randomly`].
+    pub fn stop_cutting(&self) {
+        if let Some(cutter) = lock(&self.inner.shared).cutter.take() {
+            cutter.abort();
         }
     }
 }
@@ -183,8 +211,8 @@ impl KafkaProxy {
 impl Drop for KafkaProxy {
     fn drop(&mut self) {
         let mut shared = lock(&self.inner.shared);
-        let Shared { accepts, connections, .. } = &mut *shared;
-        for task in accepts.drain(..).chain(connections.drain(..)) {
+        let Shared { accepts, connections, cutter, .. } = &mut *shared;
+        for task in accepts.drain(..).chain(connections.drain(..)).chain(cutter.take()) {
             task.abort();
         }
         if std::thread::panicking() {
@@ -194,6 +222,12 @@ impl Drop for KafkaProxy {
 }
 
 impl Inner {
+    fn cut_all(&self) {
+        for connection in lock(&self.shared).connections.drain(..) {
+            connection.abort();
+        }
+    }
+
     /// The port of the listener for the broker at `host:port`, opened on
     /// first use.
     fn listener_for(self: &Arc<Self>, host: &str, port: i32) -> Result<u16, TestkitError> {
@@ -264,7 +298,7 @@ impl Inner {
                             held = true;
                             let link = link.clone();
                             tokio::spawn(async move {
-                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                                tokio::time::sleep(Duration::from_secs(1)).await;
                                 link.flush_made().await
                             });
                         }

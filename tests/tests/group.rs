@@ -756,3 +756,50 @@ async fn commits_never_abort_a_held_join() {
     let checker = checker.lock().unwrap();
     assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
 }
+
+/// Two members of a group through the Kafka-aware proxy while it cuts
+/// every connection after a random 1–3 s: the rebalances complete (one
+/// member, then two sharing), and every record is read, each partition in
+/// order with one owner at a time (a commit lost to a cut may make the
+/// next owner re-read). Tansu holds each JoinGroup and SyncGroup for half
+/// the session timeout, 1.5 s here: a join needs that long on one
+/// connection, so the cuts come less often than in the producer's run.
+/// Tansu only: librdkafka's mock aborts (`rd_kafka_mock_cgrp_classic_member_add:
+/// Assertion '!member->resp'`) when a member whose JoinGroup it holds joins
+/// again on a new connection, which is what any client does after a cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_completes_its_rebalances_through_random_cuts() {
+    common::logs();
+    let cluster = rill_testkit::required(TestCluster::start(BrokerKind::Tansu, &ClusterOptions::default()).await);
+    {
+        let cluster = &cluster;
+        let topic = unique_topic("cut-group");
+        let group = unique_topic("cut-group-g");
+        cluster.create_topic(&topic, 6).await.unwrap();
+        fill(cluster, &topic, 6, 0, 1_000).await;
+        let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 87).await.unwrap();
+        proxy.cut_randomly(Duration::from_secs(1), Duration::from_secs(3));
+        let client = rill_client::ClientConfig::new(proxy.bootstrap())
+            .unwrap()
+            .request_timeout(Duration::from_secs(5))
+            .retry_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200));
+        let config = group_config(cluster, &group, AssignmentStrategy::CooperativeSticky)
+            .with_client(client)
+            .session(Duration::from_secs(3), Duration::from_millis(300));
+        let checker = Arc::new(Mutex::new(Checker { rewind_on_handover: true, ..Checker::default() }));
+        let a = member("a", config.clone(), &topic, checker.clone());
+        until("a gets all six", Duration::from_secs(60), &checker, |c| c.shares() == [6]).await;
+        let b = member("b", config.clone(), &topic, checker.clone());
+        until("two members, three each", Duration::from_secs(90), &checker, |c| c.shares() == [3, 3]).await;
+        until("every record", Duration::from_secs(60), &checker, |c| c.complete(6, 1_000)).await;
+        proxy.stop_cutting();
+        let connections = proxy.connections_accepted();
+        eprintln!("{}: {connections} connections through the cuts", cluster.kind());
+        assert!(connections > 4, "the cuts made the members reconnect ({connections})");
+        a.stop().await;
+        b.stop().await;
+        let checker = checker.lock().unwrap();
+        assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
+    }
+}

@@ -153,29 +153,13 @@ async fn two_hundred_thousand_records_through_random_cuts_exactly_once_in_order(
     let cluster = rill_testkit::required(TestCluster::start(BrokerKind::Tansu, &ClusterOptions::default()).await);
     let topic = unique_topic("cuts");
     cluster.create_topic(&topic, 6).await.unwrap();
-    let proxy = std::sync::Arc::new(KafkaProxy::start(cluster.bootstrap(), 83).await.unwrap());
-    let cutter = {
-        let proxy = proxy.clone();
-        let mut rng = proxy.seed();
-        tokio::spawn(async move {
-            let mut cuts = 0u32;
-            loop {
-                rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                let wait = 300 + (rng >> 33) % 1_700;
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                proxy.cut_all();
-                cuts += 1;
-                if cuts.is_multiple_of(5) {
-                    eprintln!("{cuts} cuts so far");
-                }
-            }
-        })
-    };
+    let proxy = KafkaProxy::start(cluster.bootstrap(), 83).await.unwrap();
+    proxy.cut_randomly(Duration::from_millis(300), Duration::from_secs(2));
     let producer = Producer::new(small_batches(proxied(&proxy))).unwrap();
     let pace = |i: u64| if i.is_multiple_of(1_000) { Duration::from_millis(40) } else { Duration::ZERO };
     let (deliveries, sent) = send_keyed(&producer, &topic, 200_000, 500, pace).await;
     all_delivered(deliveries).await;
-    cutter.abort();
+    proxy.stop_cutting();
     producer.close(Duration::from_secs(10)).await.unwrap();
     let connections = proxy.connections_accepted();
     eprintln!("{connections} connections through the proxy");

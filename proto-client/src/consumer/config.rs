@@ -219,6 +219,12 @@ impl ConsumerConfig {
         &self.client
     }
 
+    /// The same settings with other client settings.
+    pub fn with_client(mut self, client: ClientConfig) -> Self {
+        self.client = client;
+        self
+    }
+
     /// Joins consumer group `id`: partitions are shared with its members and
     /// offsets committed under it.
     pub fn group(mut self, id: impl Into<String>) -> Self {

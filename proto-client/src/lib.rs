@@ -36,6 +36,8 @@ pub mod cluster;
 pub mod config;
 pub mod consumer;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod net;
 pub mod producer;
 pub mod records;

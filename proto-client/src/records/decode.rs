@@ -233,6 +233,13 @@ pub(crate) fn open_batch(batch: Bytes, max_uncompressed: usize) -> Result<(Batch
     if header.record_count < 0 {
         return Err(corrupt("negative record count"));
     }
+    // Offsets must fit: every record's offset, and the one after the last.
+    if header.base_offset < 0
+        || header.last_offset_delta < 0
+        || header.base_offset.checked_add(i64::from(header.last_offset_delta) + 1).is_none()
+    {
+        return Err(corrupt("offsets out of range"));
+    }
     Ok((header, body))
 }
 
@@ -299,6 +306,10 @@ fn parse_record(body: &Bytes, cursor: &mut &[u8], header: &BatchHeader) -> Resul
     } else {
         header.base_timestamp.wrapping_add(timestamp_delta)
     };
+    // Within the batch's range (checked when it was opened), so no overflow.
+    if offset_delta < 0 || offset_delta > header.last_offset_delta {
+        return Err("record offset outside its batch");
+    }
     Ok(DecodedRecord { offset: header.base_offset + i64::from(offset_delta), timestamp, key, value, headers })
 }
 

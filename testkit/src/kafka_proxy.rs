@@ -364,13 +364,9 @@ impl Inner {
     /// frame unchanged when it carries none (or does not decode).
     fn rewrite(self: &Arc<Self>, request: &Request, frame: Bytes) -> Result<Bytes, Bytes> {
         let version = request.version;
-        let mut body = frame.slice(4..);
         match request.api {
             ApiKey::Metadata => {
-                let header = ResponseHeader::decode(&mut body, MetadataResponse::header_version(version));
-                let Ok((header, mut response)) =
-                    header.and_then(|h| Ok((h, MetadataResponse::decode(&mut body, version)?)))
-                else {
+                let Some((header, mut response)) = decode_answer::<MetadataResponse>(&frame, version) else {
                     return Err(frame);
                 };
                 for broker in &mut response.brokers {
@@ -380,10 +376,7 @@ impl Inner {
                 encode(&header, &response, version).ok_or(frame)
             }
             ApiKey::FindCoordinator => {
-                let header = ResponseHeader::decode(&mut body, FindCoordinatorResponse::header_version(version));
-                let Ok((header, mut response)) =
-                    header.and_then(|h| Ok((h, FindCoordinatorResponse::decode(&mut body, version)?)))
-                else {
+                let Some((header, mut response)) = decode_answer::<FindCoordinatorResponse>(&frame, version) else {
                     return Err(frame);
                 };
                 if response.error_code == 0 && version < 4 {
@@ -398,10 +391,7 @@ impl Inner {
                 encode(&header, &response, version).ok_or(frame)
             }
             ApiKey::Produce => {
-                let header = ResponseHeader::decode(&mut body, ProduceResponse::header_version(version));
-                let Ok((header, mut response)) =
-                    header.and_then(|h| Ok((h, ProduceResponse::decode(&mut body, version)?)))
-                else {
+                let Some((header, mut response)) = decode_answer::<ProduceResponse>(&frame, version) else {
                     return Err(frame);
                 };
                 if response.node_endpoints.is_empty() {
@@ -421,10 +411,7 @@ impl Inner {
     /// there is one and a corruption is still owed.
     fn corrupt_records(&self, request: &Request, frame: Bytes) -> Result<Bytes, Bytes> {
         let version = request.version;
-        let mut body = frame.slice(4..);
-        let header = ResponseHeader::decode(&mut body, FetchResponse::header_version(version));
-        let Ok((header, mut response)) = header.and_then(|h| Ok((h, FetchResponse::decode(&mut body, version)?)))
-        else {
+        let Some((header, mut response)) = decode_answer::<FetchResponse>(&frame, version) else {
             return Err(frame);
         };
         let Some(records) = response
@@ -588,6 +575,13 @@ impl Request {
         let header = ResponseHeader::default().with_correlation_id(self.correlation_id);
         encode(&header, &response, self.version)
     }
+}
+
+/// An answer's header and body, from its `[size][header][body]` frame.
+fn decode_answer<R: Decodable + HeaderVersion>(frame: &Bytes, version: i16) -> Option<(ResponseHeader, R)> {
+    let mut body = frame.slice(4..);
+    let header = ResponseHeader::decode(&mut body, R::header_version(version)).ok()?;
+    Some((header, R::decode(&mut body, version).ok()?))
 }
 
 /// `[size][header][body]` for an answer.

@@ -308,11 +308,7 @@ async fn every_record_once_and_in_order_through_random_cuts() {
         }
         let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 86).await.unwrap();
         proxy.cut_randomly(Duration::from_millis(300), Duration::from_secs(2));
-        let client = rill_client::ClientConfig::new(proxy.bootstrap())
-            .unwrap()
-            .request_timeout(Duration::from_secs(3))
-            .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
-            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100));
+        let client = common::proxied(&proxy, Duration::from_secs(3));
         // Small fetches, read slowly: the run lasts several seconds of cuts.
         let config = ConsumerConfig::new(client)
             .offset_reset(OffsetReset::Earliest)

@@ -779,11 +779,7 @@ async fn a_group_completes_its_rebalances_through_random_cuts() {
         fill(cluster, &topic, 6, 0, 1_000).await;
         let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 87).await.unwrap();
         proxy.cut_randomly(Duration::from_secs(1), Duration::from_secs(3));
-        let client = rill_client::ClientConfig::new(proxy.bootstrap())
-            .unwrap()
-            .request_timeout(Duration::from_secs(5))
-            .retry_backoff(Duration::from_millis(50), Duration::from_millis(500))
-            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200));
+        let client = common::proxied(&proxy, Duration::from_secs(5));
         let config = group_config(cluster, &group, AssignmentStrategy::CooperativeSticky)
             .with_client(client)
             .session(Duration::from_secs(3), Duration::from_millis(300));

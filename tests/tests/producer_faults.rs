@@ -22,15 +22,9 @@ use rill_testkit::{
 
 const NOT_LEADER: i16 = ResponseError::NotLeaderOrFollower.code();
 
-/// Client settings through the proxy: short timeouts and backoffs, so a
-/// cut costs little time.
+/// Client settings through the proxy.
 fn proxied(proxy: &KafkaProxy) -> ClientConfig {
-    ClientConfig::new(proxy.bootstrap())
-        .unwrap()
-        .request_timeout(Duration::from_secs(3))
-        .connection_setup_timeout(Duration::from_secs(2))
-        .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+    common::proxied(proxy, Duration::from_secs(3))
 }
 
 /// Sends `count` records over `keys` keys, each value `key:n` with `n` the

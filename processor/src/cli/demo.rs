@@ -100,6 +100,11 @@ async fn demo(
             .input_topic(input)
             .output_topic(output)
             .auto_offset_reset("earliest")
+            // Dynamic members: Tansu's static membership now and then
+            // answers a fresh static member's first heartbeat with
+            // UNKNOWN_MEMBER_ID (seen under load), and the demo's numbers
+            // would show the rebalance that follows.
+            .static_membership(false)
             .consumer_property("session.timeout.ms", "6000")
             .consumer_property("heartbeat.interval.ms", "500")
             .function(|input| weblog::process(&input.value));

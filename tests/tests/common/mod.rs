@@ -12,3 +12,14 @@ pub fn logs() {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
 }
+
+/// Client settings through a Kafka-aware proxy: short backoffs, so that
+/// a cut costs little time.
+pub fn proxied(proxy: &rill_testkit::KafkaProxy, request_timeout: std::time::Duration) -> rill_client::ClientConfig {
+    rill_client::ClientConfig::new(proxy.bootstrap())
+        .expect("the proxy's address parses")
+        .request_timeout(request_timeout)
+        .connection_setup_timeout(std::time::Duration::from_secs(2))
+        .retry_backoff(std::time::Duration::from_millis(20), std::time::Duration::from_millis(200))
+        .reconnect_backoff(std::time::Duration::from_millis(10), std::time::Duration::from_millis(100))
+}

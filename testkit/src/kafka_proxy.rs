@@ -100,6 +100,9 @@ struct Inner {
     connections_seen: AtomicU64,
     /// Record batches still to corrupt in Fetch answers.
     corrupt: AtomicU64,
+    /// Produce requests with a batch larger than this are refused
+    /// (`usize::MAX`: no limit).
+    max_batch: std::sync::atomic::AtomicUsize,
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -129,6 +132,7 @@ impl KafkaProxy {
             faults: AtomicU64::new(0),
             connections_seen: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
+            max_batch: std::sync::atomic::AtomicUsize::new(usize::MAX),
         });
         let port = inner.listener_for(&host, port)?;
         Ok(KafkaProxy { inner, bootstrap: format!("127.0.0.1:{port}"), seed })
@@ -158,6 +162,15 @@ impl KafkaProxy {
     /// [`Self::faults_applied`] as it happens.
     pub fn corrupt_fetched_batches(&self, batches: u64) {
         self.inner.corrupt.store(batches, Ordering::Relaxed);
+    }
+
+    /// Refuses every Produce request holding a record batch larger than
+    /// `bytes` with MESSAGE_TOO_LARGE, without forwarding it, as a broker
+    /// with that `message.max.bytes` refuses the batch (a request with
+    /// several partitions is refused whole: use one partition). Counted in
+    /// [`Self::faults_applied`].
+    pub fn limit_batch_size(&self, bytes: usize) {
+        self.inner.max_batch.store(bytes, Ordering::Relaxed);
     }
 
     /// Removes every rule.
@@ -353,6 +366,11 @@ impl Inner {
 
     /// The fault for this request, if a rule picks it.
     fn pick(&self, request: &Request) -> Option<RequestFault> {
+        let max_batch = self.max_batch.load(Ordering::Relaxed);
+        if request.produce.as_ref().is_some_and(|p| p.largest_batch > max_batch) {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+            return Some(RequestFault::AnswerWithoutForwarding(10)); // MESSAGE_TOO_LARGE
+        }
         let mut shared = lock(&self.shared);
         let Shared { rules, rng, .. } = &mut *shared;
         let fault = rules.iter_mut().filter(|rule| rule.api == request.api).find_map(|rule| fire(rule, rng))?;
@@ -520,6 +538,8 @@ struct Produce {
     topics: Vec<(StrBytes, Vec<i32>)>,
     /// acks=0: the broker sends no answer.
     no_answer: bool,
+    /// Bytes of the largest partition's records.
+    largest_batch: usize,
 }
 
 impl Request {
@@ -535,7 +555,14 @@ impl Request {
                 .iter()
                 .map(|t| (t.name.0.clone(), t.partition_data.iter().map(|p| p.index).collect()))
                 .collect();
-            Some(Produce { topics, no_answer: request.acks == 0 })
+            let largest_batch = request
+                .topic_data
+                .iter()
+                .flat_map(|t| t.partition_data.iter())
+                .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+                .max()
+                .unwrap_or(0);
+            Some(Produce { topics, no_answer: request.acks == 0, largest_batch })
         } else {
             None
         };

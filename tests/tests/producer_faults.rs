@@ -28,16 +28,16 @@ fn proxied(proxy: &KafkaProxy) -> ClientConfig {
 }
 
 /// Sends `count` records over `keys` keys, each value `key:n` with `n` the
-/// key's own sequence; returns the futures and the count per key.
+/// key's own sequence, counted on in `sent`; returns the futures.
 /// `before(i)` runs before record `i` and says how long to pause first.
 async fn send_keyed(
     producer: &Producer,
     topic: &str,
     count: u64,
     keys: u64,
+    sent: &mut BTreeMap<String, u64>,
     mut before: impl FnMut(u64) -> Duration,
-) -> (Vec<DeliveryFuture>, BTreeMap<String, u64>) {
-    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+) -> Vec<DeliveryFuture> {
     let mut deliveries = Vec::with_capacity(count as usize);
     for i in 0..count {
         let pause = before(i);
@@ -50,7 +50,7 @@ async fn send_keyed(
         *sequence += 1;
         deliveries.push(producer.send(Record::to(topic).key(&key).value(&value)).await.unwrap());
     }
-    (deliveries, sent)
+    deliveries
 }
 
 /// Awaits every delivery: none may fail.
@@ -89,7 +89,8 @@ async fn a_produce_refused_before_the_broker_saw_it_keeps_send_order() {
         let proxy = KafkaProxy::start(cluster.bootstrap(), 81).await.unwrap();
         proxy.add_rule(ApiKey::Produce, RequestFault::AnswerLate(NOT_LEADER), Schedule::Next(1));
         let producer = Producer::new(small_batches(proxied(&proxy))).unwrap();
-        let (deliveries, sent) = send_keyed(&producer, &topic, 20_000, 60, |_| Duration::ZERO).await;
+        let mut sent = BTreeMap::new();
+        let deliveries = send_keyed(&producer, &topic, 20_000, 60, &mut sent, |_| Duration::ZERO).await;
         all_delivered(deliveries).await;
         producer.close(Duration::from_secs(10)).await.unwrap();
         assert_eq!(proxy.faults_applied(), 1, "the proxy refused exactly one request");
@@ -121,7 +122,8 @@ async fn not_leader_after_the_append_is_resent_with_its_sequence() {
         // a refused one first: there, order needs one request in flight.
         let in_flight = if deduplicates(cluster) { 5 } else { 1 };
         let producer = Producer::new(small_batches(proxied(&proxy)).max_in_flight(in_flight)).unwrap();
-        let (deliveries, sent) = send_keyed(&producer, &topic, 30_000, 60, |_| Duration::ZERO).await;
+        let mut sent = BTreeMap::new();
+        let deliveries = send_keyed(&producer, &topic, 30_000, 60, &mut sent, |_| Duration::ZERO).await;
         all_delivered(deliveries).await;
         producer.close(Duration::from_secs(10)).await.unwrap();
         let faults = proxy.faults_applied();
@@ -151,7 +153,8 @@ async fn two_hundred_thousand_records_through_random_cuts_exactly_once_in_order(
     proxy.cut_randomly(Duration::from_millis(300), Duration::from_secs(2));
     let producer = Producer::new(small_batches(proxied(&proxy))).unwrap();
     let pace = |i: u64| if i.is_multiple_of(1_000) { Duration::from_millis(40) } else { Duration::ZERO };
-    let (deliveries, sent) = send_keyed(&producer, &topic, 200_000, 500, pace).await;
+    let mut sent = BTreeMap::new();
+    let deliveries = send_keyed(&producer, &topic, 200_000, 500, &mut sent, pace).await;
     all_delivered(deliveries).await;
     proxy.stop_cutting();
     producer.close(Duration::from_secs(10)).await.unwrap();
@@ -175,7 +178,8 @@ async fn two_hundred_thousand_records_through_leader_moves_exactly_once_in_order
         mock.create_topic(&topic, 6, 3).unwrap();
         let producer = Producer::new(small_batches(cluster.client_config())).unwrap();
         let mut moves = 0;
-        let (deliveries, sent) = send_keyed(&producer, &topic, 200_000, 500, |i| {
+        let mut sent = BTreeMap::new();
+        let deliveries = send_keyed(&producer, &topic, 200_000, 500, &mut sent, |i| {
             if !i.is_multiple_of(4_000) {
                 return Duration::ZERO;
             }
@@ -224,6 +228,48 @@ async fn an_expired_maybe_written_batch_fails_alone_and_the_producer_goes_on() {
             assert_eq!(delivered.partition, partition);
         }
         producer.close(Duration::from_secs(10)).await.unwrap();
+    })
+    .await;
+}
+
+/// Item 4: a broker refuses batches over 16 KiB (MESSAGE_TOO_LARGE, as
+/// with that `message.max.bytes`); the producer makes 256 KiB batches. It
+/// splits each refused batch in halves, down to what the broker takes, and
+/// keeps order and sequences; one record too large on its own fails alone,
+/// saying it was not written, and every other record is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_as_too_large_is_split_until_it_fits() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("too-large");
+        cluster.create_topic(&topic, 1).await.unwrap();
+        let proxy = KafkaProxy::start(cluster.bootstrap(), 88).await.unwrap();
+        proxy.limit_batch_size(16 * 1024);
+        // The mock checks no sequences: a part written while an earlier
+        // one is being split again would overtake it. One at a time there.
+        let in_flight = if deduplicates(cluster) { 5 } else { 1 };
+        let config = ProducerConfig::new(proxied(&proxy))
+            .batch_size(256 * 1024)
+            .linger(Duration::from_millis(20))
+            .max_in_flight(in_flight);
+        let producer = Producer::new(config).unwrap();
+        let mut sent = BTreeMap::new();
+        let first = send_keyed(&producer, &topic, 2_500, 20, &mut sent, |_| Duration::ZERO).await;
+        let huge = vec![b'x'; 20 * 1024];
+        let alone = producer.send(Record::to(&topic).key("huge").value(&huge)).await.unwrap();
+        let second = send_keyed(&producer, &topic, 2_500, 20, &mut sent, |_| Duration::ZERO).await;
+        let error = alone.await.unwrap_err();
+        assert!(error.to_string().contains("MessageTooLarge") && !error.maybe_written(), "{error}");
+        all_delivered(first).await;
+        all_delivered(second).await;
+        producer.close(Duration::from_secs(10)).await.unwrap();
+        let refusals = proxy.faults_applied();
+        eprintln!("{}: {refusals} Produce requests refused as too large", cluster.kind());
+        assert!(refusals > 10, "batches were refused and split ({refusals})");
+
+        let records = read_all(cluster.bootstrap(), &topic, 1, 5_000, Duration::from_secs(60));
+        assert_eq!(records.len(), 5_000, "every record but the huge one, once");
+        check_per_key(&records, &sent, true);
     })
     .await;
 }

@@ -1,9 +1,11 @@
 //! Outputs in flight, awaited one future per producer batch.
 //!
-//! The records of one batch complete together with one outcome. Awaiting a
-//! future per record (thousands in flight) costs a task, a waker and a poll
-//! each; here consecutive outputs appended to the same batch share one
-//! entry, and when it completes each of their inputs gets the outcome.
+//! The records of one batch complete together. Awaiting a future per
+//! record (thousands in flight) costs a task, a waker and a poll each; here
+//! consecutive outputs appended to the same batch share one entry, and when
+//! it completes each of their inputs gets its record's outcome (usually the
+//! batch's; a batch the broker refused as too large was split, and one part
+//! may fail while another is written).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -38,8 +40,9 @@ pub(super) struct Outcome {
 /// appended to now.
 struct Open {
     id: u64,
-    last: DeliveryFuture,
-    origins: Vec<Origin>,
+    /// Each output's input, with the output's own future (read, not
+    /// awaited, once the batch completed).
+    origins: Vec<(Origin, DeliveryFuture)>,
 }
 
 /// Resolves when a batch completes.
@@ -65,7 +68,7 @@ pub(super) struct Deliveries {
     /// By (dead letter?, partition): the batch being filled.
     open: [Vec<Option<Open>>; 2],
     /// Origins of batches that are no longer being filled.
-    closed: HashMap<u64, Vec<Origin>>,
+    closed: HashMap<u64, Vec<(Origin, DeliveryFuture)>>,
     next_id: u64,
     /// Outcomes of a completed batch not yet handed out.
     ready: VecDeque<Outcome>,
@@ -86,10 +89,9 @@ impl Deliveries {
             slots.resize_with(partition + 1, || None);
         }
         if let Some(open) = &mut slots[partition]
-            && open.last.shares_batch_with(&delivery)
+            && open.origins.last().is_some_and(|(_, last)| last.shares_batch_with(&delivery))
         {
-            open.origins.push(origin);
-            open.last = delivery;
+            open.origins.push((origin, delivery));
             return;
         }
         // A new batch: the one before on this partition is full or sent.
@@ -99,7 +101,7 @@ impl Deliveries {
         let id = self.next_id;
         self.next_id += 1;
         self.batches.push(Batch { id, key: (kind, partition), delivery: delivery.clone() });
-        slots[partition] = Some(Open { id, last: delivery, origins: vec![origin] });
+        slots[partition] = Some(Open { id, origins: vec![(origin, delivery)] });
     }
 
     /// The next outcome; `None` when nothing is in flight. Cancel-safe:
@@ -112,10 +114,13 @@ impl Deliveries {
                 _ => self.closed.remove(&id),
             };
             let at = SystemTime::now();
-            self.ready.extend(origins.unwrap_or_default().into_iter().map(|origin| Outcome {
-                origin,
-                result: result.clone(),
-                at,
+            self.ready.extend(origins.unwrap_or_default().into_iter().map(|(origin, delivery)| {
+                // The batch completed, so every record's outcome is known.
+                let result = match delivery.try_result() {
+                    Some(own) => own.map(|_| ()),
+                    None => result.clone(),
+                };
+                Outcome { origin, result, at }
             }));
         }
         let outcome = self.ready.pop_front()?;

@@ -100,8 +100,13 @@ pub(crate) enum Payload {
 pub(crate) struct ProducerBatch {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
-    /// Creation order within the partition.
+    /// Creation order within the partition: the batch's index times
+    /// [`BATCH_SPAN`]. The parts of a batch split because it was too large
+    /// share its span: the first keeps the number, the second starts half
+    /// way, so that numbers still order every part of every batch.
     pub(crate) number: u64,
+    /// The numbers this batch stands for, from `number` on.
+    pub(crate) span: u64,
     pub(crate) payload: Payload,
     pub(crate) delivery: DeliveryGuard,
     pub(crate) created: Instant,
@@ -121,21 +126,28 @@ pub(crate) struct ProducerBatch {
     pub(crate) retry_at: Option<Instant>,
 }
 
+/// The numbers of one batch: room for splitting a batch in halves 24 times
+/// (a batch holds at most a million records).
+pub(crate) const BATCH_SPAN: u64 = 1 << 24;
+
 impl ProducerBatch {
-    /// A batch just closed: never sent, no sequence yet.
+    /// A batch just closed (the `index`th of its partition): never sent, no
+    /// sequence yet.
     pub(crate) fn closed(
         topic: Arc<str>,
         partition: i32,
-        number: u64,
+        index: u64,
         builder: BatchBuilder,
-        delivery: DeliveryGuard,
+        mut delivery: DeliveryGuard,
         created: Instant,
         accounted_bytes: usize,
     ) -> Self {
+        delivery.closed(builder.record_count() as u32);
         ProducerBatch {
             topic,
             partition,
-            number,
+            number: index * BATCH_SPAN,
+            span: BATCH_SPAN,
             records: builder.record_count(),
             payload: Payload::Closed(builder),
             delivery,
@@ -148,6 +160,75 @@ impl ProducerBatch {
             last_error: None,
             retry_at: None,
         }
+    }
+
+    /// The batch's index in its partition (the parts of a split batch
+    /// share it).
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> u64 {
+        self.number / BATCH_SPAN
+    }
+
+    /// Splits a batch of more than one record in two halves of its records
+    /// (the broker refused it as too large), each with its share of the
+    /// sequence numbers, the delivery and the buffer accounting, in order.
+    /// The batch back for a single record, a batch split as far as it goes,
+    /// or one never sealed.
+    pub(crate) fn split(mut self) -> Result<(ProducerBatch, ProducerBatch), Box<ProducerBatch>> {
+        let bytes = match &mut self.payload {
+            Payload::Sealed(sealed) if self.records >= 2 && self.span >= 2 => sealed.bytes(),
+            _ => return Err(Box::new(self)),
+        };
+        let Ok(decoded) = crate::records::decode_batch(bytes, usize::MAX) else { return Err(Box::new(self)) };
+        let at = self.records / 2;
+        let build = |records: &[crate::records::DecodedRecord]| {
+            let mut builder = BatchBuilder::new(0);
+            for record in records {
+                let headers: Vec<crate::records::Header<'_>> = record
+                    .headers
+                    .iter()
+                    .map(|h| crate::records::Header::new(h.key.as_str(), h.value.as_deref()))
+                    .collect();
+                let (key, value) = (record.key.as_deref(), record.value.as_deref());
+                let payload = crate::records::batch::payload_size(key, value, &headers);
+                builder.append_sized(record.timestamp, key, value, &headers, payload);
+            }
+            builder
+        };
+        let (first_records, second_records) = decoded.records.split_at(at as usize);
+        let (first_builder, second_builder) = (build(first_records), build(second_records));
+        let (first_delivery, second_delivery) = self.delivery.split(at as u32);
+        let first_bytes = self.accounted_bytes * at as usize / self.records as usize;
+        let half = self.span / 2;
+        let part = |number, span, builder: BatchBuilder, delivery, accounted_bytes, base_sequence| ProducerBatch {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            number,
+            span,
+            records: builder.record_count(),
+            payload: Payload::Closed(builder),
+            delivery,
+            created: self.created,
+            accounted_bytes,
+            base_sequence,
+            stamped: None,
+            attempts: self.attempts,
+            maybe_written: false,
+            last_error: self.last_error.clone(),
+            retry_at: None,
+        };
+        let second_sequence = self.base_sequence.map(|s| s.wrapping_add(at) & i32::MAX);
+        Ok((
+            part(self.number, half, first_builder, first_delivery, first_bytes, self.base_sequence),
+            part(
+                self.number + half,
+                self.span - half,
+                second_builder,
+                second_delivery,
+                self.accounted_bytes - first_bytes,
+                second_sequence,
+            ),
+        ))
     }
 
     /// Compresses the batch if that has not happened yet.
@@ -496,7 +577,7 @@ mod tests {
         assert_eq!(acc.next_linger_deadline(), Some(t0 + Duration::from_millis(5)));
         assert!(acc.drain("t", 1, t0 + Duration::from_millis(4)).is_none());
         let batch = acc.drain("t", 1, t0 + Duration::from_millis(5)).unwrap();
-        assert_eq!((batch.partition, batch.records, batch.number), (1, 1, 0));
+        assert_eq!((batch.partition, batch.records, batch.index()), (1, 1, 0));
         assert_eq!(acc.next_linger_deadline(), None);
     }
 
@@ -526,7 +607,7 @@ mod tests {
         let counts: Vec<i32> = std::iter::from_fn(|| acc.drain("t", 2, t0)).map(|b| b.records).collect();
         assert_eq!(counts, [100, 100]);
         let numbers: Vec<u64> =
-            std::iter::from_fn(|| acc.drain("t", 2, t0 + Duration::from_secs(1))).map(|b| b.number).collect();
+            std::iter::from_fn(|| acc.drain("t", 2, t0 + Duration::from_secs(1))).map(|b| b.index()).collect();
         assert_eq!(numbers, [2]);
     }
 

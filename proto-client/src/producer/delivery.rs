@@ -5,6 +5,10 @@
 //! record's index in the batch. A record costs an `Arc` clone, not a channel
 //! and an allocation of its own; a future dropped unawaited costs nothing
 //! more. Waiters register a waker only when they poll before the outcome.
+//!
+//! A batch the broker refuses as too large is split; its parts complete
+//! separately (one may fail, another be written), each for its range of
+//! records, and the outcome is set once every record has one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,21 +39,34 @@ pub(crate) struct Acked {
     pub(crate) log_append_time: Option<i64>,
 }
 
+/// The outcome of a range of a batch's records: from `first` on, up to
+/// the next segment.
+type Segment = (u32, Result<Acked, Error>);
+
 /// The outcome shared by the records of one batch.
 #[derive(Debug)]
 pub(crate) struct BatchDelivery {
     partition: i32,
-    outcome: OnceLock<Result<Acked, Error>>,
+    /// One segment, or several (in index order) for a batch that was split.
+    outcome: OnceLock<Vec<Segment>>,
+    /// Parts of a split batch that completed, with their record counts,
+    /// until every record has an outcome.
+    parts: Mutex<Vec<(Segment, u32)>>,
     waiters: Mutex<Vec<Waker>>,
 }
 
 impl BatchDelivery {
     pub(crate) fn new(partition: i32) -> Arc<Self> {
-        Arc::new(BatchDelivery { partition, outcome: OnceLock::new(), waiters: Mutex::new(Vec::new()) })
+        Arc::new(BatchDelivery {
+            partition,
+            outcome: OnceLock::new(),
+            parts: Mutex::new(Vec::new()),
+            waiters: Mutex::new(Vec::new()),
+        })
     }
 
     /// Sets the outcome (once; later calls are ignored) and wakes waiters.
-    fn complete(&self, outcome: Result<Acked, Error>) {
+    fn set(&self, outcome: Vec<Segment>) {
         if self.outcome.set(outcome).is_err() {
             debug_assert!(false, "a batch completed twice");
             return;
@@ -60,40 +77,87 @@ impl BatchDelivery {
         }
     }
 
-    fn is_complete(&self) -> bool {
-        self.outcome.get().is_some()
+    /// The outcome of `count` records from `first` on, out of `total`.
+    fn complete(&self, first: u32, count: u32, total: u32, outcome: Result<Acked, Error>) {
+        if first == 0 && count == total {
+            return self.set(vec![(0, outcome)]);
+        }
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts.push(((first, outcome), count));
+        if parts.iter().map(|(_, count)| count).sum::<u32>() < total {
+            return;
+        }
+        let mut segments: Vec<Segment> = std::mem::take(&mut *parts).into_iter().map(|(segment, _)| segment).collect();
+        drop(parts);
+        segments.sort_by_key(|(first, _)| *first);
+        self.set(segments);
+    }
+
+    /// The outcome of record `index`, with the first index of its segment.
+    fn outcome_of(&self, index: u32) -> Option<(u32, &Result<Acked, Error>)> {
+        let segments = self.outcome.get()?;
+        let at = segments.partition_point(|(first, _)| *first <= index).saturating_sub(1);
+        segments.get(at).map(|(first, outcome)| (*first, outcome))
     }
 }
 
-/// Owns a batch's outcome until it is set: whoever holds the batch holds
-/// the guard, and a batch dropped without an outcome (the producer task
-/// ended, the runtime shut down) fails its records instead of leaving
-/// their futures pending forever.
+/// Owns the outcome of a batch's records until it is set: whoever holds
+/// the batch holds the guard, and a batch dropped without an outcome (the
+/// producer task ended, the runtime shut down) fails its records instead
+/// of leaving their futures pending forever. The part of a split batch
+/// owns its range of the records.
 #[derive(Debug)]
-pub(crate) struct DeliveryGuard(Arc<BatchDelivery>);
+pub(crate) struct DeliveryGuard {
+    shared: Arc<BatchDelivery>,
+    first: u32,
+    count: u32,
+    /// Records of the whole batch (before any split).
+    total: u32,
+    done: bool,
+}
 
 impl DeliveryGuard {
     pub(crate) fn new(partition: i32) -> Self {
-        DeliveryGuard(BatchDelivery::new(partition))
+        DeliveryGuard { shared: BatchDelivery::new(partition), first: 0, count: 0, total: 0, done: false }
     }
 
     pub(crate) fn shared(&self) -> &Arc<BatchDelivery> {
-        &self.0
+        &self.shared
     }
 
-    /// Sets the outcome.
-    pub(crate) fn complete(self, outcome: Result<Acked, Error>) {
-        self.0.complete(outcome);
+    /// The batch is closed with `records` records.
+    pub(crate) fn closed(&mut self, records: u32) {
+        (self.count, self.total) = (records, records);
+    }
+
+    /// Splits the guard of `count` records into the first `at` and the rest.
+    pub(crate) fn split(mut self, at: u32) -> (DeliveryGuard, DeliveryGuard) {
+        debug_assert!(at > 0 && at < self.count);
+        self.done = true;
+        let part =
+            |first, count| DeliveryGuard { shared: self.shared.clone(), first, count, total: self.total, done: false };
+        (part(self.first, at), part(self.first + at, self.count - at))
+    }
+
+    /// Sets the outcome of the guarded records.
+    pub(crate) fn complete(mut self, outcome: Result<Acked, Error>) {
+        self.done = true;
+        self.shared.complete(self.first, self.count, self.total, outcome);
     }
 }
 
 impl Drop for DeliveryGuard {
     fn drop(&mut self) {
-        if !self.0.is_complete() {
-            self.0.complete(Err(Error::MaybeWritten {
-                reason: "the producer stopped before the record's outcome was known".into(),
-                last_error: None,
-            }));
+        if !self.done {
+            self.shared.complete(
+                self.first,
+                self.count,
+                self.total,
+                Err(Error::MaybeWritten {
+                    reason: "the producer stopped before the record's outcome was known".into(),
+                    last_error: None,
+                }),
+            );
         }
     }
 }
@@ -140,14 +204,14 @@ impl DeliveryFuture {
 
     /// The outcome if known, without waiting.
     pub fn try_result(&self) -> Option<Result<RecordMetadata, Error>> {
-        self.batch.outcome.get().map(|outcome| self.metadata(outcome))
+        self.batch.outcome_of(self.index).map(|(first, outcome)| self.metadata(first, outcome))
     }
 
-    fn metadata(&self, outcome: &Result<Acked, Error>) -> Result<RecordMetadata, Error> {
+    fn metadata(&self, first: u32, outcome: &Result<Acked, Error>) -> Result<RecordMetadata, Error> {
         match outcome {
             Ok(acked) => Ok(RecordMetadata {
                 partition: self.batch.partition,
-                offset: acked.base_offset.map(|base| base + i64::from(self.index)),
+                offset: acked.base_offset.map(|base| base + i64::from(self.index - first)),
                 timestamp: acked.log_append_time.unwrap_or(self.timestamp),
             }),
             Err(error) => Err(error.clone()),

@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::ApiKey;
 
-use super::accumulator::ProducerBatch;
+use super::accumulator::{BATCH_SPAN, ProducerBatch};
 use super::delivery::{Acked, DeliveryGuard};
 use crate::error::{Error, ErrorAction, classify};
 use crate::net::backoff;
@@ -83,6 +83,8 @@ pub(crate) struct Finished {
     pub(crate) outcome: Result<Acked, Error>,
     pub(crate) records: i32,
     pub(crate) bytes: usize,
+    /// The batch numbers it completes (see [`ProducerBatch::span`]).
+    span: u64,
 }
 
 /// What the sender should do after a result, besides completing records.
@@ -352,6 +354,8 @@ impl Sequencer {
             Finish(Result<Acked, Error>),
             /// Try again; the error is kept for a timeout's report.
             Retry(Error),
+            /// Too large for the broker: send its halves, at once.
+            Split(Error),
             FailProducer(Error),
         }
         let mut followup = Followup::default();
@@ -407,6 +411,10 @@ impl Sequencer {
                 let reason = format!("{code} on {}/{}{detail}", batch.topic, batch.partition);
                 Decision::FailProducer(Error::ProducerFailed { reason: reason.into() })
             }
+            BatchResult::Rejected {
+                code: code @ (ResponseError::MessageTooLarge | ResponseError::RecordListTooLarge),
+                message,
+            } if batch.records > 1 => Decision::Split(rejected(&batch, code, message)),
             BatchResult::Rejected { code: code @ ResponseError::NotLeaderOrFollower, message } => {
                 // With acks=all the leader appends, then waits for its
                 // replicas; one that loses leadership meanwhile answers
@@ -455,6 +463,29 @@ impl Sequencer {
                 batch.last_error = Some(Arc::new(error));
                 self.retry(batch, now, jitter)
             }
+            Decision::Split(error) => match batch.split() {
+                Ok((first, second)) => {
+                    // Not written: the halves share the batch's sequence
+                    // numbers, and go again before anything later.
+                    let state = self.state(&first.topic, first.partition);
+                    if idempotent && first.base_sequence.is_some() {
+                        state.unresolved.insert(second.number);
+                    }
+                    state.resending = false;
+                    state.retry.insert(first.number, first);
+                    state.retry.insert(second.number, second);
+                    Vec::new()
+                }
+                Err(batch) => {
+                    let batch = *batch;
+                    // It cannot be split: it fails, and its sequences are lost.
+                    if idempotent && batch.base_sequence.is_some() {
+                        self.state(&batch.topic, batch.partition).needs_reset = true;
+                        self.bump = Bump::Wanted;
+                    }
+                    self.finish(batch, Err(error))
+                }
+            },
             Decision::FailProducer(error) => {
                 let mut finished = Vec::new();
                 for held in self.fail(error.clone()) {
@@ -520,19 +551,25 @@ impl Sequencer {
         state.unresolved.remove(&batch.number);
         state.held.insert(
             batch.number,
-            Finished { delivery: batch.delivery, outcome, records: batch.records, bytes: batch.accounted_bytes },
+            Finished {
+                delivery: batch.delivery,
+                outcome,
+                records: batch.records,
+                bytes: batch.accounted_bytes,
+                span: batch.span,
+            },
         );
         let mut ready = Vec::new();
         while let Some(finished) = state.held.remove(&state.next_to_complete) {
+            state.next_to_complete += finished.span;
             ready.push(finished);
-            state.next_to_complete += 1;
         }
         ready
     }
 
-    /// Batches of a partition finished so far (they finish in order).
+    /// Batches of a partition finished so far, whole (they finish in order).
     pub(crate) fn completed(&self, topic: &Arc<str>, partition: i32) -> u64 {
-        self.partitions.get(&(topic.clone(), partition)).map_or(0, |p| p.next_to_complete)
+        self.partitions.get(&(topic.clone(), partition)).map_or(0, |p| p.next_to_complete / BATCH_SPAN)
     }
 
     /// Batches in flight, over all partitions.

@@ -141,7 +141,7 @@ fn retries_keep_their_sequence_and_wait_for_earlier_answers() {
     let mut resent = Vec::new();
     while let Some(mut b) = sequencer.next_retry(&t, 0, LEADER, later) {
         let (_, _, sequence) = sequencer.assign(&mut b, LEADER);
-        resent.push((b.number, sequence));
+        resent.push((b.index(), sequence));
         batches.push_back(b);
     }
     assert_eq!(resent, [(0, 0), (1, 2), (2, 4)], "same order, same sequences");
@@ -227,6 +227,57 @@ fn a_maybe_written_batch_that_cannot_keep_its_sequence_fails_alone() {
     let (done, _) = sequencer.on_result(after, written(9), later, 0.5);
     assert_eq!(outcomes(&done), [Ok(Some(9))]);
     assert!(sequencer.can_send_new(&t, 1, LEADER), "every partition goes on");
+}
+
+#[test]
+fn a_batch_too_large_for_the_broker_is_split_in_order_down_to_one_record() {
+    use crate::producer::delivery::DeliveryFuture;
+    use crate::records::Compression;
+    let now = Instant::now();
+    let mut sequencer = confirmed(5);
+    let t = topic();
+    let mut big = batch(0, 0, 4, now);
+    let futures: Vec<DeliveryFuture> =
+        (0..4).map(|i| DeliveryFuture::new(big.delivery.shared().clone(), i, 1000 + i64::from(i))).collect();
+    let mut later = batch(0, 1, 1, now);
+    assert_eq!(sequencer.assign(&mut big, LEADER), (1000, 0, 0));
+    big.seal(Compression::None, None);
+    assert_eq!(sequencer.assign(&mut later, LEADER), (1000, 0, 4));
+    // Refused as too large: two halves, at once, with the batch's sequences.
+    let (done, _) = sequencer.on_result(big, rejected(ResponseError::MessageTooLarge), now, 0.5);
+    assert!(done.is_empty());
+    // The later batch was refused as out of order behind it: a retry.
+    sequencer.on_result(later, rejected(ResponseError::OutOfOrderSequenceNumber), now, 0.5);
+    assert!(!sequencer.wants_producer_id(), "nothing lost: no reset");
+    let mut sent = Vec::new();
+    // (The later batch waits out its retry backoff; the halves do not.)
+    let later = now + Duration::from_secs(5);
+    assert_eq!(sequencer.next_retry_at(), None, "the halves go at once");
+    while let Some(mut b) = sequencer.next_retry(&t, 0, LEADER, later) {
+        let (_, _, sequence) = sequencer.assign(&mut b, LEADER);
+        sent.push((b.records, sequence));
+        b.seal(Compression::None, None);
+        let (done, _) = sequencer.on_result(b, written(100 * sent.len() as i64), now, 0.5);
+        for f in done {
+            f.delivery.complete(f.outcome);
+        }
+        if sent.len() == 1 {
+            assert!(futures[0].try_result().is_none(), "a record's outcome waits for the whole batch");
+        }
+    }
+    assert_eq!(sent, [(2, 0), (2, 2), (1, 4)], "the halves in order, then the later batch");
+    let offsets: Vec<Option<i64>> = futures.iter().map(|f| f.try_result().unwrap().unwrap().offset).collect();
+    assert_eq!(offsets, [Some(100), Some(101), Some(200), Some(201)], "each record's own half");
+
+    // One record too large fails alone, not written; the partition restarts
+    // its sequences and goes on.
+    let mut single = batch(0, 2, 1, now);
+    sequencer.assign(&mut single, LEADER);
+    single.seal(Compression::None, None);
+    let (done, _) = sequencer.on_result(single, rejected(ResponseError::MessageTooLarge), now, 0.5);
+    let error = done[0].outcome.as_ref().unwrap_err();
+    assert!(error.to_string().contains("MessageTooLarge") && !error.maybe_written(), "{error}");
+    assert!(sequencer.fatal().is_none());
 }
 
 #[test]
@@ -444,7 +495,7 @@ impl ModelBroker {
         }
         let log = self.log.entry(batch.partition).or_default();
         let offset = log.len() as i64;
-        log.extend((0..batch.records).map(|i| (batch.number, i)));
+        log.extend((0..batch.records).map(|i| (batch.index(), i)));
         let entry = self.producers.entry((id, batch.partition)).or_default();
         if entry.epoch != epoch {
             entry.recent.clear();
@@ -719,7 +770,7 @@ proptest! {
                         let mut append = |b: &ProducerBatch| {
                             let entry = log.entry(b.partition).or_default();
                             let offset = entry.len() as i64;
-                            entry.extend((0..b.records).map(|i| (b.number, i)));
+                            entry.extend((0..b.records).map(|i| (b.index(), i)));
                             offset
                         };
                         let result = match fault {

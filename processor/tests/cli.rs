@@ -298,3 +298,45 @@ async fn perf_process_reports_throughput_and_latency_in_one_json_line() {
     let listed = stdout(&rill(&["topic", "list", "-b", &brokers]));
     assert!(!listed.contains("rill-perf-"), "{listed}");
 }
+
+/// A batch that arrives damaged (the Kafka-aware proxy flips a byte of the
+/// first batch of a Fetch answer; Tansu's copy is intact) is reported on
+/// stderr and skipped, as kcat does; the records after it are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_reports_and_skips_an_unreadable_batch() {
+    let tansu = tansu().await;
+    let brokers = tansu.bootstrap();
+    let topic = rill_testkit::unique_topic("cli-unreadable");
+    assert!(rill(&["topic", "create", "--brokers", &brokers, "--partitions", "1", &topic]).status.success());
+    // Three batches of four lines: offsets 0-3, 4-7, 8-11.
+    for batch in 0..3 {
+        let lines: String = (0..4).map(|i| format!("line-{}\n", batch * 4 + i)).collect();
+        let produced = rill_with_input(&["produce", "--brokers", &brokers, "--topic", &topic], lines.as_bytes());
+        assert!(produced.status.success(), "{}", stderr(&produced));
+    }
+    let proxy = rill_testkit::KafkaProxy::start(&brokers, 92).await.unwrap();
+    proxy.corrupt_fetched_batches(1);
+    let through = proxy.bootstrap().to_owned();
+    let consumed = tokio::task::spawn_blocking(move || {
+        rill(&[
+            "consume",
+            "--brokers",
+            &through,
+            "--topic",
+            &topic,
+            "--from",
+            "beginning",
+            "-e",
+            "--format",
+            "%o %v\\n",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(consumed.status.success(), "{}", stderr(&consumed));
+    assert_eq!(proxy.faults_applied(), 1, "one batch was damaged");
+    let expected: Vec<String> = (4..12).map(|i| format!("{i} line-{i}")).collect();
+    assert_eq!(stdout(&consumed).lines().collect::<Vec<_>>(), expected);
+    let text = stderr(&consumed);
+    assert!(text.contains("offsets 0 to 3 cannot be read, skipped") && text.contains("CRC"), "{text}");
+}

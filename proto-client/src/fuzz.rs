@@ -16,8 +16,8 @@ use bytes::Bytes;
 use crate::consumer::fetched::{Aborted, decode_partition};
 use crate::consumer::group::protocol::{decode_assignment, decode_subscription};
 use crate::records::{Batches, decode_batch};
-use crate::wire::frame::{FrameReader, decode_response};
-use crate::wire::{ApiRequest, CLIENT_APIS};
+use crate::wire::frame::FrameReader;
+use crate::wire::{CLIENT_APIS, decode_response_of};
 
 /// The largest frame the targets accept: small, so that the fuzzer spends
 /// its time in decoders rather than in buffers.
@@ -48,35 +48,8 @@ fn response(frame: Bytes) {
     let (Some(&api), Some(&version)) = (frame.first(), frame.get(1)) else { return };
     let (key, range) = CLIENT_APIS[usize::from(api) % CLIENT_APIS.len()];
     let version = range.min + i16::from(version) % (range.max - range.min + 1);
-    let body = frame.slice(2..);
-    macro_rules! decode {
-        ($($request:ident),* $(,)?) => {
-            $(
-                if key == <kafka_protocol::messages::$request as ApiRequest>::KEY {
-                    let _ = decode_response::<kafka_protocol::messages::$request>(body, version);
-                    return;
-                }
-            )*
-        };
-    }
-    decode!(
-        ApiVersionsRequest,
-        MetadataRequest,
-        CreateTopicsRequest,
-        DeleteTopicsRequest,
-        ListOffsetsRequest,
-        ProduceRequest,
-        InitProducerIdRequest,
-        FetchRequest,
-        FindCoordinatorRequest,
-        JoinGroupRequest,
-        SyncGroupRequest,
-        HeartbeatRequest,
-        LeaveGroupRequest,
-        OffsetCommitRequest,
-        OffsetFetchRequest,
-    );
-    unreachable!("every API of CLIENT_APIS is decoded above: {key:?}");
+    let decoded = decode_response_of(key, frame.slice(2..), version);
+    assert!(decoded.is_some(), "every API of CLIENT_APIS decodes: {key:?}");
 }
 
 /// The `records` of a fetched partition: every batch on its own, then the

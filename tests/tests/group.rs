@@ -770,32 +770,29 @@ async fn commits_never_abort_a_held_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_completes_its_rebalances_through_random_cuts() {
     common::logs();
-    let cluster = rill_testkit::required(TestCluster::start(BrokerKind::Tansu, &ClusterOptions::default()).await);
-    {
-        let cluster = &cluster;
-        let topic = unique_topic("cut-group");
-        let group = unique_topic("cut-group-g");
-        cluster.create_topic(&topic, 6).await.unwrap();
-        fill(cluster, &topic, 6, 0, 1_000).await;
-        let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 87).await.unwrap();
-        proxy.cut_randomly(Duration::from_secs(1), Duration::from_secs(3));
-        let client = common::proxied(&proxy, Duration::from_secs(5));
-        let config = group_config(cluster, &group, AssignmentStrategy::CooperativeSticky)
-            .with_client(client)
-            .session(Duration::from_secs(3), Duration::from_millis(300));
-        let checker = Arc::new(Mutex::new(Checker { rewind_on_handover: true, ..Checker::default() }));
-        let a = member("a", config.clone(), &topic, checker.clone());
-        until("a gets all six", Duration::from_secs(60), &checker, |c| c.shares() == [6]).await;
-        let b = member("b", config.clone(), &topic, checker.clone());
-        until("two members, three each", Duration::from_secs(90), &checker, |c| c.shares() == [3, 3]).await;
-        until("every record", Duration::from_secs(60), &checker, |c| c.complete(6, 1_000)).await;
-        proxy.stop_cutting();
-        let connections = proxy.connections_accepted();
-        eprintln!("{}: {connections} connections through the cuts", cluster.kind());
-        assert!(connections > 4, "the cuts made the members reconnect ({connections})");
-        a.stop().await;
-        b.stop().await;
-        let checker = checker.lock().unwrap();
-        assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
-    }
+    let cluster = &rill_testkit::required(TestCluster::start(BrokerKind::Tansu, &ClusterOptions::default()).await);
+    let topic = unique_topic("cut-group");
+    let group = unique_topic("cut-group-g");
+    cluster.create_topic(&topic, 6).await.unwrap();
+    fill(cluster, &topic, 6, 0, 1_000).await;
+    let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 87).await.unwrap();
+    proxy.cut_randomly(Duration::from_secs(1), Duration::from_secs(3));
+    let client = common::proxied(&proxy, Duration::from_secs(5));
+    let config = group_config(cluster, &group, AssignmentStrategy::CooperativeSticky)
+        .with_client(client)
+        .session(Duration::from_secs(3), Duration::from_millis(300));
+    let checker = Arc::new(Mutex::new(Checker { rewind_on_handover: true, ..Checker::default() }));
+    let a = member("a", config.clone(), &topic, checker.clone());
+    until("a gets all six", Duration::from_secs(60), &checker, |c| c.shares() == [6]).await;
+    let b = member("b", config.clone(), &topic, checker.clone());
+    until("two members, three each", Duration::from_secs(90), &checker, |c| c.shares() == [3, 3]).await;
+    until("every record", Duration::from_secs(60), &checker, |c| c.complete(6, 1_000)).await;
+    proxy.stop_cutting();
+    let connections = proxy.connections_accepted();
+    eprintln!("{}: {connections} connections through the cuts", cluster.kind());
+    assert!(connections > 4, "the cuts made the members reconnect ({connections})");
+    a.stop().await;
+    b.stop().await;
+    let checker = checker.lock().unwrap();
+    assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
 }

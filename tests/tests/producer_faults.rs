@@ -83,7 +83,7 @@ fn deduplicates(cluster: &TestCluster) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_produce_refused_before_the_broker_saw_it_keeps_send_order() {
     common::logs();
-    let ran = each_broker(ClusterOptions::default(), async |cluster| {
+    each_broker(ClusterOptions::default(), async |cluster| {
         let topic = unique_topic("refused-first");
         cluster.create_topic(&topic, 3).await.unwrap();
         let proxy = KafkaProxy::start(cluster.bootstrap(), 81).await.unwrap();
@@ -100,7 +100,6 @@ async fn a_produce_refused_before_the_broker_saw_it_keeps_send_order() {
         check_per_key(&records, &sent, true);
     })
     .await;
-    assert!(!ran.is_empty());
 }
 
 /// Item 2: a fifth of Produce requests are written by the broker but

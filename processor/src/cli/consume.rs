@@ -215,6 +215,11 @@ fn closed_pipe(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::BrokenPipe
 }
 
+/// How a failed write of the output ends the run.
+fn write_failed(error: std::io::Error) -> Result<(), CliError> {
+    if closed_pipe(&error) { Ok(()) } else { Err(error.into()) }
+}
+
 pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliError> {
     let tokens = parse_format(&args.format)?;
     let mut stop = std::pin::pin!(super::stop_signal()?);
@@ -279,7 +284,7 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
             Some(record) => Ok(Event::Record(record)),
             None => {
                 if let Err(error) = unflushed.flush(&mut out, &handle) {
-                    break if closed_pipe(&error) { Ok(()) } else { Err(error.into()) };
+                    break write_failed(error);
                 }
                 tokio::select! {
                     event = consumer.next_event() => event,
@@ -297,7 +302,7 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                     write_formatted(&mut line, &tokens, &record);
                 }
                 if let Err(error) = out.write_all(&line) {
-                    break if closed_pipe(&error) { Ok(()) } else { Err(error.into()) };
+                    break write_failed(error);
                 }
                 unflushed.written(&record);
                 printed += 1;
@@ -313,7 +318,7 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                 // What was written of these partitions is committed as the
                 // revocation is dropped: flush and store it first.
                 if let Err(error) = unflushed.flush(&mut out, &handle) {
-                    break if closed_pipe(&error) { Ok(()) } else { Err(error.into()) };
+                    break write_failed(error);
                 }
                 for tp in revocation.partitions() {
                     at_end.remove(tp);

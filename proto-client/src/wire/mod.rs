@@ -71,6 +71,22 @@ macro_rules! api_requests {
         pub const CLIENT_APIS: &[(ApiKey, VersionRange)] = &[
             $((ApiKey::$key, VersionRange { min: $min, max: $max }),)*
         ];
+
+        /// Decodes `frame` (header and body) as the answer to `key` at
+        /// `version`, as the connection would; `None` for an API this
+        /// client does not use. For the fuzz targets.
+        pub(crate) fn decode_response_of(
+            key: ApiKey,
+            frame: bytes::Bytes,
+            version: i16,
+        ) -> Option<Result<(), String>> {
+            $(
+                if key == ApiKey::$key {
+                    return Some(frame::decode_response::<$request>(frame, version).map(|_| ()));
+                }
+            )*
+            None
+        }
     };
 }
 

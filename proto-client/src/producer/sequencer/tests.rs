@@ -548,6 +548,23 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// What the sender would send next for a partition to `broker`: its next
+/// retry, else its oldest new batch, if the sequencer allows either.
+fn next_to_send(
+    sequencer: &mut Sequencer,
+    created: &mut VecDeque<ProducerBatch>,
+    partition: i32,
+    broker: i32,
+    now: Instant,
+) -> Option<ProducerBatch> {
+    let t = topic();
+    match sequencer.next_retry(&t, partition, broker, now) {
+        Some(b) => Some(b),
+        None if sequencer.can_send_new(&t, partition, broker) => created.pop_front(),
+        None => None,
+    }
+}
+
 /// Producer id, epoch and base sequence of a batch on the wire.
 type Stamp = (i64, i16, i32);
 
@@ -560,7 +577,6 @@ type Outcome = (i32, u64, Result<Acked, Error>);
 fn run_model(ops: &[Op], checks: Checks, refuse_bumps: bool) -> (Vec<Outcome>, [u64; 2], ModelBroker) {
     let mut now = Instant::now();
     let mut sequencer = Sequencer::new(SequencerConfig { delivery_timeout: Duration::from_secs(8), ..config(5) });
-    let t = topic();
     let mut broker = ModelBroker::new(checks);
     let (mut leader, mut believed_leader) = (0usize, 0usize);
     let mut created: [VecDeque<ProducerBatch>; 2] = [VecDeque::new(), VecDeque::new()];
@@ -604,12 +620,8 @@ fn run_model(ops: &[Op], checks: Checks, refuse_bumps: bool) -> (Vec<Outcome>, [
             }
             Op::Send { partition } => {
                 let to = believed_leader as i32;
-                let next = match sequencer.next_retry(&t, partition, to, now) {
-                    Some(b) => Some(b),
-                    None if sequencer.can_send_new(&t, partition, to) => created[partition as usize].pop_front(),
-                    None => None,
-                };
-                if let Some(mut b) = next {
+                if let Some(mut b) = next_to_send(&mut sequencer, &mut created[partition as usize], partition, to, now)
+                {
                     let stamp = sequencer.assign(&mut b, to);
                     wires[believed_leader].push_back((b, stamp));
                 }
@@ -735,7 +747,6 @@ proptest! {
     fn no_loss_and_order_without_broker_sequence_checks(ops in proptest::collection::vec(op(), 1..300)) {
         let mut now = Instant::now();
         let mut sequencer = ready(1);
-        let t = topic();
         let mut log: HashMap<i32, Vec<(u64, i32)>> = HashMap::new();
         let mut created: [VecDeque<ProducerBatch>; 2] = [VecDeque::new(), VecDeque::new()];
         let mut next_number = [0u64; 2];
@@ -755,12 +766,8 @@ proptest! {
                     created[partition as usize].push_back(batch(partition, number, records, now));
                 }
                 Op::Send { partition } => {
-                    let next = match sequencer.next_retry(&t, partition, LEADER, now) {
-                        Some(b) => Some(b),
-                        None if sequencer.can_send_new(&t, partition, LEADER) => created[partition as usize].pop_front(),
-                        None => None,
-                    };
-                    if let Some(mut b) = next {
+                    let queue = &mut created[partition as usize];
+                    if let Some(mut b) = next_to_send(&mut sequencer, queue, partition, LEADER, now) {
                         sequencer.assign(&mut b, LEADER);
                         wire.push_back(b);
                     }

@@ -33,6 +33,7 @@ RESPONSES = [
     ("leave_group_response", "LeaveGroupResponse"),
     ("offset_commit_response", "OffsetCommitResponse"),
     ("offset_fetch_response", "OffsetFetchResponse"),
+    ("offset_for_leader_epoch_response", "OffsetForLeaderEpochResponse"),
     # Embedded in JoinGroup / SyncGroup: written by other group members.
     ("consumer_protocol_subscription", "ConsumerProtocolSubscription"),
     ("consumer_protocol_assignment", "ConsumerProtocolAssignment"),

@@ -176,6 +176,24 @@ pub enum Error {
     #[error("no offset to start from: {0}")]
     NoOffset(String),
 
+    /// The log of a partition lost records this consumer had already
+    /// returned (KIP-320): the leader's log parts from what was read at
+    /// `divergence` (unknown: `None`), below the consumer's position
+    /// `offset`.
+    #[error("the log of {partition} was truncated below offset {offset} (the consumer's position): {}",
+        match divergence {
+            Some(d) => format!("records from offset {d} on are no longer in the leader's log"),
+            None => "the leader cannot tell where its log parts from what was read".into(),
+        })]
+    LogTruncated {
+        /// The partition.
+        partition: crate::TopicPartition,
+        /// The consumer's position: records before it were returned.
+        offset: i64,
+        /// The first offset whose record is gone, when the leader knows.
+        divergence: Option<i64>,
+    },
+
     /// The application did not poll the consumer within
     /// `max.poll.interval.ms`: the consumer left its group and lost its
     /// partitions; it rejoins when polled again.
@@ -231,6 +249,7 @@ impl Error {
             | Error::MaybeWritten { .. }
             | Error::ProducerFailed { .. }
             | Error::NoOffset(_)
+            | Error::LogTruncated { .. }
             | Error::Closed => ErrorAction::Fatal,
             Error::MaxPollIntervalExceeded { .. } => ErrorAction::Retry,
         }

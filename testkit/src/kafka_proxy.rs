@@ -16,6 +16,9 @@
 //! - [`RequestFault::ReplaceAnswer`]: the broker acts on the request; the
 //!   client is told it failed (an acks=all leader that appended, then lost
 //!   leadership while waiting for its replicas, answers this way).
+//! - [`KafkaProxy::diverge_next_fetch`]: a Fetch answer says the leader's
+//!   log parts from what the client read (KIP-320), as a Kafka leader
+//!   answers after an unclean election.
 //! - [`KafkaProxy::cut_all`]: every open connection closes at once.
 //!
 //! Answers always reach the client in request order, as a broker sends
@@ -28,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::EpochEndOffset;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, FetchResponse, FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
@@ -100,6 +104,8 @@ struct Inner {
     connections_seen: AtomicU64,
     /// Record batches still to corrupt in Fetch answers.
     corrupt: AtomicU64,
+    /// A diverging epoch owed to the next Fetch answer for a partition.
+    diverge: Mutex<Option<Divergence>>,
     /// Produce requests with a batch larger than this are refused
     /// (`usize::MAX`: no limit).
     max_batch: std::sync::atomic::AtomicUsize,
@@ -132,6 +138,7 @@ impl KafkaProxy {
             faults: AtomicU64::new(0),
             connections_seen: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
+            diverge: Mutex::new(None),
             max_batch: std::sync::atomic::AtomicUsize::new(usize::MAX),
         });
         let port = inner.listener_for(&host, port)?;
@@ -162,6 +169,22 @@ impl KafkaProxy {
     /// [`Self::faults_applied`] as it happens.
     pub fn corrupt_fetched_batches(&self, batches: u64) {
         self.inner.corrupt.store(batches, Ordering::Relaxed);
+    }
+
+    /// Makes the next Fetch answer (v12 or later) for `topic`/`partition`
+    /// say that the leader's log ends `leader_epoch` at `end_offset`: its
+    /// records are dropped and its `diverging_epoch` set, as a Kafka leader
+    /// answers a fetch whose last fetched epoch its log does not agree
+    /// with (an unclean election truncated it). The broker's log stays as
+    /// it is. Counted in [`Self::faults_applied`] when applied.
+    pub fn diverge_next_fetch(&self, topic: &str, partition: i32, leader_epoch: i32, end_offset: i64) {
+        *self.inner.diverge.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Divergence { topic: topic.to_owned(), partition, leader_epoch, end_offset });
+    }
+
+    /// Whether the divergence of [`Self::diverge_next_fetch`] is still owed.
+    pub fn divergence_pending(&self) -> bool {
+        self.inner.diverge.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Refuses every Produce request holding a record batch larger than
@@ -353,6 +376,9 @@ impl Inner {
                     None if request.api == ApiKey::Fetch && self.corrupt.load(Ordering::Relaxed) > 0 => {
                         self.corrupt_records(&request, frame).unwrap_or_else(|frame| frame)
                     }
+                    None if request.api == ApiKey::Fetch && self.owes_divergence() => {
+                        self.diverge(&request, frame).unwrap_or_else(|frame| frame)
+                    }
                     None => self.rewrite(&request, frame).unwrap_or_else(|frame| frame),
                 };
                 writer.write_all(&frame).await.ok()?;
@@ -454,9 +480,51 @@ impl Inner {
         encode(&header, &response, version).ok_or(frame)
     }
 
+    fn owes_divergence(&self) -> bool {
+        self.diverge.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Answers for the owed partition with a diverging epoch instead of
+    /// records, if this Fetch answer carries it at v12 or later.
+    fn diverge(&self, request: &Request, frame: Bytes) -> Result<Bytes, Bytes> {
+        let version = request.version;
+        if version < 12 {
+            return Err(frame);
+        }
+        let Some((header, mut response)) = decode_answer::<FetchResponse>(&frame, version) else {
+            return Err(frame);
+        };
+        let mut owed = self.diverge.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(divergence) = owed.as_ref() else { return Err(frame) };
+        let Some(data) = response
+            .responses
+            .iter_mut()
+            .filter(|t| t.topic.0.as_str() == divergence.topic)
+            .flat_map(|t| t.partitions.iter_mut())
+            .find(|p| p.partition_index == divergence.partition && p.error_code == 0)
+        else {
+            return Err(frame);
+        };
+        data.records = None;
+        data.diverging_epoch =
+            EpochEndOffset::default().with_epoch(divergence.leader_epoch).with_end_offset(divergence.end_offset);
+        *owed = None;
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        encode(&header, &response, version).ok_or(frame)
+    }
+
     fn local_port(self: &Arc<Self>, host: &str, port: i32) -> Option<i32> {
         self.listener_for(host, port).ok().map(i32::from)
     }
+}
+
+/// A diverging epoch owed to a Fetch answer.
+#[derive(Debug)]
+struct Divergence {
+    topic: String,
+    partition: i32,
+    leader_epoch: i32,
+    end_offset: i64,
 }
 
 /// The rule's fault, if its schedule picks this request.

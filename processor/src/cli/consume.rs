@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
-use rill_client::consumer::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerRecord, Event, OffsetReset};
+use rill_client::consumer::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerRecord, Event, OffsetReset, Resume};
 use rill_client::{OffsetSpec, TopicPartition, TopicScope};
 
 use super::CliError;
@@ -342,6 +342,22 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                 if let Err(error) = handle.seek(&partition, skip_to) {
                     break Err(error.into());
                 }
+            }
+            Ok(Event::LogTruncated { partition, error, resume }) => {
+                // What was written is stored first; past the divergence
+                // the log now holds other records, read from there on.
+                let _ = unflushed.flush(&mut out, &handle);
+                let next = match resume {
+                    Resume::At(offset) => {
+                        if let Err(error) = handle.store_offsets(&[(partition.clone(), offset)]) {
+                            break Err(error.into());
+                        }
+                        format!("reading on at offset {offset}")
+                    }
+                    Resume::Reset(reset) => format!("reading on where auto.offset.reset ({reset:?}) says"),
+                    Resume::Stopped => "the partition stopped (auto.offset.reset=error)".to_owned(),
+                };
+                eprintln!("rill: {}; {next}", super::one_line(&error));
             }
             Ok(Event::Error { partition, error }) => {
                 let _ = unflushed.flush(&mut out, &handle);

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rill_client::TopicPartition;
-use rill_client::consumer::{Consumer, ConsumerHandle, ConsumerRecord, Event};
+use rill_client::consumer::{Consumer, ConsumerHandle, ConsumerRecord, Event, Resume};
 use rill_client::producer::{DeliveryFuture, Header, Producer, Record};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
@@ -200,6 +200,9 @@ where
             Event::Unreadable { partition, offset, skip_to, error } if partition.topic == self.topic => {
                 self.unreadable(partition, offset, skip_to, error).await?;
             }
+            Event::LogTruncated { partition, error, resume } if partition.topic == self.topic => {
+                self.truncated(partition, error, resume).await?;
+            }
             Event::Error { partition, error } => {
                 if partition.is_none() && !error.is_retriable() {
                     return Err(error.into());
@@ -208,6 +211,38 @@ where
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The input log lost records already processed (KIP-320), and the
+    /// consumer moved the partition's position back (or by
+    /// `auto.offset.reset`): what is in flight settles, the partition's
+    /// ledger starts over from the new position, and the offset stored
+    /// for it is the new position until records from there are done.
+    /// The records that replaced the lost ones are processed; outputs of
+    /// the lost ones stay where they went. A partition the consumer
+    /// stopped (`auto.offset.reset=error`) stops the processor.
+    async fn truncated(
+        &mut self,
+        tp: TopicPartition,
+        error: rill_client::Error,
+        resume: Resume,
+    ) -> Result<(), ProcessorError> {
+        warn!(target: "rill::processor", partition = %tp, %error, ?resume, "input log truncated");
+        if resume == Resume::Stopped {
+            return Err(error.into());
+        }
+        if !self.trackers.contains_key(&tp.partition) {
+            return Ok(());
+        }
+        self.drain(&[tp.partition], self.processor.revoke_timeout).await?;
+        self.release(&[tp.partition], false);
+        if let Resume::At(offset) = resume {
+            self.store(&[(tp.clone(), offset)]);
+        }
+        self.generation += 1;
+        let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
+        self.trackers.insert(tp.partition, tracked);
         Ok(())
     }
 

@@ -121,7 +121,8 @@ impl Metadata {
     ///   keeps what was known about it;
     /// - a partition whose leader epoch is lower than the known one comes
     ///   from a broker that has not caught up, and is ignored: metadata
-    ///   never goes back in time;
+    ///   never goes back in time, unless the topic id changed (the topic
+    ///   was created again, and its epochs started over);
     /// - with [`TopicScope::All`], topics absent from the answer are gone.
     pub fn merge(&self, response: &MetadataResponse, scope: &TopicScope) -> (Metadata, MergeReport) {
         let mut next = self.clone();
@@ -172,7 +173,11 @@ impl Metadata {
                     continue;
                 }
             }
-            let previous = self.topics.get(&name);
+            // A topic deleted and created again under the same name has a
+            // new id, and its leader epochs start over: what was known of
+            // the old one says nothing of it. As Java's client, a first id
+            // after none counts as new too.
+            let previous = self.topics.get(&name).filter(|known| topic.topic_id.is_nil() || known.id == topic.topic_id);
             let mut partitions: Vec<PartitionInfo> = topic
                 .partitions
                 .iter()
@@ -281,6 +286,24 @@ mod tests {
         assert_eq!(report.leader_changes, 1);
         assert_eq!(merged.leader("t", 0).map(|(b, e)| (b.id, e)), Some((2, 7)));
         assert_eq!(merged.leader("t", 1).map(|(b, e)| (b.id, e)), Some((2, 4)));
+    }
+
+    #[test]
+    fn a_new_topic_id_starts_the_leader_epochs_over() {
+        let old = Uuid::from_u128(1);
+        let new = Uuid::from_u128(2);
+        let (known, _) = Metadata::default()
+            .merge(&response(vec![topic("t", 0, vec![partition(0, 2, 7)]).with_topic_id(old)]), &named(&["t"]));
+        let recreated = response(vec![topic("t", 0, vec![partition(0, 1, 0)]).with_topic_id(new)]);
+        let (merged, report) = known.merge(&recreated, &named(&["t"]));
+        assert_eq!(report.stale_partitions, 0);
+        assert_eq!(merged.leader("t", 0).map(|(b, e)| (b.id, e)), Some((1, 0)));
+        assert_eq!(merged.topics["t"].id, new);
+        // The same id with a lower epoch is still a lagging broker.
+        let lagging = response(vec![topic("t", 0, vec![partition(0, 1, 0)]).with_topic_id(old)]);
+        let (merged, report) = known.merge(&lagging, &named(&["t"]));
+        assert_eq!(report.stale_partitions, 1);
+        assert_eq!(merged.leader("t", 0).map(|(b, e)| (b.id, e)), Some((2, 7)));
     }
 
     #[test]

@@ -16,6 +16,18 @@ pub enum OffsetReset {
     Error,
 }
 
+/// Where a consumer goes on after the log was truncated below the records
+/// it had already returned (KIP-320; see [`super::Event::LogTruncated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TruncationReset {
+    /// At the divergence point: the first offset where the leader's log
+    /// differs from what was read, so the records that replaced the lost
+    /// ones are read. Java's consumer does this. Default.
+    Divergence,
+    /// Where `auto.offset.reset` says.
+    AutoOffsetReset,
+}
+
 /// Which records a consumer sees of transactional producers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IsolationLevel {
@@ -91,6 +103,7 @@ pub struct ConsumerConfig {
     pub(crate) queued_max_bytes: usize,
     pub(crate) isolation: IsolationLevel,
     pub(crate) partition_eof: bool,
+    pub(crate) truncation_reset: TruncationReset,
 }
 
 impl ConsumerConfig {
@@ -115,6 +128,7 @@ impl ConsumerConfig {
             queued_max_bytes: 64 * 1024 * 1024,
             isolation: IsolationLevel::ReadUncommitted,
             partition_eof: false,
+            truncation_reset: TruncationReset::Divergence,
         }
     }
 
@@ -136,6 +150,7 @@ impl ConsumerConfig {
     /// | `queued.max.messages.kbytes` | [`Self::prefetch_bytes`] |
     /// | `isolation.level` | `read_uncommitted` or `read_committed` |
     /// | `enable.partition.eof` | [`Self::partition_eof`] |
+    /// | `log.truncation.reset` | `divergence` or `auto.offset.reset` ([`Self::truncation_reset`]; Rill's own key) |
     pub fn from_properties<K: AsRef<str>, V: AsRef<str>>(
         properties: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
@@ -190,6 +205,13 @@ impl ConsumerConfig {
                 }
             }
             "enable.partition.eof" => self.partition_eof = parse::boolean(key, value)?,
+            "log.truncation.reset" => {
+                self.truncation_reset = match value.trim() {
+                    "divergence" => TruncationReset::Divergence,
+                    "auto.offset.reset" => TruncationReset::AutoOffsetReset,
+                    _ => return Err(invalid("expected divergence or auto.offset.reset")),
+                }
+            }
             _ => return self.client.set_property(key, value),
         }
         Ok(true)
@@ -316,6 +338,15 @@ impl ConsumerConfig {
         self.partition_eof = enabled;
         self
     }
+
+    /// Where to go on when the log was truncated below records already
+    /// returned. Default [`TruncationReset::Divergence`]. With
+    /// `auto.offset.reset=error` the partition stops instead, until the
+    /// application seeks it.
+    pub fn truncation_reset(mut self, reset: TruncationReset) -> Self {
+        self.truncation_reset = reset;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +374,7 @@ mod tests {
             ("queued.max.messages.kbytes", "1024"),
             ("isolation.level", "read_committed"),
             ("enable.partition.eof", "true"),
+            ("log.truncation.reset", "auto.offset.reset"),
         ])
         .unwrap();
         assert_eq!(config.group_id.as_deref(), Some("g"));
@@ -355,6 +387,7 @@ mod tests {
         assert_eq!(config.queued_max_bytes, 1024 * 1024);
         assert_eq!(config.isolation, IsolationLevel::ReadCommitted);
         assert!(config.partition_eof);
+        assert_eq!(config.truncation_reset, TruncationReset::AutoOffsetReset);
     }
 
     #[test]
@@ -369,6 +402,7 @@ mod tests {
         assert!(bad(&[("group.instance.id", "x")]).contains("group.id"));
         assert!(bad(&[("session.timeout.ms", "1000"), ("heartbeat.interval.ms", "2000")]).contains("heartbeat"));
         assert!(bad(&[("enable.auto.comit", "true")]).contains("enable.auto.comit"));
+        assert!(bad(&[("log.truncation.reset", "latest")]).contains("log.truncation.reset"));
         let config = ConsumerConfig::from_properties([
             ("bootstrap.servers", "b:1"),
             ("partition.assignment.strategy", "range,org.apache.kafka.clients.consumer.RoundRobinAssignor"),

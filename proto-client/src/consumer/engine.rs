@@ -14,10 +14,12 @@ use tracing::{debug, warn};
 use super::config::OffsetReset;
 use super::coordinator::{CommitOffset, GroupCoordinator};
 use super::state::{Lookup, Shared};
+use super::truncation::{self, EpochPosition};
 use super::{Event, fetcher};
 use crate::TopicPartition;
 use crate::admin::OffsetSpec;
-use crate::error::Error;
+use crate::error::{Error, ErrorAction, classify};
+use kafka_protocol::messages::ApiKey;
 
 pub(crate) async fn run(shared: Arc<Shared>, coordinator: Option<Arc<GroupCoordinator>>) {
     let mut metadata = shared.client.cluster().watch();
@@ -32,6 +34,7 @@ pub(crate) async fn run(shared: Arc<Shared>, coordinator: Option<Arc<GroupCoordi
         changed.as_mut().enable();
         ensure_fetchers(&shared);
         start_lookups(&shared, &coordinator);
+        start_validations(&shared);
         if Instant::now() >= next_commit {
             next_commit = Instant::now() + interval;
             // Not while a join or sync is held at the coordinator: the
@@ -125,8 +128,200 @@ fn start_lookups(shared: &Arc<Shared>, coordinator: &Option<Arc<GroupCoordinator
     }
 }
 
+/// A fetch position to validate at its leader (KIP-320).
+struct Validation {
+    partition: TopicPartition,
+    /// The partition's epoch (of its position) when the validation started.
+    epoch: u64,
+    position: EpochPosition,
+    /// The partition's leader epoch in the metadata.
+    leader_epoch: i32,
+}
+
+/// Starts an OffsetForLeaderEpoch validation for every partition whose
+/// leader epoch moved past the one its position was known good for (the
+/// fetcher holds such partitions back meanwhile). Not while a fetch of the
+/// partition is in flight: its answer moves the position.
+fn start_validations(shared: &Arc<Shared>) {
+    let metadata = shared.client.cluster().metadata();
+    let mut by_leader: BTreeMap<i32, Vec<Validation>> = BTreeMap::new();
+    {
+        let mut state = shared.lock();
+        for (tp, ps) in state.partitions.iter_mut() {
+            let (Some((leader, leader_epoch)), Some(offset), Some(fetch_epoch)) =
+                (metadata.leader(&tp.topic, tp.partition), ps.fetch_offset, ps.fetch_epoch)
+            else {
+                continue;
+            };
+            if ps.validating || ps.in_flight || ps.failed || ps.paused || ps.revoking {
+                continue;
+            }
+            if !truncation::needs_validation(ps.fetch_epoch, ps.validated_for, leader_epoch) {
+                continue;
+            }
+            ps.validating = true;
+            by_leader.entry(leader.id).or_default().push(Validation {
+                partition: tp.clone(),
+                epoch: ps.epoch.load(Ordering::Acquire),
+                position: EpochPosition { offset, leader_epoch: fetch_epoch },
+                leader_epoch,
+            });
+        }
+    }
+    for (broker, validations) in by_leader {
+        let shared = shared.clone();
+        tokio::spawn(async move { validate(&shared, broker, validations).await });
+    }
+}
+
+/// Asks `broker` where the epochs of these positions end, and acts on the
+/// answers. A broker without OffsetForLeaderEpoch (Tansu) cannot be asked:
+/// its positions count as valid, as in Java. Errors that a fresh look at
+/// the metadata or a later try may mend are retried after a backoff.
+async fn validate(shared: &Shared, broker: i32, validations: Vec<Validation>) {
+    let answers = match offsets_for_leader_epochs(shared, broker, &validations).await {
+        Ok(answers) => answers,
+        Err(Error::UnsupportedApi { .. }) => {
+            debug!(target: "rill::fetch", broker, "no OffsetForLeaderEpoch: positions not validated");
+            let mut state = shared.lock();
+            for v in &validations {
+                if let Some(ps) = state.partitions.get_mut(&v.partition) {
+                    ps.validating = false;
+                    ps.validated_for = ps.validated_for.max(v.leader_epoch);
+                }
+            }
+            drop(state);
+            shared.changed.notify_waiters();
+            return;
+        }
+        Err(error) => {
+            debug!(target: "rill::fetch", broker, %error, "validating positions failed; retrying");
+            shared.client.cluster().request_refresh();
+            BTreeMap::new()
+        }
+    };
+    let mut events = Vec::new();
+    let mut retry = Vec::new();
+    {
+        let mut state = shared.lock();
+        for validation in &validations {
+            let Some(ps) = state.partitions.get_mut(&validation.partition) else { continue };
+            if ps.epoch.load(Ordering::Acquire) != validation.epoch
+                || ps.fetch_offset != Some(validation.position.offset)
+            {
+                ps.validating = false; // the position moved: looked at again
+                continue;
+            }
+            match answers.get(&validation.partition) {
+                Some(Ok((leader_epoch, end_offset))) => {
+                    ps.validating = false;
+                    let verdict = truncation::judge(validation.position, *leader_epoch, *end_offset);
+                    debug!(target: "rill::fetch", partition = %validation.partition,
+                        offset = validation.position.offset, position_epoch = validation.position.leader_epoch,
+                        leader_epoch, end_offset, ?verdict, "position validated");
+                    if let Some(event) =
+                        ps.judged(&validation.partition, verdict, validation.leader_epoch, &shared.config)
+                    {
+                        warn!(target: "rill::fetch", partition = %validation.partition, ?event, "log truncated");
+                        events.push(event);
+                    }
+                }
+                Some(Err(code)) if classify(*code) == ErrorAction::Fatal => {
+                    ps.validating = false;
+                    ps.failed = true;
+                    let context = format!("partition {}", validation.partition);
+                    let error = Error::broker(ApiKey::OffsetForLeaderEpoch, *code, context);
+                    events.push(Event::Error { partition: Some(validation.partition.clone()), error });
+                }
+                // Retriable (FENCED_LEADER_EPOCH: our metadata is behind;
+                // UNKNOWN_LEADER_EPOCH: the broker is), or no answer.
+                _ => retry.push((validation.partition.clone(), validation.epoch)),
+            }
+        }
+    }
+    for event in events {
+        shared.push_event(event);
+    }
+    shared.changed.notify_waiters();
+    if !retry.is_empty() {
+        shared.client.cluster().request_refresh();
+        tokio::time::sleep(shared.config.client.retry_backoff_max).await;
+        let mut state = shared.lock();
+        for (tp, _) in &retry {
+            if let Some(ps) = state.partitions.get_mut(tp) {
+                ps.validating = false;
+            }
+        }
+        drop(state);
+        shared.changed.notify_waiters();
+    }
+}
+
+/// One OffsetForLeaderEpoch request: per partition, the leader's
+/// (epoch, end offset) for the position's epoch, or its error code.
+async fn offsets_for_leader_epochs(
+    shared: &Shared,
+    broker: i32,
+    validations: &[Validation],
+) -> Result<BTreeMap<TopicPartition, Result<(i32, i64), kafka_protocol::ResponseError>>, Error> {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+    use kafka_protocol::messages::{BrokerId, OffsetForLeaderEpochRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let link = shared
+        .client
+        .cluster()
+        .link(broker)
+        .ok_or_else(|| Error::UnknownTopicOrPartition(format!("broker {broker} left the cluster")))?;
+    let connection = link.connection().await?;
+    let version = connection.version_for::<OffsetForLeaderEpochRequest>()?;
+    let mut topics: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
+    for v in validations {
+        topics.entry(v.partition.topic.as_str()).or_default().push(
+            OffsetForLeaderPartition::default()
+                .with_partition(v.partition.partition)
+                .with_current_leader_epoch(v.leader_epoch)
+                .with_leader_epoch(v.position.leader_epoch),
+        );
+    }
+    let mut request = OffsetForLeaderEpochRequest::default().with_topics(
+        topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                OffsetForLeaderTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(partitions)
+            })
+            .collect(),
+    );
+    if version >= 3 {
+        request = request.with_replica_id(BrokerId(-1)); // a consumer
+    }
+    let response = connection.send_at(&request, version, shared.config.client.request_timeout).await?;
+    let mut answers = BTreeMap::new();
+    for topic in response.topics {
+        for p in topic.partitions {
+            let tp = TopicPartition::new(topic.topic.0.as_str(), p.partition);
+            let answer = match kafka_protocol::ResponseError::try_from_code(p.error_code) {
+                None => Ok((p.leader_epoch, p.end_offset)),
+                Some(code) => Err(code),
+            };
+            answers.insert(tp, answer);
+        }
+    }
+    Ok(answers)
+}
+
 /// Applies a found position, unless the partition moved on meanwhile.
-fn resolved(shared: &Shared, tp: &TopicPartition, epoch: u64, outcome: Result<Option<i64>, Error>, next: Lookup) {
+/// A position comes with the leader epoch of the record before it when
+/// known (a committed offset's); such a position is validated before it is
+/// fetched from.
+fn resolved(
+    shared: &Shared,
+    tp: &TopicPartition,
+    epoch: u64,
+    outcome: Result<Option<(i64, Option<i32>)>, Error>,
+    next: Lookup,
+) {
     let mut state = shared.lock();
     let Some(ps) = state.partitions.get_mut(tp) else { return };
     if ps.epoch.load(Ordering::Acquire) != epoch {
@@ -135,9 +330,12 @@ fn resolved(shared: &Shared, tp: &TopicPartition, epoch: u64, outcome: Result<Op
     }
     ps.resolving = false;
     match outcome {
-        Ok(Some(offset)) => {
+        Ok(Some((offset, leader_epoch))) => {
             ps.fetch_offset = Some(offset);
             ps.position = Some(offset);
+            ps.fetch_epoch = leader_epoch;
+            ps.position_epoch = leader_epoch;
+            ps.validated_for = -1;
             ps.lookup = Lookup::Done;
         }
         Ok(None) => ps.lookup = next,
@@ -163,11 +361,10 @@ async fn lookup_committed(shared: &Shared, coordinator: &GroupCoordinator, parti
                     debug!(target: "rill::cgrp", partition = %tp, offset = offset.offset, "starting at the committed offset");
                     if let Some(ps) = shared.lock().partitions.get_mut(&tp) {
                         ps.committed = Some(offset.offset);
-                        ps.leader_epoch = offset.leader_epoch.or(ps.leader_epoch);
                     }
                 }
                 let next = Lookup::Reset(shared.config.offset_reset);
-                resolved(shared, &tp, epoch, Ok(committed.map(|c| c.offset)), next);
+                resolved(shared, &tp, epoch, Ok(committed.map(|c| (c.offset, c.leader_epoch))), next);
             }
         }
         Err(error) => {
@@ -212,7 +409,8 @@ async fn lookup_reset(shared: &Shared, reset: OffsetReset, partitions: Vec<(Topi
             for (tp, epoch) in partitions {
                 let offset = found.get(&tp).map(|o| o.offset);
                 debug!(target: "rill::fetch", partition = %tp, ?offset, ?reset, "position reset");
-                resolved(shared, &tp, epoch, Ok(offset), Lookup::Reset(reset));
+                // The leader just named it: nothing to validate.
+                resolved(shared, &tp, epoch, Ok(offset.map(|o| (o, None))), Lookup::Reset(reset));
             }
         }
         Err(error) if needs_the_application(&error) => {
@@ -268,7 +466,7 @@ pub(crate) async fn commit_stored(
                 ps.sync(auto_store);
                 let stored = ps.stored?;
                 (ps.committed != Some(stored))
-                    .then(|| (tp.clone(), CommitOffset { offset: stored, leader_epoch: ps.leader_epoch }))
+                    .then(|| (tp.clone(), CommitOffset { offset: stored, leader_epoch: ps.stored_epoch }))
             })
             .collect();
         (offsets, state.committer.clone())

@@ -28,6 +28,7 @@ use super::config::IsolationLevel;
 use super::fetched::{Aborted, Decoded, decode_partition};
 use super::session::{FetchSession, FetchState};
 use super::state::{Chunk, Item, Lookup, Shared};
+use super::truncation::{self, EpochPosition};
 use crate::TopicPartition;
 use crate::error::{Error, ErrorAction, classify};
 use crate::net::backoff::{delay, jitter};
@@ -36,6 +37,11 @@ use crate::net::backoff::{delay, jitter};
 struct Fetching {
     topic: Arc<str>,
     offset: i64,
+    /// The leader epoch of the record before `offset` (-1: unknown), as
+    /// named in the request.
+    last_fetched_epoch: i32,
+    /// The partition's leader epoch in the metadata the fetch was planned on.
+    leader_epoch: i32,
     epoch: u64,
 }
 
@@ -107,15 +113,40 @@ fn plan(shared: &Shared, broker: i32) -> Plan {
     let mut state = shared.lock();
     let mut partitions = BTreeMap::new();
     let mut wanted = BTreeMap::new();
-    for (tp, ps) in state.partitions.iter() {
-        if !ps.fetchable() || metadata.leader(&tp.topic, tp.partition).map(|(b, _)| b.id) != Some(broker) {
+    for (tp, ps) in state.partitions.iter_mut() {
+        let Some(leader_epoch) = metadata.leader(&tp.topic, tp.partition).filter(|(b, _)| b.id == broker).map(|l| l.1)
+        else {
+            continue;
+        };
+        if ps.fetch_epoch.is_none() {
+            // Nothing to validate yet; the first records fetched are of
+            // this leader's log.
+            ps.validated_for = ps.validated_for.max(leader_epoch);
+        }
+        if !ps.fetchable(leader_epoch) {
             continue;
         }
-        let leader_epoch = metadata.leader(&tp.topic, tp.partition).map_or(-1, |(_, epoch)| epoch);
         let offset = ps.fetch_offset.expect("fetchable");
-        wanted.insert(tp.clone(), (offset, shared.config.max_partition_fetch_bytes, leader_epoch));
-        partitions
-            .insert(tp.clone(), Fetching { topic: ps.topic.clone(), offset, epoch: ps.epoch.load(Ordering::Acquire) });
+        let last_fetched_epoch = ps.fetch_epoch.unwrap_or(-1);
+        wanted.insert(
+            tp.clone(),
+            FetchState {
+                offset,
+                max_bytes: shared.config.max_partition_fetch_bytes,
+                current_leader_epoch: leader_epoch,
+                last_fetched_epoch,
+            },
+        );
+        partitions.insert(
+            tp.clone(),
+            Fetching {
+                topic: ps.topic.clone(),
+                offset,
+                last_fetched_epoch,
+                leader_epoch,
+                epoch: ps.epoch.load(Ordering::Acquire),
+            },
+        );
     }
     if partitions.is_empty() {
         return Plan::Nothing;
@@ -173,12 +204,14 @@ async fn fetch(
     let version = connection.version_for::<FetchRequest>()?;
     let planned = session.plan(wanted);
     let mut topics: Vec<(&str, Vec<FetchPartition>)> = Vec::new();
-    for (tp, (offset, max_bytes, leader_epoch)) in rotated(&planned.partitions, rotation) {
+    for (tp, state) in rotated(&planned.partitions, rotation) {
         let partition = FetchPartition::default()
             .with_partition(tp.partition)
-            .with_fetch_offset(*offset)
-            .with_partition_max_bytes((*max_bytes).min(granted as i32))
-            .with_current_leader_epoch(if version >= 9 { *leader_epoch } else { -1 });
+            .with_fetch_offset(state.offset)
+            .with_partition_max_bytes(state.max_bytes.min(granted as i32))
+            .with_current_leader_epoch(if version >= 9 { state.current_leader_epoch } else { -1 })
+            // The broker checks its log agrees with what was read (KIP-320).
+            .with_last_fetched_epoch(if version >= 12 { state.last_fetched_epoch } else { -1 });
         match topics.last_mut() {
             Some((topic, partitions)) if *topic == tp.topic.as_str() => partitions.push(partition),
             _ => topics.push((tp.topic.as_str(), vec![partition])),
@@ -244,6 +277,9 @@ struct Answer {
     high_watermark: i64,
     /// The end a consumer of this isolation level reads to.
     end: i64,
+    /// The leader's (epoch, end offset) where its log parts from the
+    /// last fetched epoch (Fetch v12+), instead of records.
+    diverging: Option<(i32, i64)>,
     decoded: Decoded,
 }
 
@@ -265,8 +301,11 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
             let tp = TopicPartition::new(topic.topic.0.as_str(), data.partition_index);
             let Some(fetching) = partitions.get(&tp) else { continue };
             let error = ResponseError::try_from_code(data.error_code);
+            let diverging = &data.diverging_epoch;
+            let diverging =
+                (diverging.epoch >= 0 || diverging.end_offset >= 0).then_some((diverging.epoch, diverging.end_offset));
             let decoded = match (error, data.records) {
-                (None, Some(records)) if !records.is_empty() => {
+                (None, Some(records)) if !records.is_empty() && diverging.is_none() => {
                     let aborted: Vec<Aborted> = data
                         .aborted_transactions
                         .unwrap_or_default()
@@ -287,7 +326,7 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                 _ => Decoded::default(),
             };
             let end = readable_end(read_committed, data.high_watermark, data.last_stable_offset);
-            answers.insert(tp, Answer { error, high_watermark: data.high_watermark, end, decoded });
+            answers.insert(tp, Answer { error, high_watermark: data.high_watermark, end, diverging, decoded });
         }
     }
     let mut chunks = Vec::new();
@@ -303,8 +342,20 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
             if ps.epoch.load(Ordering::Acquire) != fetching.epoch {
                 continue; // sought, revoked or reset meanwhile
             }
-            let Some(Answer { error, high_watermark, end, decoded }) = answer else { continue };
+            let Some(Answer { error, high_watermark, end, diverging, decoded }) = answer else { continue };
             match error {
+                None if diverging.is_some() => {
+                    let (leader_epoch, end_offset) = diverging.expect("checked");
+                    let position = EpochPosition { offset: fetching.offset, leader_epoch: fetching.last_fetched_epoch };
+                    let verdict = truncation::judge(position, leader_epoch, end_offset);
+                    debug!(target: "rill::fetch", partition = %tp, offset = fetching.offset,
+                        last_fetched_epoch = fetching.last_fetched_epoch, leader_epoch, end_offset, ?verdict,
+                        "diverging epoch");
+                    if let Some(event) = ps.judged(tp, verdict, fetching.leader_epoch, config) {
+                        warn!(target: "rill::fetch", partition = %tp, ?event, "log truncated");
+                        events.push(event);
+                    }
+                }
                 None => {
                     ps.high_watermark = high_watermark;
                     if let Some(next) = decoded.next_offset {
@@ -313,7 +364,7 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                     if !decoded.records.is_empty() {
                         total += decoded.bytes;
                         if let Some(last) = decoded.records.back() {
-                            ps.leader_epoch = last.leader_epoch.or(ps.leader_epoch);
+                            ps.fetch_epoch = last.leader_epoch.or(ps.fetch_epoch);
                         }
                         chunks.push(Chunk {
                             partition: tp.clone(),
@@ -355,7 +406,7 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                 }
                 Some(ResponseError::OffsetOutOfRange) => {
                     debug!(target: "rill::fetch", partition = %tp, offset = fetching.offset, "offset out of range; resetting");
-                    ps.restart(None, Lookup::Reset(config.offset_reset));
+                    ps.restart(None, None, Lookup::Reset(config.offset_reset));
                 }
                 Some(code) => match classify(code) {
                     ErrorAction::Fatal => {

@@ -26,6 +26,7 @@ pub(crate) mod group;
 pub mod record;
 pub(crate) mod session;
 pub(crate) mod state;
+pub(crate) mod truncation;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +36,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use config::{AssignmentStrategy, ConsumerConfig, IsolationLevel, OffsetReset};
+pub use config::{AssignmentStrategy, ConsumerConfig, IsolationLevel, OffsetReset, TruncationReset};
 pub use record::{ConsumerRecord, TimestampType};
+pub use truncation::Resume;
 
 use coordinator::{CommitOffset, GroupCoordinator};
 use state::{Budget, Chunk, Item, Lookup, PartitionState, Shared, State};
@@ -75,6 +77,22 @@ pub enum Event {
         skip_to: i64,
         /// What is wrong.
         error: Error,
+    },
+    /// Records this consumer returned are no longer in the partition's log
+    /// (KIP-320: an unclean leader election, or records only the old
+    /// leader had): found by validating the position after a leader
+    /// change, or by a fetch the leader answered with a diverging epoch.
+    /// Records the application never saw are fetched again silently; this
+    /// event means it saw some that are gone. Where the consumer goes on
+    /// is in `resume` ([`ConsumerConfig::truncation_reset`]).
+    LogTruncated {
+        /// The partition.
+        partition: TopicPartition,
+        /// What happened: the position and the divergence point.
+        error: Error,
+        /// Where reading goes on; [`Resume::Stopped`] until the application
+        /// seeks.
+        resume: Resume,
     },
     /// Something the application should know; fetching of the partition (if
     /// one is named) stopped until the application seeks it.
@@ -228,7 +246,12 @@ impl Consumer {
         loop {
             match self.next_event().await? {
                 Event::Record(record) => return Ok(record),
-                Event::Error { error, .. } | Event::Unreadable { error, .. } => return Err(error),
+                Event::Error { error, .. }
+                | Event::Unreadable { error, .. }
+                | Event::LogTruncated { error, resume: Resume::Stopped, .. } => return Err(error),
+                Event::LogTruncated { partition, error, resume } => {
+                    tracing::warn!(target: "rill::fetch", %partition, %error, ?resume, "log truncated; reading on");
+                }
                 // Dropping a revocation lets the rebalance go on.
                 Event::PartitionEof { .. } | Event::Assigned(_) | Event::Revoked(_) | Event::Lost(_) => {}
             }
@@ -245,7 +268,7 @@ impl Consumer {
             let take = (max.saturating_sub(1)).min(chunk.records.len());
             out.extend(chunk.records.drain(..take));
             if let Some(last) = out.last() {
-                chunk.returned(last.offset + 1);
+                chunk.returned(last.offset + 1, last.leader_epoch);
             }
         }
         Ok(out)
@@ -257,7 +280,7 @@ impl Consumer {
     pub fn try_next_record(&mut self) -> Option<ConsumerRecord> {
         let chunk = self.current.as_mut().filter(|c| c.is_current())?;
         let record = chunk.records.pop_front()?;
-        chunk.returned(record.offset + 1);
+        chunk.returned(record.offset + 1, record.leader_epoch);
         self.handle.shared.polls.fetch_add(1, Ordering::Relaxed);
         Some(record)
     }
@@ -270,7 +293,7 @@ impl Consumer {
                 if chunk.is_current()
                     && let Some(record) = chunk.records.pop_front()
                 {
-                    chunk.returned(record.offset + 1);
+                    chunk.returned(record.offset + 1, record.leader_epoch);
                     return Ok(Event::Record(record));
                 }
                 self.current = None;
@@ -366,7 +389,16 @@ impl ConsumerHandle {
     /// Stores the offset after `record` for the next commit. Use with
     /// `enable.auto.offset.store=false` once a record is fully processed.
     pub fn store_offset(&self, record: &ConsumerRecord) -> Result<()> {
-        self.store_offsets(&[(record.topic_partition(), record.offset + 1)])
+        let tp = record.topic_partition();
+        let mut state = self.shared.lock();
+        let ps = state
+            .partitions
+            .get_mut(&tp)
+            .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{tp} is not assigned")))?;
+        ps.sync(self.shared.config.auto_offset_store);
+        ps.stored = Some(record.offset + 1);
+        ps.stored_epoch = record.leader_epoch;
+        Ok(())
     }
 
     /// Stores offsets (the next offset to consume) for the next commit.
@@ -379,7 +411,7 @@ impl ConsumerHandle {
                 .get_mut(tp)
                 .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{tp} is not assigned")))?;
             ps.sync(self.shared.config.auto_offset_store);
-            ps.stored = Some(*offset);
+            ps.store(*offset);
         }
         Ok(())
     }
@@ -434,13 +466,22 @@ impl ConsumerHandle {
     /// Continues a partition from `offset`; records already fetched are
     /// dropped.
     pub fn seek(&self, partition: &TopicPartition, offset: i64) -> Result<()> {
+        self.seek_with_epoch(partition, offset, None)
+    }
+
+    /// Continues a partition from `offset`, known to follow a record of
+    /// leader epoch `leader_epoch` (as a committed offset or a record's
+    /// [`ConsumerRecord::leader_epoch`] says): before fetching, the
+    /// position is validated against the leader's log (KIP-320), and a log
+    /// truncated below it is reported as [`Event::LogTruncated`].
+    pub fn seek_with_epoch(&self, partition: &TopicPartition, offset: i64, leader_epoch: Option<i32>) -> Result<()> {
         let mut state = self.shared.lock();
         let ps = state
             .partitions
             .get_mut(partition)
             .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{partition} is not assigned")))?;
         ps.sync(self.shared.config.auto_offset_store);
-        ps.restart(Some(offset), Lookup::Done);
+        ps.restart(Some(offset), leader_epoch, Lookup::Done);
         drop(state);
         self.shared.purge(std::slice::from_ref(partition));
         self.shared.changed.notify_waiters();
@@ -457,9 +498,14 @@ impl ConsumerHandle {
             {
                 ps.sync(self.shared.config.auto_offset_store);
                 ps.paused = true;
-                let position = ps.position.or(ps.fetch_offset);
-                let lookup = ps.lookup;
-                ps.restart(position, lookup);
+                let (position, leader_epoch) = match ps.position {
+                    Some(position) => (Some(position), ps.position_epoch),
+                    None => (ps.fetch_offset, ps.fetch_epoch),
+                };
+                let (lookup, validated_for) = (ps.lookup, ps.validated_for);
+                ps.restart(position, leader_epoch, lookup);
+                // The same position: validated as far as it was.
+                ps.validated_for = validated_for;
             }
         }
         drop(state);

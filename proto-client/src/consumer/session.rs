@@ -21,8 +21,18 @@ use std::collections::BTreeMap;
 
 use crate::TopicPartition;
 
-/// What a partition is fetched at: offset, byte limit, current leader epoch.
-pub(crate) type FetchState = (i64, i32, i32);
+/// What a partition is fetched at. A change in any field puts the
+/// partition into the next incremental request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FetchState {
+    pub(crate) offset: i64,
+    pub(crate) max_bytes: i32,
+    /// The leader epoch from the metadata (-1: unknown).
+    pub(crate) current_leader_epoch: i32,
+    /// The leader epoch of the record before `offset` (-1: unknown), for
+    /// the broker to check the logs agree (KIP-320).
+    pub(crate) last_fetched_epoch: i32,
+}
 
 /// The session fields and partitions of one fetch request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +139,11 @@ mod tests {
     }
 
     fn wanted(entries: &[(i32, i64)]) -> BTreeMap<TopicPartition, FetchState> {
-        entries.iter().map(|(p, offset)| (tp(*p), (*offset, 1024, -1))).collect()
+        entries.iter().map(|(p, offset)| (tp(*p), state(*offset))).collect()
+    }
+
+    fn state(offset: i64) -> FetchState {
+        FetchState { offset, max_bytes: 1024, current_leader_epoch: -1, last_fetched_epoch: -1 }
     }
 
     #[test]
@@ -155,14 +169,14 @@ mod tests {
         // Partition 0 advanced, 2 is paused (not wanted), 1 unchanged.
         let second = session.plan(&wanted(&[(0, 10), (1, 0)]));
         assert_eq!((second.session_id, second.session_epoch), (77, 1));
-        assert_eq!(second.partitions, [(tp(0), (10, 1024, -1))]);
+        assert_eq!(second.partitions, [(tp(0), state(10))]);
         assert_eq!(second.forgotten, [tp(2)]);
         session.on_response(77, 0);
 
         // Partition 2 comes back, nothing else changed.
         let third = session.plan(&wanted(&[(0, 10), (1, 0), (2, 4)]));
         assert_eq!(third.session_epoch, 2);
-        assert_eq!(third.partitions, [(tp(2), (4, 1024, -1))]);
+        assert_eq!(third.partitions, [(tp(2), state(4))]);
         assert!(third.forgotten.is_empty());
     }
 
@@ -186,6 +200,16 @@ mod tests {
         session.on_response(9, 0);
         session.plan(&wanted(&[(0, 1)]));
         assert_eq!(session.plan(&wanted(&[(0, 1)])).session_epoch, 0);
+    }
+
+    #[test]
+    fn a_new_last_fetched_epoch_is_a_change() {
+        let mut session = FetchSession::default();
+        session.plan(&wanted(&[(0, 10)]));
+        session.on_response(8, 0);
+        let mut moved = wanted(&[(0, 10)]);
+        moved.get_mut(&tp(0)).unwrap().last_fetched_epoch = 3;
+        assert_eq!(session.plan(&moved).partitions.len(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! wherever they are: in the queue, or half-read by `recv`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -17,8 +17,10 @@ use super::Event;
 use super::config::{ConsumerConfig, OffsetReset};
 use super::coordinator::Committer;
 use super::record::ConsumerRecord;
+use super::truncation::{self, Resume};
 use crate::TopicPartition;
 use crate::client::Client;
+use crate::error::Error;
 
 /// Budget for fetched-but-unread data, in bytes, over all partitions.
 #[derive(Debug)]
@@ -84,7 +86,7 @@ pub(crate) struct Chunk {
     pub(crate) budget: Arc<Budget>,
     /// The partition's progress for this epoch: the offset after the last
     /// record handed to the application.
-    pub(crate) progress: Arc<AtomicI64>,
+    pub(crate) progress: Arc<Progress>,
 }
 
 impl Chunk {
@@ -93,9 +95,41 @@ impl Chunk {
         self.epoch.load(Ordering::Acquire) == self.fetched_epoch
     }
 
-    /// Notes that the application was handed everything before `next`.
-    pub(crate) fn returned(&self, next: i64) {
-        self.progress.store(next, Ordering::Release);
+    /// Notes that the application was handed everything before `next`;
+    /// the record before it was written in `leader_epoch`.
+    pub(crate) fn returned(&self, next: i64, leader_epoch: Option<i32>) {
+        self.progress.store(next, leader_epoch);
+    }
+}
+
+/// How far the application read a partition within one epoch of its
+/// position: the offset after the last record returned, and that record's
+/// leader epoch. Written by the reader without the lock, read under it.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    next: AtomicI64,
+    leader_epoch: AtomicI32,
+}
+
+impl Progress {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Progress { next: AtomicI64::new(-1), leader_epoch: AtomicI32::new(-1) })
+    }
+
+    fn store(&self, next: i64, leader_epoch: Option<i32>) {
+        // The epoch first: a load that sees `next` sees this epoch or a
+        // later one. A later epoch than the record's only makes a
+        // validation more lenient, never a false truncation.
+        self.leader_epoch.store(leader_epoch.unwrap_or(-1), Ordering::Relaxed);
+        self.next.store(next, Ordering::Release);
+    }
+
+    /// The offset after the last record returned (-1: none yet) and its
+    /// leader epoch.
+    fn load(&self) -> (i64, Option<i32>) {
+        let next = self.next.load(Ordering::Acquire);
+        let epoch = self.leader_epoch.load(Ordering::Relaxed);
+        (next, (epoch >= 0).then_some(epoch))
     }
 }
 
@@ -128,22 +162,35 @@ pub(crate) enum Lookup {
 pub(crate) struct PartitionState {
     pub(crate) topic: Arc<str>,
     pub(crate) epoch: Arc<AtomicU64>,
-    /// Where the reader is within this epoch's chunks (-1: nothing read
-    /// yet); a new epoch gets a new one, so a stale chunk cannot move it.
-    pub(crate) progress: Arc<AtomicI64>,
+    /// Where the reader is within this epoch's chunks; a new epoch gets
+    /// a new one, so a stale chunk cannot move it.
+    pub(crate) progress: Arc<Progress>,
     /// Next offset to fetch; `None` until the position is known.
     pub(crate) fetch_offset: Option<i64>,
+    /// The leader epoch of the record before `fetch_offset`, when known:
+    /// the `last_fetched_epoch` of the next fetch, and what a validation
+    /// asks about.
+    pub(crate) fetch_epoch: Option<i32>,
     /// Next offset the application gets, as of the last [`Self::sync`].
     pub(crate) position: Option<i64>,
+    /// The leader epoch of the record before `position`, when known.
+    pub(crate) position_epoch: Option<i32>,
+    /// The partition leader epoch the fetch position is known good for
+    /// (-1: none); a higher one in the metadata calls for a validation
+    /// (KIP-320).
+    pub(crate) validated_for: i32,
+    /// An OffsetForLeaderEpoch validation is running.
+    pub(crate) validating: bool,
     pub(crate) lookup: Lookup,
     /// A lookup is running.
     pub(crate) resolving: bool,
     pub(crate) paused: bool,
     /// A fetch for it is in flight.
     pub(crate) in_flight: bool,
-    pub(crate) leader_epoch: Option<i32>,
-    /// Offset (next to consume) stored for the next commit.
+    /// Offset (next to consume) stored for the next commit, and the
+    /// leader epoch of the record before it when known.
     pub(crate) stored: Option<i64>,
+    pub(crate) stored_epoch: Option<i32>,
     /// Last committed offset, as far as this consumer knows.
     pub(crate) committed: Option<i64>,
     pub(crate) high_watermark: i64,
@@ -160,15 +207,19 @@ impl PartitionState {
         PartitionState {
             topic,
             epoch: Arc::new(AtomicU64::new(0)),
-            progress: Arc::new(AtomicI64::new(-1)),
+            progress: Progress::new(),
             fetch_offset: None,
+            fetch_epoch: None,
             position: None,
+            position_epoch: None,
+            validated_for: -1,
+            validating: false,
             lookup,
             resolving: false,
             paused: false,
             in_flight: false,
-            leader_epoch: None,
             stored: None,
+            stored_epoch: None,
             committed: None,
             high_watermark: -1,
             eof_at: None,
@@ -178,12 +229,17 @@ impl PartitionState {
     }
 
     /// Makes buffered data stale and starts over from `offset` (or a new
-    /// lookup when `None`).
-    pub(crate) fn restart(&mut self, offset: Option<i64>, lookup: Lookup) {
+    /// lookup when `None`). A position with a leader epoch is validated
+    /// against the leader before it is fetched from.
+    pub(crate) fn restart(&mut self, offset: Option<i64>, leader_epoch: Option<i32>, lookup: Lookup) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.progress = Arc::new(AtomicI64::new(-1));
+        self.progress = Progress::new();
         self.fetch_offset = offset;
         self.position = offset;
+        let leader_epoch = leader_epoch.filter(|_| offset.is_some());
+        self.fetch_epoch = leader_epoch;
+        self.position_epoch = leader_epoch;
+        self.validated_for = -1;
         self.lookup = if offset.is_some() { Lookup::Done } else { lookup };
         self.eof_at = None;
         self.failed = false;
@@ -192,19 +248,83 @@ impl PartitionState {
     /// Takes in what the reader returned since: the position, and with
     /// automatic offset storing the stored offset.
     pub(crate) fn sync(&mut self, auto_store: bool) {
-        let next = self.progress.load(Ordering::Acquire);
+        let (next, leader_epoch) = self.progress.load();
         if next < 0 || self.position == Some(next) {
             return;
         }
         self.position = Some(next);
+        self.position_epoch = leader_epoch.or(self.position_epoch);
         if auto_store {
             self.stored = Some(next);
+            self.stored_epoch = self.position_epoch;
         }
     }
 
-    /// Whether a fetch may include it now.
-    pub(crate) fn fetchable(&self) -> bool {
-        self.fetch_offset.is_some() && !self.paused && !self.in_flight && !self.failed && !self.revoking
+    /// Stores `offset` for the next commit: with the position's leader
+    /// epoch when it is the position, else with none.
+    pub(crate) fn store(&mut self, offset: i64) {
+        self.stored = Some(offset);
+        self.stored_epoch = if self.position == Some(offset) { self.position_epoch } else { None };
+    }
+
+    /// Acts on what the leader (at `leader_epoch`) said of the fetch
+    /// position's epoch (`truncation`): goes on, refetches what the
+    /// application has not seen, or moves the position and returns the
+    /// event that tells the application it saw records that are gone.
+    pub(crate) fn judged(
+        &mut self,
+        tp: &TopicPartition,
+        verdict: truncation::Verdict,
+        leader_epoch: i32,
+        config: &ConsumerConfig,
+    ) -> Option<Event> {
+        self.sync(config.auto_offset_store);
+        let fetch_offset = self.fetch_offset?;
+        let consumed =
+            truncation::Consumed { offset: self.position.unwrap_or(fetch_offset), leader_epoch: self.position_epoch };
+        let Some(resolution) = truncation::resolve(verdict, consumed, config.offset_reset, config.truncation_reset)
+        else {
+            if let truncation::Verdict::Valid { leader_epoch: fetched } = verdict {
+                self.fetch_epoch = Some(fetched);
+            }
+            self.validated_for = self.validated_for.max(leader_epoch);
+            return None;
+        };
+        match resolution.resume {
+            Resume::At(offset) => {
+                self.restart(Some(offset), resolution.leader_epoch, Lookup::Done);
+                self.validated_for = leader_epoch;
+                // Offsets past the divergence now hold other records: a
+                // commit of one would skip them.
+                if self.stored.is_some_and(|stored| stored > offset) {
+                    self.stored = Some(offset);
+                    self.stored_epoch = resolution.leader_epoch;
+                }
+            }
+            Resume::Reset(reset) => self.restart(None, None, Lookup::Reset(reset)),
+            Resume::Stopped => {
+                self.restart(Some(consumed.offset), consumed.leader_epoch, Lookup::Done);
+                self.validated_for = leader_epoch;
+                self.failed = true;
+            }
+        }
+        let divergence = resolution.report?;
+        Some(Event::LogTruncated {
+            partition: tp.clone(),
+            error: Error::LogTruncated { partition: tp.clone(), offset: consumed.offset, divergence },
+            resume: resolution.resume,
+        })
+    }
+
+    /// Whether a fetch may include it now, led at `leader_epoch`.
+    pub(crate) fn fetchable(&self, leader_epoch: i32) -> bool {
+        self.fetch_offset.is_some()
+            && !self.paused
+            && !self.in_flight
+            && !self.failed
+            && !self.revoking
+            && !self.validating
+            && !truncation::needs_validation(self.fetch_epoch, self.validated_for, leader_epoch)
     }
 }
 

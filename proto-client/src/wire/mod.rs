@@ -21,7 +21,8 @@ use kafka_protocol::messages::{
     HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
     MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
 
@@ -121,4 +122,7 @@ api_requests! {
     OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 2..=8, OFFSET_COMMIT_RESPONSE;
     // v8+ batches groups; one group per request suffices here.
     OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 1..=7, OFFSET_FETCH_RESPONSE;
+    // KIP-320 position validation. v2 is the crate's oldest and all that
+    // librdkafka's mock offers; v3 adds the replica id, v4 is flexible.
+    OffsetForLeaderEpochRequest => OffsetForLeaderEpochResponse, OffsetForLeaderEpoch, 2..=4, OFFSET_FOR_LEADER_EPOCH_RESPONSE;
 }

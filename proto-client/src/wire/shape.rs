@@ -249,7 +249,7 @@ mod tests {
         ApiVersionsResponse, ConsumerProtocolAssignment, ConsumerProtocolSubscription, CreateTopicsResponse,
         DeleteTopicsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse, InitProducerIdResponse,
         JoinGroupResponse, LeaveGroupResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
-        OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
+        OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse, SyncGroupResponse,
     };
     use kafka_protocol::protocol::Decodable;
     use proptest::prelude::*;
@@ -390,6 +390,7 @@ mod tests {
             (&LEAVE_GROUP_RESPONSE, decodes_fully::<LeaveGroupResponse>),
             (&OFFSET_COMMIT_RESPONSE, decodes_fully::<OffsetCommitResponse>),
             (&OFFSET_FETCH_RESPONSE, decodes_fully::<OffsetFetchResponse>),
+            (&OFFSET_FOR_LEADER_EPOCH_RESPONSE, decodes_fully::<OffsetForLeaderEpochResponse>),
             (&CONSUMER_PROTOCOL_SUBSCRIPTION, decodes_fully::<ConsumerProtocolSubscription>),
             (&CONSUMER_PROTOCOL_ASSIGNMENT, decodes_fully::<ConsumerProtocolAssignment>),
         ]

@@ -679,6 +679,44 @@ pub(crate) static OFFSET_FETCH_RESPONSE: StructShape = StructShape {
     ],
 };
 
+pub(crate) static OFFSET_FOR_LEADER_EPOCH_RESPONSE_EPOCH_END_OFFSET: StructShape = StructShape {
+    name: "EpochEndOffset",
+    versions: (2, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "error_code", versions: (2, 4), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "partition", versions: (2, 4), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "leader_epoch", versions: (2, 4), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "end_offset", versions: (2, 4), kind: Kind::Prim(Prim::Int64) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FOR_LEADER_TOPIC_RESULT: StructShape = StructShape {
+    name: "OffsetForLeaderTopicResult",
+    versions: (2, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "topic", versions: (2, 4), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (2, 4), kind: Kind::Array(Elem::Struct(&OFFSET_FOR_LEADER_EPOCH_RESPONSE_EPOCH_END_OFFSET)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_FOR_LEADER_EPOCH_RESPONSE: StructShape = StructShape {
+    name: "OffsetForLeaderEpochResponse",
+    versions: (2, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (2, 4), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "topics", versions: (2, 4), kind: Kind::Array(Elem::Struct(&OFFSET_FOR_LEADER_TOPIC_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
 pub(crate) static TOPIC_PARTITION: StructShape = StructShape {
     name: "TopicPartition",
     versions: (0, 3),

@@ -179,9 +179,7 @@ where
             Event::Record(record) => self.record(record).await?,
             Event::Assigned(partitions) => {
                 for partition in self.ours(&partitions) {
-                    self.generation += 1;
-                    let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
-                    self.trackers.insert(partition, tracked);
+                    self.new_ledger(partition);
                 }
                 self.store_and_publish();
             }
@@ -240,10 +238,17 @@ where
         if let Resume::At(offset) = resume {
             self.store(&[(tp.clone(), offset)]);
         }
+        self.new_ledger(tp.partition);
+        Ok(())
+    }
+
+    /// Starts a new ledger for an input partition, under a new generation
+    /// (outcomes of an older one move nothing); returns the generation.
+    fn new_ledger(&mut self, partition: i32) -> u64 {
         self.generation += 1;
         let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
-        self.trackers.insert(tp.partition, tracked);
-        Ok(())
+        self.trackers.insert(partition, tracked);
+        self.generation
     }
 
     /// Part of a partition cannot be read: the consume-error tolerance
@@ -295,10 +300,7 @@ where
             Some(tracked) => tracked.generation,
             None => {
                 // Records come only after their assignment; be safe anyway.
-                self.generation += 1;
-                let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
-                self.trackers.insert(partition, tracked);
-                self.generation
+                self.new_ledger(partition)
             }
         };
         let processor = self.processor;

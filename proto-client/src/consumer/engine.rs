@@ -195,8 +195,8 @@ async fn validate(shared: &Shared, broker: i32, validations: Vec<Validation>) {
             return;
         }
         Err(error) => {
+            // Every partition is retried below.
             debug!(target: "rill::fetch", broker, %error, "validating positions failed; retrying");
-            shared.client.cluster().request_refresh();
             BTreeMap::new()
         }
     };
@@ -235,7 +235,7 @@ async fn validate(shared: &Shared, broker: i32, validations: Vec<Validation>) {
                 }
                 // Retriable (FENCED_LEADER_EPOCH: our metadata is behind;
                 // UNKNOWN_LEADER_EPOCH: the broker is), or no answer.
-                _ => retry.push((validation.partition.clone(), validation.epoch)),
+                _ => retry.push(validation.partition.clone()),
             }
         }
     }
@@ -247,7 +247,7 @@ async fn validate(shared: &Shared, broker: i32, validations: Vec<Validation>) {
         shared.client.cluster().request_refresh();
         tokio::time::sleep(shared.config.client.retry_backoff_max).await;
         let mut state = shared.lock();
-        for (tp, _) in &retry {
+        for tp in &retry {
             if let Some(ps) = state.partitions.get_mut(tp) {
                 ps.validating = false;
             }
@@ -267,12 +267,7 @@ async fn offsets_for_leader_epochs(
     use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
     use kafka_protocol::messages::{BrokerId, OffsetForLeaderEpochRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
-    let link = shared
-        .client
-        .cluster()
-        .link(broker)
-        .ok_or_else(|| Error::UnknownTopicOrPartition(format!("broker {broker} left the cluster")))?;
-    let connection = link.connection().await?;
+    let connection = shared.client.cluster().connection_to(broker).await?;
     let version = connection.version_for::<OffsetForLeaderEpochRequest>()?;
     let mut topics: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
     for v in validations {

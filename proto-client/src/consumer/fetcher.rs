@@ -343,19 +343,19 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                 continue; // sought, revoked or reset meanwhile
             }
             let Some(Answer { error, high_watermark, end, diverging, decoded }) = answer else { continue };
-            match error {
-                None if diverging.is_some() => {
-                    let (leader_epoch, end_offset) = diverging.expect("checked");
-                    let position = EpochPosition { offset: fetching.offset, leader_epoch: fetching.last_fetched_epoch };
-                    let verdict = truncation::judge(position, leader_epoch, end_offset);
-                    debug!(target: "rill::fetch", partition = %tp, offset = fetching.offset,
+            if let (None, Some((leader_epoch, end_offset))) = (error, diverging) {
+                let position = EpochPosition { offset: fetching.offset, leader_epoch: fetching.last_fetched_epoch };
+                let verdict = truncation::judge(position, leader_epoch, end_offset);
+                debug!(target: "rill::fetch", partition = %tp, offset = fetching.offset,
                         last_fetched_epoch = fetching.last_fetched_epoch, leader_epoch, end_offset, ?verdict,
                         "diverging epoch");
-                    if let Some(event) = ps.judged(tp, verdict, fetching.leader_epoch, config) {
-                        warn!(target: "rill::fetch", partition = %tp, ?event, "log truncated");
-                        events.push(event);
-                    }
+                if let Some(event) = ps.judged(tp, verdict, fetching.leader_epoch, config) {
+                    warn!(target: "rill::fetch", partition = %tp, ?event, "log truncated");
+                    events.push(event);
                 }
+                continue;
+            }
+            match error {
                 None => {
                     ps.high_watermark = high_watermark;
                     if let Some(next) = decoded.next_offset {

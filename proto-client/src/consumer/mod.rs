@@ -389,15 +389,10 @@ impl ConsumerHandle {
     /// Stores the offset after `record` for the next commit. Use with
     /// `enable.auto.offset.store=false` once a record is fully processed.
     pub fn store_offset(&self, record: &ConsumerRecord) -> Result<()> {
-        let tp = record.topic_partition();
         let mut state = self.shared.lock();
-        let ps = state
-            .partitions
-            .get_mut(&tp)
-            .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{tp} is not assigned")))?;
+        let ps = state.assigned_mut(&record.topic_partition())?;
         ps.sync(self.shared.config.auto_offset_store);
-        ps.stored = Some(record.offset + 1);
-        ps.stored_epoch = record.leader_epoch;
+        ps.store(record.offset + 1, record.leader_epoch);
         Ok(())
     }
 
@@ -406,12 +401,9 @@ impl ConsumerHandle {
     pub fn store_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         let mut state = self.shared.lock();
         for (tp, offset) in offsets {
-            let ps = state
-                .partitions
-                .get_mut(tp)
-                .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{tp} is not assigned")))?;
+            let ps = state.assigned_mut(tp)?;
             ps.sync(self.shared.config.auto_offset_store);
-            ps.store(*offset);
+            ps.store(*offset, None);
         }
         Ok(())
     }
@@ -476,12 +468,12 @@ impl ConsumerHandle {
     /// truncated below it is reported as [`Event::LogTruncated`].
     pub fn seek_with_epoch(&self, partition: &TopicPartition, offset: i64, leader_epoch: Option<i32>) -> Result<()> {
         let mut state = self.shared.lock();
-        let ps = state
-            .partitions
-            .get_mut(partition)
-            .ok_or_else(|| Error::UnknownTopicOrPartition(format!("{partition} is not assigned")))?;
+        let ps = state.assigned_mut(partition)?;
         ps.sync(self.shared.config.auto_offset_store);
         ps.restart(Some(offset), leader_epoch, Lookup::Done);
+        // A position from elsewhere: validated before it is fetched from
+        // (`restart` keeps the epoch the old position was validated for).
+        ps.validated_for = -1;
         drop(state);
         self.shared.purge(std::slice::from_ref(partition));
         self.shared.changed.notify_waiters();
@@ -502,10 +494,8 @@ impl ConsumerHandle {
                     Some(position) => (Some(position), ps.position_epoch),
                     None => (ps.fetch_offset, ps.fetch_epoch),
                 };
-                let (lookup, validated_for) = (ps.lookup, ps.validated_for);
+                let lookup = ps.lookup;
                 ps.restart(position, leader_epoch, lookup);
-                // The same position: validated as far as it was.
-                ps.validated_for = validated_for;
             }
         }
         drop(state);

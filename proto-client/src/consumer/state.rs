@@ -229,8 +229,9 @@ impl PartitionState {
     }
 
     /// Makes buffered data stale and starts over from `offset` (or a new
-    /// lookup when `None`). A position with a leader epoch is validated
-    /// against the leader before it is fetched from.
+    /// lookup when `None`), which follows a record of `leader_epoch`. The
+    /// leader epoch it was validated for stays: the caller knows whether
+    /// the new position still needs a validation.
     pub(crate) fn restart(&mut self, offset: Option<i64>, leader_epoch: Option<i32>, lookup: Lookup) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.progress = Progress::new();
@@ -239,7 +240,6 @@ impl PartitionState {
         let leader_epoch = leader_epoch.filter(|_| offset.is_some());
         self.fetch_epoch = leader_epoch;
         self.position_epoch = leader_epoch;
-        self.validated_for = -1;
         self.lookup = if offset.is_some() { Lookup::Done } else { lookup };
         self.eof_at = None;
         self.failed = false;
@@ -260,11 +260,12 @@ impl PartitionState {
         }
     }
 
-    /// Stores `offset` for the next commit: with the position's leader
-    /// epoch when it is the position, else with none.
-    pub(crate) fn store(&mut self, offset: i64) {
+    /// Stores `offset` for the next commit, with the leader epoch of the
+    /// record before it: as given, else the position's when `offset` is
+    /// the position.
+    pub(crate) fn store(&mut self, offset: i64, leader_epoch: Option<i32>) {
         self.stored = Some(offset);
-        self.stored_epoch = if self.position == Some(offset) { self.position_epoch } else { None };
+        self.stored_epoch = leader_epoch.or(self.position_epoch.filter(|_| self.position == Some(offset)));
     }
 
     /// Acts on what the leader (at `leader_epoch`) said of the fetch
@@ -297,8 +298,7 @@ impl PartitionState {
                 // Offsets past the divergence now hold other records: a
                 // commit of one would skip them.
                 if self.stored.is_some_and(|stored| stored > offset) {
-                    self.stored = Some(offset);
-                    self.stored_epoch = resolution.leader_epoch;
+                    self.store(offset, resolution.leader_epoch);
                 }
             }
             Resume::Reset(reset) => self.restart(None, None, Lookup::Reset(reset)),
@@ -337,6 +337,13 @@ pub(crate) struct State {
     /// Who commits: the group generation and member, or nobody in
     /// particular for a consumer that assigns its own partitions.
     pub(crate) committer: Committer,
+}
+
+impl State {
+    /// An assigned partition, or an error naming it.
+    pub(crate) fn assigned_mut(&mut self, tp: &TopicPartition) -> Result<&mut PartitionState, Error> {
+        self.partitions.get_mut(tp).ok_or_else(|| Error::UnknownTopicOrPartition(format!("{tp} is not assigned")))
+    }
 }
 
 impl Default for State {

@@ -262,6 +262,47 @@ async fn undecodable_input_is_skipped_dead_lettered_or_stops() {
     .await;
 }
 
+/// The input log loses records already processed (a fetch answered with a
+/// diverging epoch at offset 12, through the proxy): the processor reads
+/// 12-19 again from the records now there, and the committed watermark
+/// ends where the log does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_input_is_processed_again_from_the_divergence() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("proc-trunc-in"), unique_topic("proc-trunc-out"));
+        cluster.create_topic(&input, 1).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        let lines: Vec<Vec<u8>> = (0..20).map(line).collect();
+        write(cluster, &input, 1, &lines).await;
+        let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 96).await.unwrap();
+        let name = unique_topic("trunc");
+        let processor = Arc::new(
+            processor_for(cluster, &name, &input, &output).bootstrap_servers(proxy.bootstrap()).build().unwrap(),
+        );
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("first pass", &metrics, |m| m.consumed == 20 && m.in_flight == 0).await;
+        proxy.diverge_next_fetch(&input, 0, 0, 12);
+        until("after the truncation", &metrics, |m| m.consumed == 28 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        assert_eq!(proxy.faults_applied(), 1);
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(20));
+        // Lines 0-19 less the multiples of five, then 12-19 less 15 again.
+        let outputs = read_all(cluster, &output, 1, 16 + 7).await;
+        assert_eq!(outputs.len(), 23, "no output lost or repeated beyond the truncated range");
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, value, _) in &outputs {
+            *counts.entry(String::from_utf8(value.clone().unwrap()).unwrap()).or_default() += 1;
+        }
+        for i in (0..20).filter(|i| i % 5 != 0) {
+            let expected = if i >= 12 { 2 } else { 1 };
+            assert_eq!(counts.get(&format!("GET /page/{i}")), Some(&expected), "line {i}: {counts:?}");
+        }
+    })
+    .await;
+}
+
 /// A batch that arrives damaged (the Kafka-aware proxy flips a byte of the
 /// first batch in a Fetch answer; the broker's copy is intact) is an
 /// unreadable range, and the consume-error tolerance decides: skip past

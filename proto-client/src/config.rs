@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use crate::net::BrokerAddress;
+use crate::net::security::{SecurityProtocol, TlsSettings};
 
 /// A configuration key or value that was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +110,56 @@ pub(crate) fn apply_properties<K: AsRef<str>, V: AsRef<str>>(
     Ok(())
 }
 
+/// Reads `key=value` lines of a Java-style properties file, in order.
+///
+/// `#` and `!` start comment lines; blank lines are skipped; `key: value`
+/// and `key value` are accepted too; a line ending in `\` goes on on the
+/// next. Keys and values are trimmed. An unreadable file or a line with no
+/// value is an error naming the file and line.
+pub fn read_properties_file(path: impl AsRef<std::path::Path>) -> Result<Vec<(String, String)>, ConfigError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("cannot read properties file {}: {e}", path.display())))?;
+    parse_properties(&text).map_err(|(line, reason)| {
+        ConfigError::Invalid(format!("properties file {} line {line}: {reason}", path.display()))
+    })
+}
+
+/// The text of a properties file as `(key, value)` pairs, or the line
+/// number and reason of the first bad line.
+pub(crate) fn parse_properties(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
+    let mut out = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let line = raw.trim();
+        let (start, mut logical) = match pending.take() {
+            Some((start, so_far)) => (start, so_far + line),
+            None if line.is_empty() || line.starts_with('#') || line.starts_with('!') => continue,
+            None => (line_no, line.to_owned()),
+        };
+        if logical.ends_with('\\') {
+            logical.pop();
+            pending = Some((start, logical));
+            continue;
+        }
+        let split = logical.find(['=', ':']).or_else(|| logical.find(char::is_whitespace));
+        let Some(at) = split else {
+            return Err((start, format!("`{logical}` has no value (expected key=value)")));
+        };
+        let key = logical[..at].trim();
+        let value = logical[at + 1..].trim();
+        if key.is_empty() {
+            return Err((start, "empty key".to_owned()));
+        }
+        out.push((key.to_owned(), value.to_owned()));
+    }
+    if let Some((start, _)) = pending {
+        return Err((start, "the file ends inside a continued line".to_owned()));
+    }
+    Ok(out)
+}
+
 /// Settings shared by producers, consumers and admin clients.
 ///
 /// The defaults follow librdkafka and the Java client where they agree, and
@@ -129,6 +180,8 @@ pub struct ClientConfig {
     pub(crate) allow_auto_create_topics: bool,
     pub(crate) client_software_name: String,
     pub(crate) client_software_version: String,
+    pub(crate) security_protocol: SecurityProtocol,
+    pub(crate) tls: TlsSettings,
 }
 
 impl Default for ClientConfig {
@@ -147,6 +200,8 @@ impl Default for ClientConfig {
             allow_auto_create_topics: false,
             client_software_name: "rill".to_owned(),
             client_software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            security_protocol: SecurityProtocol::Plaintext,
+            tls: TlsSettings::new(),
         }
     }
 }
@@ -194,7 +249,12 @@ impl ClientConfig {
     /// | `receive.message.max.bytes`, `max.response.size` | [`Self::max_response_size`] |
     /// | `allow.auto.create.topics` | [`Self::allow_auto_create_topics`] |
     /// | `client.software.name`, `client.software.version` | sent in ApiVersions (KIP-511) |
-    /// | `security.protocol` | only `plaintext` is supported so far |
+    /// | `security.protocol` | [`Self::security_protocol`]: `plaintext`, `ssl` (any case) |
+    /// | `ssl.ca.location`, `ssl.ca.pem` | CA certificates (PEM) that broker certificates must chain to; default: the webpki roots built in |
+    /// | `ssl.certificate.location`, `ssl.certificate.pem` | client certificate chain (PEM), for mTLS |
+    /// | `ssl.key.location`, `ssl.key.pem` | its private key (PEM, PKCS#8, PKCS#1 or SEC1) |
+    /// | `ssl.key.password` | refused: encrypted keys are not supported yet |
+    /// | `ssl.endpoint.identification.algorithm` | `https` (default): the certificate must name the broker's host; `none` |
     pub fn set_property(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
         match key {
             "bootstrap.servers" | "metadata.broker.list" => {
@@ -230,13 +290,18 @@ impl ClientConfig {
             "client.software.name" => self.client_software_name = value.to_owned(),
             "client.software.version" => self.client_software_version = value.to_owned(),
             "security.protocol" => {
-                if !value.eq_ignore_ascii_case("plaintext") {
+                let protocol = SecurityProtocol::parse(value).ok_or_else(|| {
+                    ConfigError::invalid_value(key, value, "expected plaintext, ssl, sasl_plaintext or sasl_ssl")
+                })?;
+                if protocol.uses_sasl() {
                     return Err(ConfigError::NotAllowed {
                         key: key.to_owned(),
-                        reason: format!("`{value}` is not supported yet; only plaintext is"),
+                        reason: format!("`{value}`: SASL is not supported yet; plaintext and ssl are"),
                     });
                 }
+                self.security_protocol = protocol;
             }
+            _ if key.starts_with("ssl.") => return self.tls.set_property(key, value),
             _ => return Ok(false),
         }
         Ok(true)
@@ -255,7 +320,25 @@ impl ClientConfig {
         if self.retry_backoff_max < self.retry_backoff {
             return Err(ConfigError::Invalid("`retry.backoff.max.ms` must not be below `retry.backoff.ms`".into()));
         }
+        if self.security_protocol.uses_tls() {
+            self.tls.client_config()?;
+        }
         Ok(())
+    }
+
+    /// How connections are secured. Default [`SecurityProtocol::Plaintext`].
+    /// The TLS settings are the `ssl.*` properties
+    /// ([`Self::set_property`]).
+    pub fn security_protocol(mut self, protocol: SecurityProtocol) -> Self {
+        self.security_protocol = protocol;
+        self
+    }
+
+    /// Reads a properties file (`client.properties` of Java and
+    /// librdkafka, kcat's `-F`) and applies it, as [`Self::from_properties`]
+    /// does. See [`read_properties_file`] for the format.
+    pub fn from_properties_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        Self::from_properties(read_properties_file(path)?)
     }
 
     /// Replaces the bootstrap list.
@@ -381,8 +464,46 @@ mod tests {
         assert!(error.to_string().contains("`bootstrap.servers`"), "{error}");
 
         let error =
-            ClientConfig::from_properties([("bootstrap.servers", "a:1"), ("security.protocol", "ssl")]).unwrap_err();
-        assert!(matches!(error, ConfigError::NotAllowed { .. }), "{error}");
+            ClientConfig::from_properties([("bootstrap.servers", "a:1"), ("security.protocol", "tls")]).unwrap_err();
+        assert!(matches!(error, ConfigError::InvalidValue { .. }), "{error}");
+        let error = ClientConfig::from_properties([
+            ("bootstrap.servers", "a:1"),
+            ("security.protocol", "SSL"),
+            ("ssl.ca.location", "/nonexistent.pem"),
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("`ssl.ca.location`"), "{error}");
+    }
+
+    #[test]
+    fn properties_files_read_as_java_writes_them() {
+        let text = "# a comment\n! another\n\nbootstrap.servers = a:1,\\\n    b:2\nclient.id: me\nsecurity.protocol SSL\nsasl.password=p=w:rd\n";
+        let pairs = parse_properties(text).unwrap();
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("bootstrap.servers", "a:1,b:2"),
+                ("client.id", "me"),
+                ("security.protocol", "SSL"),
+                ("sasl.password", "p=w:rd"),
+            ]
+        );
+        assert_eq!(parse_properties("ok=1\nlonely\n").unwrap_err().0, 2);
+        assert_eq!(parse_properties("a=\\").unwrap_err().0, 1);
+
+        let path = std::env::temp_dir().join(format!("rill-config-test-{}.properties", std::process::id()));
+        std::fs::write(&path, "bootstrap.servers=h:1\nclient.id=from-file\n").unwrap();
+        let config = ClientConfig::from_properties_file(&path).unwrap();
+        assert_eq!(config.client_id, "from-file");
+        std::fs::write(&path, "bootstrap.servers=h:1\nno.such.key=1\n").unwrap();
+        assert_eq!(
+            ClientConfig::from_properties_file(&path).unwrap_err(),
+            ConfigError::UnknownKey { key: "no.such.key".into() }
+        );
+        std::fs::remove_file(&path).unwrap();
+        let missing = ClientConfig::from_properties_file("/nonexistent/client.properties").unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/client.properties"), "{missing}");
     }
 
     #[test]

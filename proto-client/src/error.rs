@@ -40,6 +40,18 @@ pub enum Error {
         source: Arc<io::Error>,
     },
 
+    /// The broker could not be reached securely or refused who we are: an
+    /// untrusted or expired certificate, a host name the certificate does
+    /// not name, a refused client certificate, a port that does not speak
+    /// the configured protocol. Trying again cannot help, so it is fatal.
+    #[error("cannot connect securely to {broker}: {reason}")]
+    Security {
+        /// `host:port` of the broker.
+        broker: String,
+        /// What went wrong, in words; never a secret.
+        reason: String,
+    },
+
     /// The connection to a broker broke while a request was pending, or was
     /// closed by this side after a protocol violation or a timeout.
     #[error("connection to {broker} closed: {reason}")]
@@ -237,11 +249,13 @@ impl Error {
     pub fn action(&self) -> ErrorAction {
         match self {
             Error::Broker { code, .. } => classify(*code),
+            Error::NoBrokerAvailable { last, .. } if matches!(**last, Error::Security { .. }) => ErrorAction::Fatal,
             Error::Connect { .. } | Error::NoBrokerAvailable { .. } => ErrorAction::RefreshMetadata,
             Error::ConnectionClosed { .. } | Error::RequestTimeout { .. } => ErrorAction::Ambiguous,
             Error::UnknownTopicOrPartition(_) => ErrorAction::RefreshMetadata,
             Error::Config(_)
             | Error::Protocol { .. }
+            | Error::Security { .. }
             | Error::UnsupportedApi { .. }
             | Error::Timeout { .. }
             | Error::RecordTooLarge { .. }

@@ -55,7 +55,7 @@ pub use client::Client;
 pub use cluster::{BrokerInfo, Metadata, PartitionInfo, TopicInfo, TopicScope};
 pub use config::{ClientConfig, ConfigError};
 pub use error::{Error, ErrorAction, ResponseError, Result};
-pub use net::{BrokerAddress, Connection};
+pub use net::{BrokerAddress, Connection, Secret, SecurityProtocol};
 
 /// A partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,6 +17,8 @@
 //! - [`perf`]: CPU and wall-time measurement and the JSON report of `rill perf`
 //!   and the benchmarks.
 //! - [`read`]: reads a partition back with Rill's own decoder.
+//! - [`tls`] (feature `tls`): stunnel in front of Tansu, certificates made
+//!   by each test.
 //! - [`unique_topic`]: topic names that never collide between tests.
 
 pub mod cluster;
@@ -28,6 +30,8 @@ pub mod perf;
 pub mod proxy;
 pub mod read;
 pub mod tansu;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

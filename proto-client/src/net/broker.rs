@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::backoff::{Backoff, jitter};
 use super::{BrokerAddress, Connection};
@@ -33,6 +33,9 @@ struct LinkState {
     retry_at: Option<Instant>,
     /// Whether the last attempt failed (to log transitions, not every retry).
     down: bool,
+    /// A failure no retry can mend (an untrusted certificate, a refused
+    /// client certificate): every later use fails with it at once.
+    fatal: Option<Error>,
 }
 
 impl BrokerLink {
@@ -115,6 +118,9 @@ impl BrokerLink {
         if let Some(connection) = self.connected() {
             return Ok(connection);
         }
+        if let Some(fatal) = self.state().fatal.clone() {
+            return Err(fatal);
+        }
         if let Some(at) = self.retry_at() {
             tokio::time::sleep_until(at).await;
         }
@@ -125,8 +131,13 @@ impl BrokerLink {
                 if state.down {
                     warn!(target: "rill::broker", broker = %self.address, id = self.id, "broker is reachable again");
                 }
-                *state = LinkState { connection: Some(connection.clone()), retry_at: None, down: false };
+                *state = LinkState { connection: Some(connection.clone()), retry_at: None, down: false, fatal: None };
                 Ok(connection)
+            }
+            Err(error @ Error::Security { .. }) => {
+                error!(target: "rill::broker", broker = %self.address, id = self.id, %error, "giving up on this broker");
+                self.state().fatal = Some(error.clone());
+                Err(error)
             }
             Err(error) => {
                 let delay = backoff.next_delay(jitter());

@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
 use kafka_protocol::protocol::StrBytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -71,19 +71,68 @@ impl Connection {
     /// and the handshake each get `connection_setup_timeout`.
     pub async fn connect(address: &BrokerAddress, config: &ClientConfig) -> Result<Connection> {
         let setup = config.connection_setup_timeout;
-        let stream = match tokio::time::timeout(setup, open_stream(address)).await {
+        let timed_out = |what: &str| {
+            Error::connect(address, io::Error::new(io::ErrorKind::TimedOut, format!("no {what} within {setup:?}")))
+        };
+        let deadline = Instant::now() + setup;
+        let stream = match tokio::time::timeout_at(deadline, open_stream(address)).await {
             Ok(stream) => stream?,
+            Err(_) => return Err(timed_out("TCP connection")),
+        };
+        if !config.security_protocol.uses_tls() {
+            let (reader, writer) = stream.into_split();
+            return Self::handshake_over(reader, writer, address, config).await;
+        }
+        let tls = tokio_rustls::TlsConnector::from(config.tls.client_config()?);
+        let server_name = rustls::pki_types::ServerName::try_from(address.host.clone()).map_err(|e| {
+            Error::Security { broker: address.to_string(), reason: format!("not a TLS server name: {e}") }
+        })?;
+        let stream = match tokio::time::timeout_at(deadline, tls.connect(server_name, stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                let (reason, fatal) = super::security::explain_handshake_error(&error);
+                return Err(if fatal {
+                    Error::Security { broker: address.to_string(), reason }
+                } else {
+                    Error::connect(address, io::Error::new(error.kind(), reason))
+                });
+            }
             Err(_) => {
-                return Err(Error::connect(
-                    address,
-                    io::Error::new(io::ErrorKind::TimedOut, format!("no TCP connection within {setup:?}")),
+                return Err(timed_out(
+                    "TLS handshake (is this port a TLS listener? a plaintext broker waits for a frame that never \
+                     ends)",
                 ));
             }
         };
-        let pipe = Pipe::spawn(stream, address.to_string(), config.max_response_size);
+        let (reader, writer) = tokio::io::split(stream);
+        Self::handshake_over(reader, writer, address, config).await
+    }
+
+    /// A connection over any byte stream that is already open (a TLS
+    /// stream, an in-memory pipe in tests): sends ApiVersions and
+    /// negotiates, as [`Self::connect`] does after connecting.
+    pub async fn connect_over<S>(stream: S, address: &BrokerAddress, config: &ClientConfig) -> Result<Connection>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(stream);
+        Self::handshake_over(reader, writer, address, config).await
+    }
+
+    async fn handshake_over<R, W>(
+        reader: R,
+        writer: W,
+        address: &BrokerAddress,
+        config: &ClientConfig,
+    ) -> Result<Connection>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let pipe = Pipe::spawn(reader, writer, address.to_string(), config.max_response_size);
         let client_id = StrBytes::from_string(config.client_id.clone());
         let versions = handshake(&pipe, config, &client_id).await?;
-        debug!(target: "rill::broker", broker = %address, apis = versions.len(), "connected");
+        debug!(target: "rill::broker", broker = %address, apis = versions.len(), tls = config.security_protocol.uses_tls(), "connected");
         Ok(Connection { inner: Arc::new(Inner { pipe, versions, client_id, request_timeout: config.request_timeout }) })
     }
 
@@ -180,7 +229,11 @@ struct Command {
 }
 
 impl Pipe {
-    fn spawn(stream: TcpStream, broker: String, max_frame: usize) -> Pipe {
+    fn spawn<R, W>(reader: R, writer: W, broker: String, max_frame: usize) -> Pipe
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let closed = Arc::new(OnceLock::new());
         let task = Task {
@@ -192,7 +245,7 @@ impl Pipe {
             outbox_bytes: 0,
             closed: closed.clone(),
         };
-        tokio::spawn(task.run(stream));
+        tokio::spawn(task.run(reader, writer));
         Pipe { broker, commands, next_correlation_id: AtomicI32::new(0), closed }
     }
 
@@ -279,7 +332,41 @@ async fn handshake(pipe: &Pipe, config: &ClientConfig, client_id: &StrBytes) -> 
         }
     };
     let mut version = ApiVersionsRequest::SUPPORTED.max;
-    let mut reply = pipe.roundtrip(&request_at(version), version, client_id, timeout).await?;
+    let mut reply = pipe.roundtrip(&request_at(version), version, client_id, timeout).await.map_err(|error| {
+        match error {
+            // TLS 1.3 finishes the client's side of the handshake before the
+            // broker checks the client certificate: a refusal arrives as an
+            // alert on the first read.
+            Error::ConnectionClosed { broker, reason }
+                if config.security_protocol.uses_tls() && reason.contains("received fatal alert") =>
+            {
+                Error::Security {
+                    broker,
+                    reason: format!(
+                        "the broker refused the TLS session ({}); it may require a client certificate it trusts \
+                         (ssl.certificate.location, ssl.key.location)",
+                        reason.trim_start_matches("read failed: ")
+                    ),
+                }
+            }
+            Error::ConnectionClosed { broker, reason } if reason.contains(frame::TLS_RECORD_MESSAGE) => {
+                Error::Security { broker, reason: format!("{reason}; set security.protocol=ssl (or sasl_ssl)") }
+            }
+            // A TLS listener (or a SASL-only one) drops a plaintext client
+            // before any answer. A broker restarting does the same, so this
+            // stays retriable; the reason says what to check.
+            Error::ConnectionClosed { broker, reason } if !config.security_protocol.uses_tls() => {
+                Error::ConnectionClosed {
+                    broker,
+                    reason: format!(
+                        "{reason}, before answering ApiVersions: if this is a TLS listener, set security.protocol=ssl"
+                    )
+                    .into(),
+                }
+            }
+            other => other,
+        }
+    })?;
     // The ApiVersions response header is always v0: the correlation id only.
     let error_code = reply.get(4..6).map(|b| i16::from_be_bytes([b[0], b[1]]));
     if error_code == Some(UNSUPPORTED_VERSION) {
@@ -373,8 +460,8 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut stream: TcpStream) {
-        let reason = self.serve(&mut stream).await;
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut self, mut reader: R, mut writer: W) {
+        let reason = self.serve(&mut reader, &mut writer).await;
         debug!(target: "rill::broker", broker = %self.broker, %reason, in_flight = self.in_flight.pending.len(), "connection closed");
         let reason: Arc<str> = reason.into();
         let _ = self.closed.set(reason.clone());
@@ -391,9 +478,11 @@ impl Task {
     }
 
     /// Moves bytes until something ends the connection; returns why.
-    async fn serve(&mut self, stream: &mut TcpStream) -> String {
-        let (mut reader, mut writer) = stream.split();
+    async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(&mut self, reader: &mut R, writer: &mut W) -> String {
         let mut accepting = true;
+        // A TLS stream may keep written bytes in its own buffer until
+        // flushed; a TCP stream's flush does nothing.
+        let mut unflushed = false;
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
@@ -408,7 +497,7 @@ impl Task {
             if !accepting && self.in_flight.is_empty() && self.outbox.is_empty() {
                 return "no longer used".to_owned();
             }
-            let can_write = !self.outbox.is_empty();
+            let can_write = !self.outbox.is_empty() || unflushed;
             let can_accept = accepting && self.outbox_bytes < OUTBOX_HIGH_WATER;
             tokio::select! {
                 read = reader.read_buf(self.frames.read_buffer()) => match read {
@@ -420,9 +509,13 @@ impl Task {
                     }
                     Err(e) => return format!("read failed: {e}"),
                 },
-                written = write_some(&mut writer, &self.outbox), if can_write => match written {
-                    Ok(0) => return "socket accepts no more bytes".to_owned(),
-                    Ok(n) => self.consume_outbox(n),
+                written = write_some(writer, &self.outbox), if can_write => match written {
+                    Ok(Written::Bytes(0)) => return "socket accepts no more bytes".to_owned(),
+                    Ok(Written::Bytes(n)) => {
+                        self.consume_outbox(n);
+                        unflushed = true;
+                    }
+                    Ok(Written::Flushed) => unflushed = false,
                     Err(e) => return format!("write failed: {e}"),
                 },
                 command = self.commands.recv(), if can_accept => match command {
@@ -501,9 +594,20 @@ impl Task {
     }
 }
 
-async fn write_some(writer: &mut tokio::net::tcp::WriteHalf<'_>, outbox: &VecDeque<Bytes>) -> io::Result<usize> {
+/// What one write step did.
+enum Written {
+    Bytes(usize),
+    Flushed,
+}
+
+/// Writes queued frames (vectored), or flushes once the queue is empty.
+async fn write_some<W: AsyncWrite + Unpin>(writer: &mut W, outbox: &VecDeque<Bytes>) -> io::Result<Written> {
+    if outbox.is_empty() {
+        writer.flush().await?;
+        return Ok(Written::Flushed);
+    }
     let slices: Vec<IoSlice<'_>> = outbox.iter().take(MAX_IO_SLICES).map(|b| IoSlice::new(b)).collect();
-    writer.write_vectored(&slices).await
+    writer.write_vectored(&slices).await.map(Written::Bytes)
 }
 
 #[cfg(test)]

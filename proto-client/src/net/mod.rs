@@ -5,12 +5,15 @@
 //!   size cap.
 //! - `broker`: a broker's link: lazy connect, reconnect with backoff.
 //! - `backoff`: exponential backoff with jitter (pure).
+//! - [`security`]: `security.protocol` and the TLS settings (rustls on ring).
 
 pub(crate) mod backoff;
 pub(crate) mod broker;
 mod connection;
+pub mod security;
 
 pub use connection::Connection;
+pub use security::{Secret, SecurityProtocol};
 
 use std::fmt;
 

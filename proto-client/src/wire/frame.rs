@@ -79,7 +79,12 @@ pub(crate) enum FrameError {
     TooLarge { size: u32, max: usize },
     #[error("frame of {0} bytes is too short to hold a correlation id")]
     TooShort(i32),
+    #[error("{TLS_RECORD_MESSAGE}")]
+    TlsRecord,
 }
+
+/// What a TLS record header where a frame size belongs says.
+pub(crate) const TLS_RECORD_MESSAGE: &str = "the broker answered with a TLS record: it is a TLS listener";
 
 /// Cuts response frames off a byte stream.
 ///
@@ -130,6 +135,11 @@ impl FrameReader {
         };
         // A negative i32 reads as a u32 above i32::MAX: too large either way.
         if size as usize > self.max_frame || size > i32::MAX as u32 {
+            // Alert (0x15) or handshake (0x16) record, TLS 1.0–1.3.
+            let [kind, major, minor, _] = size.to_be_bytes();
+            if matches!(kind, 0x15 | 0x16) && major == 3 && minor <= 4 {
+                return Err(FrameError::TlsRecord);
+            }
             return Err(FrameError::TooLarge { size, max: self.max_frame });
         }
         if size < 4 {
@@ -215,6 +225,11 @@ mod tests {
         let mut reader = FrameReader::new(1000);
         reader.extend(&3u32.to_be_bytes());
         assert_eq!(reader.next_frame(), Err(FrameError::TooShort(3)));
+
+        // A TLS alert where a size belongs: a TLS listener.
+        let mut reader = FrameReader::new(100 * 1024 * 1024);
+        reader.extend(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
+        assert_eq!(reader.next_frame(), Err(FrameError::TlsRecord));
     }
 
     #[test]

@@ -23,8 +23,23 @@ pub struct Consumed {
 /// `expected` records arrived (or `timeout`), then a little longer to catch
 /// any extra (duplicate) record.
 pub fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    read_all_with(&[("bootstrap.servers", bootstrap)], topic, partitions, expected, timeout)
+}
+
+/// [`read_all`] with librdkafka properties of the caller's (a secured
+/// listener's `security.protocol`, `ssl.ca.location`, …).
+pub fn read_all_with(
+    properties: &[(&str, &str)],
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    let mut config = ClientConfig::new();
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config
         .set("group.id", format!("read-back-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")

@@ -1,0 +1,261 @@
+//! TLS against a terminator nobody here wrote: stunnel (OpenSSL) in front
+//! of Tansu, with certificates each test makes. librdkafka reads what Rill
+//! wrote through the same listener.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::read_back::read_all_with;
+use rill_client::TopicPartition;
+use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
+use rill_client::producer::{Producer, ProducerConfig, Record};
+use rill_client::{BrokerAddress, Client, ClientConfig, Connection, Error, NewTopic, TopicScope};
+use rill_testkit::tls::{Listener, TestCertificates, TlsTansu};
+use rill_testkit::{required, unique_topic};
+
+/// `socket.connection.setup.timeout.ms` of every client here.
+const SETUP: Duration = Duration::from_secs(5);
+
+fn config(bootstrap: &str, properties: &[(&str, &str)]) -> ClientConfig {
+    let mut all = vec![("bootstrap.servers", bootstrap), ("socket.connection.setup.timeout.ms", "5000")];
+    all.extend_from_slice(properties);
+    ClientConfig::from_properties(all).expect("valid properties")
+}
+
+/// Produces `count` records with Rill, consumes them with Rill, and has
+/// librdkafka read them, all through the TLS listener.
+async fn round_trip(listener: &TlsTansu, rill: ClientConfig, librdkafka: &[(&str, &str)], count: usize) {
+    let topic = unique_topic("tls");
+    Client::new(rill.clone()).unwrap().admin().create_topics(&[NewTopic::new(&topic, 3)]).await.unwrap();
+    let producer = Producer::new(ProducerConfig::new(rill.clone())).unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        let (key, value) = (format!("k{}", i % 10), format!("value-{i}"));
+        deliveries.push(producer.send(Record::to(&topic).key(&key).value(&value)).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered over TLS");
+    }
+    producer.close(Duration::from_secs(10)).await.unwrap();
+
+    let mut consumer = Consumer::new(ConsumerConfig::new(rill.clone()).offset_reset(OffsetReset::Earliest)).unwrap();
+    consumer.assign(&(0..3).map(|p| TopicPartition::new(&topic, p)).collect::<Vec<_>>());
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < count && Instant::now() < deadline {
+        if let Ok(Ok(record)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            seen.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (0..count).map(|i| format!("value-{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "Rill read back every record over TLS");
+
+    let mut properties = vec![("bootstrap.servers", listener.bootstrap_by_name())];
+    properties.extend(librdkafka.iter().map(|(k, v)| (*k, v.to_string())));
+    let properties: Vec<(&str, &str)> = properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let read = read_all_with(&properties, &topic, 3, count, Duration::from_secs(30));
+    assert_eq!(read.len(), count, "librdkafka read every record over the same listener");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume_over_tls_and_librdkafka_reads_it() {
+    common::logs();
+    let certificates = required(TestCertificates::generate());
+    let listener = required(TlsTansu::start(&certificates, Listener::Tls).await);
+    let ca = certificates.ca.to_str().unwrap();
+    let rill = config(&listener.bootstrap_by_name(), &[("security.protocol", "SSL"), ("ssl.ca.location", ca)]);
+    round_trip(&listener, rill, &[("security.protocol", "ssl"), ("ssl.ca.location", ca)], 2_000).await;
+
+    // The CA given inline (`ssl.ca.pem`) works the same.
+    let pem = std::fs::read_to_string(&certificates.ca).unwrap();
+    let inline = config(&listener.bootstrap_by_name(), &[("security.protocol", "ssl"), ("ssl.ca.pem", &pem)]);
+    let metadata = Client::new(inline).unwrap().refresh_metadata(TopicScope::None).await.unwrap();
+    assert!(!metadata.brokers.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume_over_mutual_tls() {
+    common::logs();
+    let certificates = required(TestCertificates::generate());
+    let listener = required(TlsTansu::start(&certificates, Listener::Mutual).await);
+    let (ca, cert, key) = (
+        certificates.ca.to_str().unwrap(),
+        certificates.client_cert.to_str().unwrap(),
+        certificates.client_key.to_str().unwrap(),
+    );
+    let tls = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca),
+        ("ssl.certificate.location", cert),
+        ("ssl.key.location", key),
+    ];
+    round_trip(&listener, config(&listener.bootstrap_by_name(), &tls), &tls, 500).await;
+
+    // Inline certificate and key (`*.pem`) work the same.
+    let (cert_pem, key_pem) = (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap());
+    let inline = config(
+        &listener.bootstrap_by_name(),
+        &[
+            ("security.protocol", "ssl"),
+            ("ssl.ca.location", ca),
+            ("ssl.certificate.pem", &cert_pem),
+            ("ssl.key.pem", &key_pem),
+        ],
+    );
+    Client::new(inline).unwrap().refresh_metadata(TopicScope::None).await.unwrap();
+}
+
+/// Connects once and returns the error and how long it took.
+async fn connect_error(bootstrap: &str, properties: &[(&str, &str)]) -> (Error, Duration) {
+    let config = config(bootstrap, properties);
+    let address = BrokerAddress::parse(bootstrap).unwrap();
+    let started = Instant::now();
+    let error = Connection::connect(&address, &config).await.expect_err("the connection must fail");
+    (error, started.elapsed())
+}
+
+fn assert_fatal_security_error(error: &Error, elapsed: Duration, says: &str) {
+    assert!(matches!(error, Error::Security { .. }), "a security error, not {error:?}");
+    assert!(!error.is_retriable(), "{error} must be fatal");
+    let message = error.to_string();
+    assert!(message.contains(says), "the message {message:?} should say {says:?}");
+    assert!(message.starts_with("cannot connect securely to "), "names the broker: {message}");
+    assert!(elapsed < SETUP, "failed within the setup timeout ({elapsed:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_certificate_problem_is_one_clear_fatal_error() {
+    common::logs();
+    let certificates = required(TestCertificates::generate());
+    let ca = certificates.ca.to_str().unwrap();
+    let other_ca = certificates.other_ca.to_str().unwrap();
+    let good = required(TlsTansu::start(&certificates, Listener::Tls).await);
+
+    // A CA the broker's certificate does not chain to (also the default
+    // roots: a private CA is in none of them).
+    let (error, elapsed) =
+        connect_error(&good.bootstrap_by_name(), &[("security.protocol", "ssl"), ("ssl.ca.location", other_ca)]).await;
+    assert_fatal_security_error(&error, elapsed, "certificate is not trusted");
+    let (error, elapsed) = connect_error(&good.bootstrap_by_name(), &[("security.protocol", "ssl")]).await;
+    assert_fatal_security_error(&error, elapsed, "set ssl.ca.location");
+
+    // By IP address: the certificate names 127.0.0.1 too, so this passes;
+    // the wrong-name listener below is the mismatch.
+    Connection::connect(
+        &BrokerAddress::parse(&good.bootstrap()).unwrap(),
+        &config(&good.bootstrap(), &[("security.protocol", "ssl"), ("ssl.ca.location", ca)]),
+    )
+    .await
+    .expect("the certificate names 127.0.0.1");
+
+    let wrong_name = required(TlsTansu::start(&certificates, Listener::WrongName).await);
+    let tls = [("security.protocol", "ssl"), ("ssl.ca.location", ca)];
+    let (error, elapsed) = connect_error(&wrong_name.bootstrap_by_name(), &tls).await;
+    assert_fatal_security_error(&error, elapsed, "not valid for this host name");
+    assert!(error.to_string().contains("kafka.invalid"), "names what the certificate is for: {error}");
+    // Host-name checks off: the chain is still checked, the name is not.
+    let mut lax = tls.to_vec();
+    lax.push(("ssl.endpoint.identification.algorithm", "none"));
+    Connection::connect(
+        &BrokerAddress::parse(&wrong_name.bootstrap_by_name()).unwrap(),
+        &config(&wrong_name.bootstrap_by_name(), &lax),
+    )
+    .await
+    .expect("no host-name check with algorithm=none");
+
+    let expired = required(TlsTansu::start(&certificates, Listener::Expired).await);
+    let (error, elapsed) = connect_error(&expired.bootstrap_by_name(), &tls).await;
+    assert_fatal_security_error(&error, elapsed, "has expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_certificate_is_one_clear_fatal_error() {
+    common::logs();
+    let certificates = required(TestCertificates::generate());
+    let listener = required(TlsTansu::start(&certificates, Listener::Mutual).await);
+    let ca = certificates.ca.to_str().unwrap();
+    for client in [
+        None,
+        Some((
+            certificates.untrusted_client_cert.to_str().unwrap(),
+            certificates.untrusted_client_key.to_str().unwrap(),
+        )),
+    ] {
+        let mut properties = vec![("security.protocol", "ssl"), ("ssl.ca.location", ca)];
+        if let Some((cert, key)) = client {
+            properties.extend([("ssl.certificate.location", cert), ("ssl.key.location", key)]);
+        }
+        let (error, elapsed) = connect_error(&listener.bootstrap_by_name(), &properties).await;
+        assert_fatal_security_error(&error, elapsed, "client certificate");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrong_protocol_for_a_port_is_named() {
+    common::logs();
+    let certificates = required(TestCertificates::generate());
+    let listener = required(TlsTansu::start(&certificates, Listener::Tls).await);
+    let ca = certificates.ca.to_str().unwrap();
+
+    // Plaintext against the TLS port: stunnel resets the connection without
+    // a TLS record, as a broker restarting could; the error says what to check.
+    let (error, elapsed) = connect_error(&listener.bootstrap_by_name(), &[]).await;
+    let message = with_sources(&error);
+    assert!(message.contains("set security.protocol=ssl"), "{message}");
+    assert!(elapsed < SETUP, "{elapsed:?}");
+
+    // TLS against the broker's plaintext port: Tansu reads the ClientHello
+    // as the size of a frame that never ends, so the handshake times out.
+    let (error, elapsed) =
+        connect_error(&listener.plaintext_bootstrap(), &[("security.protocol", "ssl"), ("ssl.ca.location", ca)]).await;
+    let message = with_sources(&error);
+    assert!(message.contains("is this port a TLS listener?"), "{message}");
+    assert!(elapsed < SETUP + Duration::from_secs(1), "{elapsed:?}");
+}
+
+/// An error with its sources, as `rill` prints it.
+fn with_sources(error: &Error) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stops_at_a_fatal_tls_error_instead_of_retrying() {
+    common::logs();
+    let certificates = required(TestCertificates::generate());
+    let listener = required(TlsTansu::start(&certificates, Listener::Tls).await);
+    let other_ca = certificates.other_ca.to_str().unwrap();
+    let config = config(
+        &listener.bootstrap_by_name(),
+        &[("security.protocol", "ssl"), ("ssl.ca.location", other_ca), ("reconnect.backoff.ms", "50")],
+    );
+    let client = Client::new(config.clone()).unwrap();
+    let started = Instant::now();
+    let error = client.refresh_metadata(TopicScope::None).await.expect_err("untrusted");
+    assert!(!error.is_retriable(), "{error}");
+    assert!(started.elapsed() < SETUP);
+    // The link remembers: the second attempt fails at once, with the same words.
+    let started = Instant::now();
+    let again = client.refresh_metadata(TopicScope::None).await.expect_err("still untrusted");
+    assert!(again.to_string().contains("not trusted") || format!("{again:?}").contains("not trusted"), "{again:?}");
+    assert!(started.elapsed() < Duration::from_millis(500), "no reconnect loop: {:?}", started.elapsed());
+
+    // A producer's delivery fails with it instead of waiting out its timeout.
+    let producer = Producer::new(ProducerConfig::new(config).delivery_timeout(Duration::from_secs(60))).unwrap();
+    let started = Instant::now();
+    let outcome = match producer.send(Record::to("anything").value("v")).await {
+        Ok(delivery) => delivery.await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    let error = outcome.expect_err("cannot be delivered");
+    assert!(format!("{error:?}").contains("not trusted"), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "failed fast: {:?}", started.elapsed());
+}

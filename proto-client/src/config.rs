@@ -253,7 +253,7 @@ impl ClientConfig {
     /// | `ssl.ca.location`, `ssl.ca.pem` | CA certificates (PEM) that broker certificates must chain to; default: the webpki roots built in |
     /// | `ssl.certificate.location`, `ssl.certificate.pem` | client certificate chain (PEM), for mTLS |
     /// | `ssl.key.location`, `ssl.key.pem` | its private key (PEM, PKCS#8, PKCS#1 or SEC1) |
-    /// | `ssl.key.password` | refused: encrypted keys are not supported yet |
+    /// | `ssl.key.password` | kept, but an encrypted key is refused: not supported yet |
     /// | `ssl.endpoint.identification.algorithm` | `https` (default): the certificate must name the broker's host; `none` |
     pub fn set_property(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
         match key {

@@ -8,8 +8,8 @@
 //! bootstrap goes through TLS too.
 //!
 //! What this fixture does not do: TLS 1.2-only or 1.3-only listeners (stunnel
-//! offers both and the client picks 1.3), certificate revocation, encrypted
-//! client keys.
+//! offers both; which one a test negotiates is not checked), certificate
+//! revocation, encrypted client keys.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake_broker::{FakeBroker, Reply, frame};
+use common::chain;
+use common::fake_broker::{FakeBroker, Reply, frame, serve_stream};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, MetadataRequest};
 use rill_client::{BrokerAddress, Client, ClientConfig, Connection, Error, TopicScope};
@@ -20,17 +21,6 @@ fn config(address: &BrokerAddress) -> ClientConfig {
         .request_timeout(Duration::from_millis(500))
         .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
         .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
-}
-
-fn chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(" / ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[tokio::test]
@@ -249,4 +239,20 @@ async fn reconnects_back_off_exponentially() {
     // not the hundreds a tight loop would make.
     let made = attempts.load(std::sync::atomic::Ordering::SeqCst);
     assert!((3..=6).contains(&made), "{made} connection attempts in 1.5 s");
+}
+
+#[tokio::test]
+async fn a_connection_runs_over_any_byte_stream() {
+    // The driver is generic over its stream (TLS is one): over an in-memory
+    // pipe it negotiates, pipelines and reports a peer that goes away.
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let address = BrokerAddress::new("in-memory", 9092);
+    let broker = serve_stream(theirs, 9092, |_, _, _| Reply::Normal);
+    let connection = Connection::connect_over(ours, &address, &config(&address)).await.unwrap();
+    assert!(!connection.api_versions().is_empty(), "ApiVersions negotiated over the pipe");
+    let metadata = connection.send(&MetadataRequest::default().with_topics(Some(Vec::new()))).await.unwrap();
+    assert_eq!(metadata.brokers.len(), 1);
+    broker.abort();
+    let error = connection.send(&MetadataRequest::default().with_topics(Some(Vec::new()))).await.unwrap_err();
+    assert!(matches!(error, Error::ConnectionClosed { .. }), "{error:?}");
 }

@@ -182,11 +182,7 @@ impl Connection {
         let broker = self.inner.pipe.broker.clone();
         let closed = self.inner.pipe.closed.clone();
         Ok(async move {
-            let closed_error = || Error::ConnectionClosed {
-                broker: broker.clone(),
-                reason: closed.get().cloned().unwrap_or_else(|| "connection task ended".into()),
-            };
-            let frame = answer.expect("a reply was asked for").await.map_err(|_| closed_error())??;
+            let frame = answer.expect("a reply was asked for").await.map_err(|_| closed_error(&closed, &broker))??;
             frame::decode_response::<R>(frame, version).map_err(|message| Error::protocol(&broker, message))
         })
     }
@@ -204,8 +200,11 @@ impl Connection {
     }
 
     /// Why the connection closed, once it has.
-    pub fn close_reason(&self) -> Option<Arc<str>> {
-        self.inner.pipe.closed.get().cloned()
+    pub fn close_reason(&self) -> Option<String> {
+        self.inner.pipe.closed.get().map(|error| match error {
+            Error::ConnectionClosed { reason, .. } => reason.to_string(),
+            other => other.to_string(),
+        })
     }
 }
 
@@ -215,7 +214,7 @@ struct Pipe {
     broker: String,
     commands: mpsc::Sender<Command>,
     next_correlation_id: AtomicI32,
-    closed: Arc<OnceLock<Arc<str>>>,
+    closed: Arc<OnceLock<Error>>,
 }
 
 #[derive(Debug)]
@@ -250,10 +249,7 @@ impl Pipe {
     }
 
     fn closed_error(&self) -> Error {
-        Error::ConnectionClosed {
-            broker: self.broker.clone(),
-            reason: self.closed.get().cloned().unwrap_or_else(|| "connection task ended".into()),
-        }
+        closed_error(&self.closed, &self.broker)
     }
 
     /// Encodes, sends, and returns the reply frame (response header
@@ -294,6 +290,14 @@ impl Pipe {
     }
 }
 
+/// The error that closed a connection, for a request that finds it closed.
+fn closed_error(closed: &OnceLock<Error>, broker: &str) -> Error {
+    closed.get().cloned().unwrap_or_else(|| Error::ConnectionClosed {
+        broker: broker.to_owned(),
+        reason: "connection task ended".into(),
+    })
+}
+
 async fn open_stream(address: &BrokerAddress) -> Result<TcpStream> {
     let candidates: Vec<SocketAddr> = tokio::net::lookup_host((address.host.as_str(), address.port))
         .await
@@ -332,29 +336,11 @@ async fn handshake(pipe: &Pipe, config: &ClientConfig, client_id: &StrBytes) -> 
         }
     };
     let mut version = ApiVersionsRequest::SUPPORTED.max;
-    let mut reply = pipe.roundtrip(&request_at(version), version, client_id, timeout).await.map_err(|error| {
-        match error {
-            // TLS 1.3 finishes the client's side of the handshake before the
-            // broker checks the client certificate: a refusal arrives as an
-            // alert on the first read.
-            Error::ConnectionClosed { broker, reason }
-                if config.security_protocol.uses_tls() && reason.contains("received fatal alert") =>
-            {
-                Error::Security {
-                    broker,
-                    reason: format!(
-                        "the broker refused the TLS session ({}); it may require a client certificate it trusts \
-                         (ssl.certificate.location, ssl.key.location)",
-                        reason.trim_start_matches("read failed: ")
-                    ),
-                }
-            }
-            Error::ConnectionClosed { broker, reason } if reason.contains(frame::TLS_RECORD_MESSAGE) => {
-                Error::Security { broker, reason: format!("{reason}; set security.protocol=ssl (or sasl_ssl)") }
-            }
-            // A TLS listener (or a SASL-only one) drops a plaintext client
-            // before any answer. A broker restarting does the same, so this
-            // stays retriable; the reason says what to check.
+    let mut reply =
+        pipe.roundtrip(&request_at(version), version, client_id, timeout).await.map_err(|error| match error {
+            // A TLS listener (or a SASL-only one) drops a plaintext client before
+            // any answer. A broker restarting does the same, so this stays
+            // retriable; the reason says what to check.
             Error::ConnectionClosed { broker, reason } if !config.security_protocol.uses_tls() => {
                 Error::ConnectionClosed {
                     broker,
@@ -365,8 +351,7 @@ async fn handshake(pipe: &Pipe, config: &ClientConfig, client_id: &StrBytes) -> 
                 }
             }
             other => other,
-        }
-    })?;
+        })?;
     // The ApiVersions response header is always v0: the correlation id only.
     let error_code = reply.get(4..6).map(|b| i16::from_be_bytes([b[0], b[1]]));
     if error_code == Some(UNSUPPORTED_VERSION) {
@@ -456,29 +441,32 @@ struct Task {
     frames: frame::FrameReader,
     outbox: VecDeque<Bytes>,
     outbox_bytes: usize,
-    closed: Arc<OnceLock<Arc<str>>>,
+    closed: Arc<OnceLock<Error>>,
 }
 
 impl Task {
     async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut self, mut reader: R, mut writer: W) {
-        let reason = self.serve(&mut reader, &mut writer).await;
-        debug!(target: "rill::broker", broker = %self.broker, %reason, in_flight = self.in_flight.pending.len(), "connection closed");
-        let reason: Arc<str> = reason.into();
-        let _ = self.closed.set(reason.clone());
+        let error = self.serve(&mut reader, &mut writer).await;
+        debug!(target: "rill::broker", broker = %self.broker, %error, in_flight = self.in_flight.pending.len(), "connection closed");
+        let _ = self.closed.set(error.clone());
         self.commands.close();
-        let closed = || Error::ConnectionClosed { broker: self.broker.clone(), reason: reason.clone() };
         for pending in self.in_flight.drain() {
-            let _ = pending.reply.send(Err(closed()));
+            let _ = pending.reply.send(Err(error.clone()));
         }
         while let Ok(command) = self.commands.try_recv() {
             if let Some(reply) = command.reply {
-                let _ = reply.send(Err(closed()));
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }
 
+    /// The error of a connection closed for `reason`.
+    fn closed(&self, reason: impl Into<Arc<str>>) -> Error {
+        Error::ConnectionClosed { broker: self.broker.clone(), reason: reason.into() }
+    }
+
     /// Moves bytes until something ends the connection; returns why.
-    async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(&mut self, reader: &mut R, writer: &mut W) -> String {
+    async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(&mut self, reader: &mut R, writer: &mut W) -> Error {
         let mut accepting = true;
         // A TLS stream may keep written bytes in its own buffer until
         // flushed; a TCP stream's flush does nothing.
@@ -495,28 +483,34 @@ impl Task {
                 armed = deadline;
             }
             if !accepting && self.in_flight.is_empty() && self.outbox.is_empty() {
-                return "no longer used".to_owned();
+                return self.closed("no longer used");
             }
             let can_write = !self.outbox.is_empty() || unflushed;
             let can_accept = accepting && self.outbox_bytes < OUTBOX_HIGH_WATER;
             tokio::select! {
                 read = reader.read_buf(self.frames.read_buffer()) => match read {
-                    Ok(0) => return "closed by the broker".to_owned(),
+                    Ok(0) => return self.closed("closed by the broker"),
                     Ok(_) => {
-                        if let Err(reason) = self.dispatch_frames() {
-                            return reason;
+                        if let Err(error) = self.dispatch_frames() {
+                            return error;
                         }
                     }
-                    Err(e) => return format!("read failed: {e}"),
+                    // A broker that refuses the client certificate does so
+                    // after the client's side of a TLS 1.3 handshake is done:
+                    // its alert arrives on the first read.
+                    Err(e) => return match super::security::refused_session(&e) {
+                        Some(reason) => Error::Security { broker: self.broker.clone(), reason },
+                        None => self.closed(format!("read failed: {e}")),
+                    },
                 },
                 written = write_some(writer, &self.outbox), if can_write => match written {
-                    Ok(Written::Bytes(0)) => return "socket accepts no more bytes".to_owned(),
+                    Ok(Written::Bytes(0)) => return self.closed("socket accepts no more bytes"),
                     Ok(Written::Bytes(n)) => {
                         self.consume_outbox(n);
                         unflushed = true;
                     }
                     Ok(Written::Flushed) => unflushed = false,
-                    Err(e) => return format!("write failed: {e}"),
+                    Err(e) => return self.closed(format!("write failed: {e}")),
                 },
                 command = self.commands.recv(), if can_accept => match command {
                     Some(command) => self.accept(command),
@@ -537,7 +531,7 @@ impl Task {
                         }));
                     }
                     let (api, timeout) = first.expect("non-empty");
-                    return format!("{api:?} request timed out after {timeout:?}");
+                    return self.closed(format!("{api:?} request timed out after {timeout:?}"));
                 }
             }
         }
@@ -575,16 +569,22 @@ impl Task {
         }
     }
 
-    fn dispatch_frames(&mut self) -> Result<(), String> {
+    fn dispatch_frames(&mut self) -> Result<(), Error> {
         loop {
             let frame = match self.frames.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
+                Err(frame::FrameError::TlsRecord) => {
+                    return Err(Error::Security {
+                        broker: self.broker.clone(),
+                        reason: format!("{}; set security.protocol=ssl (or sasl_ssl)", frame::FrameError::TlsRecord),
+                    });
+                }
+                Err(e) => return Err(self.closed(e.to_string())),
             };
             let correlation_id = frame::correlation_id(&frame);
             let Some(pending) = self.in_flight.take(correlation_id) else {
-                return Err(format!("response with unknown correlation id {correlation_id}"));
+                return Err(self.closed(format!("response with unknown correlation id {correlation_id}")));
             };
             trace!(target: "rill::protocol", broker = %self.broker, api = ?pending.api, correlation_id, bytes = frame.len(), "receive");
             // A caller that stopped waiting has dropped its receiver; the

@@ -102,7 +102,7 @@ impl Pem {
 
 /// The `ssl.*` settings. Clones share the built rustls configuration until
 /// one of them is changed.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct TlsSettings {
     ca: Option<Pem>,
     verify_hostname: bool,
@@ -110,19 +110,6 @@ pub(crate) struct TlsSettings {
     key: Option<Pem>,
     key_password: Option<Secret>,
     built: OnceLock<Arc<rustls::ClientConfig>>,
-}
-
-impl Clone for TlsSettings {
-    fn clone(&self) -> Self {
-        TlsSettings {
-            ca: self.ca.clone(),
-            verify_hostname: self.verify_hostname,
-            certificate: self.certificate.clone(),
-            key: self.key.clone(),
-            key_password: self.key_password.clone(),
-            built: self.built.clone(),
-        }
-    }
 }
 
 impl fmt::Debug for TlsSettings {
@@ -306,13 +293,47 @@ impl ServerCertVerifier for AnyHostName {
     }
 }
 
+/// The rustls error inside an I/O error from a TLS stream.
+fn tls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// The words for an alert by which a broker refuses the TLS session, or
+/// `None` for any other alert. Under TLS 1.3 such an alert can come after
+/// the client's side of the handshake is done, on the first read.
+fn refusal(alert: rustls::AlertDescription) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    matches!(
+        alert,
+        Alert::BadCertificate
+            | Alert::CertificateRequired
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::AccessDenied
+            | Alert::HandshakeFailure
+    )
+    .then(|| {
+        format!(
+            "the broker refused the TLS session ({alert:?}); it may require a client certificate it trusts \
+             (ssl.certificate.location, ssl.key.location)"
+        )
+    })
+}
+
+/// A read error that is the broker refusing the session (see [`refusal`]).
+pub(crate) fn refused_session(error: &std::io::Error) -> Option<String> {
+    match tls_error(error)? {
+        rustls::Error::AlertReceived(alert) => refusal(*alert),
+        _ => None,
+    }
+}
+
 /// What a failed TLS handshake means, in words, and whether trying again
 /// can help. A certificate problem or a refused client certificate is
 /// fatal; a handshake cut short is not (the broker may be restarting, or
 /// the port may not speak TLS: the message says both).
 pub(crate) fn explain_handshake_error(error: &std::io::Error) -> (String, bool) {
-    use rustls::AlertDescription as Alert;
-    let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+    let Some(tls) = tls_error(error) else {
         return match error.kind() {
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => (
                 format!(
@@ -342,17 +363,9 @@ pub(crate) fn explain_handshake_error(error: &std::io::Error) -> (String, bool) 
             ),
             other => format!("the broker's certificate was rejected: {other:?}"),
         },
-        rustls::Error::AlertReceived(
-            alert @ (Alert::BadCertificate
-            | Alert::CertificateRequired
-            | Alert::UnknownCA
-            | Alert::CertificateUnknown
-            | Alert::AccessDenied
-            | Alert::HandshakeFailure),
-        ) => format!(
-            "the broker refused the TLS handshake ({alert:?}); it may require a client certificate it trusts \
-             (ssl.certificate.location, ssl.key.location)"
-        ),
+        rustls::Error::AlertReceived(alert) => {
+            refusal(*alert).unwrap_or_else(|| format!("the broker ended the TLS handshake with {alert:?}"))
+        }
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
             "the broker did not answer in TLS ({tls}); is this a plaintext port? (set security.protocol=plaintext \
              or sasl_plaintext for it)"
@@ -420,6 +433,23 @@ mod tests {
         let mut tls = TlsSettings::new();
         tls.set_property("ssl.certificate.pem", "x").unwrap();
         assert!(tls.client_config().unwrap_err().to_string().contains("needs `ssl.key.location`"));
+
+        // An encrypted key is refused with what to do, naming the password key.
+        let mut tls = TlsSettings::new();
+        tls.set_property("ssl.certificate.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .unwrap();
+        tls.set_property(
+            "ssl.key.pem",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        tls.set_property("ssl.key.password", "hunter2").unwrap();
+        let error = tls.client_config().unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::NotAllowed { key, reason } if key == "ssl.key.password" && reason.contains("openssl pkcs8")),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("hunter2"), "{error}");
 
         let mut tls = TlsSettings::new();
         assert!(tls.set_property("ssl.endpoint.identification.algorithm", "dns").is_err());

@@ -79,12 +79,10 @@ pub(crate) enum FrameError {
     TooLarge { size: u32, max: usize },
     #[error("frame of {0} bytes is too short to hold a correlation id")]
     TooShort(i32),
-    #[error("{TLS_RECORD_MESSAGE}")]
+    /// A TLS record header where a frame size belongs.
+    #[error("the broker answered with a TLS record: it is a TLS listener")]
     TlsRecord,
 }
-
-/// What a TLS record header where a frame size belongs says.
-pub(crate) const TLS_RECORD_MESSAGE: &str = "the broker answered with a TLS record: it is a TLS listener";
 
 /// Cuts response frames off a byte stream.
 ///

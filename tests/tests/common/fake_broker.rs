@@ -13,8 +13,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes, decode_request_header_from_buffer};
 use rill_client::BrokerAddress;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// What to send back for one request.
@@ -78,8 +78,21 @@ impl Drop for FakeBroker {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
+/// Serves one already-open stream (an in-memory pipe) with the script, as
+/// connection 0 of a broker that advertises `port`.
+pub fn serve_stream<S>(
+    stream: S,
+    port: u16,
+    script: impl Fn(usize, usize, &RequestHeader) -> Reply + Send + Sync + 'static,
+) -> JoinHandle<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(serve(stream, 0, port, Arc::new(script), Arc::default()))
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     connection: usize,
     port: u16,
     script: Arc<Script>,

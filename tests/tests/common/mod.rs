@@ -13,6 +13,18 @@ pub fn logs() {
     }
 }
 
+/// An error and its sources, ` / ` between them: what `rill` prints.
+pub fn chain(error: &rill_client::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(" / ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Client settings through a Kafka-aware proxy: short backoffs, so that
 /// a cut costs little time.
 pub fn proxied(proxy: &rill_testkit::KafkaProxy, request_timeout: std::time::Duration) -> rill_client::ClientConfig {

@@ -776,7 +776,11 @@ async fn a_group_completes_its_rebalances_through_random_cuts() {
     cluster.create_topic(&topic, 6).await.unwrap();
     fill(cluster, &topic, 6, 0, 1_000).await;
     let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 87).await.unwrap();
-    proxy.cut_randomly(Duration::from_secs(1), Duration::from_secs(3));
+    // Tansu holds a JoinGroup and then a SyncGroup for half the session
+    // (1.5 s each here): a rebalance needs about 3 s without a cut. Cuts
+    // every 1-3 s left that to luck (the two-member phase took 39-96 s on
+    // the same code); every 2-4 s still cuts each rebalance often.
+    proxy.cut_randomly(Duration::from_secs(2), Duration::from_secs(4));
     let client = common::proxied(&proxy, Duration::from_secs(5));
     let config = group_config(cluster, &group, AssignmentStrategy::CooperativeSticky)
         .with_client(client)

@@ -34,6 +34,8 @@ RESPONSES = [
     ("offset_commit_response", "OffsetCommitResponse"),
     ("offset_fetch_response", "OffsetFetchResponse"),
     ("offset_for_leader_epoch_response", "OffsetForLeaderEpochResponse"),
+    ("sasl_handshake_response", "SaslHandshakeResponse"),
+    ("sasl_authenticate_response", "SaslAuthenticateResponse"),
     # Embedded in JoinGroup / SyncGroup: written by other group members.
     ("consumer_protocol_subscription", "ConsumerProtocolSubscription"),
     ("consumer_protocol_assignment", "ConsumerProtocolAssignment"),

@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::net::BrokerAddress;
-use crate::net::security::{SecurityProtocol, TlsSettings};
+use crate::net::sasl::{OAuthBearerTokenProvider, SaslMechanism, SaslSettings, TokenSource};
+use crate::net::security::{Secret, SecurityProtocol, TlsSettings};
 
 /// A configuration key or value that was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +185,7 @@ pub struct ClientConfig {
     pub(crate) client_software_version: String,
     pub(crate) security_protocol: SecurityProtocol,
     pub(crate) tls: TlsSettings,
+    pub(crate) sasl: SaslSettings,
 }
 
 impl Default for ClientConfig {
@@ -202,6 +206,7 @@ impl Default for ClientConfig {
             client_software_version: env!("CARGO_PKG_VERSION").to_owned(),
             security_protocol: SecurityProtocol::Plaintext,
             tls: TlsSettings::new(),
+            sasl: SaslSettings::default(),
         }
     }
 }
@@ -249,12 +254,16 @@ impl ClientConfig {
     /// | `receive.message.max.bytes`, `max.response.size` | [`Self::max_response_size`] |
     /// | `allow.auto.create.topics` | [`Self::allow_auto_create_topics`] |
     /// | `client.software.name`, `client.software.version` | sent in ApiVersions (KIP-511) |
-    /// | `security.protocol` | [`Self::security_protocol`]: `plaintext`, `ssl` (any case) |
+    /// | `security.protocol` | [`Self::security_protocol`]: `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl` (any case) |
     /// | `ssl.ca.location`, `ssl.ca.pem` | CA certificates (PEM) that broker certificates must chain to; default: the webpki roots built in |
     /// | `ssl.certificate.location`, `ssl.certificate.pem` | client certificate chain (PEM), for mTLS |
     /// | `ssl.key.location`, `ssl.key.pem` | its private key (PEM, PKCS#8, PKCS#1 or SEC1) |
     /// | `ssl.key.password` | kept, but an encrypted key is refused: not supported yet |
     /// | `ssl.endpoint.identification.algorithm` | `https` (default): the certificate must name the broker's host; `none` |
+    /// | `sasl.mechanism`, `sasl.mechanisms` | [`Self::sasl_mechanism`]: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` |
+    /// | `sasl.username`, `sasl.password` | [`Self::sasl_credentials`] |
+    /// | `enable.sasl.oauthbearer.unsecure.jwt`, `sasl.oauthbearer.config` | unsecured JWTs for tests, as librdkafka makes them (`principal=NAME [scope=a,b] [lifeSeconds=N] [extension_K=V]`) |
+    /// | `sasl.oauthbearer.method` | `default` only; see [`Self::oauthbearer_token_provider`] |
     pub fn set_property(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
         match key {
             "bootstrap.servers" | "metadata.broker.list" => {
@@ -293,15 +302,12 @@ impl ClientConfig {
                 let protocol = SecurityProtocol::parse(value).ok_or_else(|| {
                     ConfigError::invalid_value(key, value, "expected plaintext, ssl, sasl_plaintext or sasl_ssl")
                 })?;
-                if protocol.uses_sasl() {
-                    return Err(ConfigError::NotAllowed {
-                        key: key.to_owned(),
-                        reason: format!("`{value}`: SASL is not supported yet; plaintext and ssl are"),
-                    });
-                }
                 self.security_protocol = protocol;
             }
             _ if key.starts_with("ssl.") => return self.tls.set_property(key, value),
+            _ if key.starts_with("sasl.") || key.starts_with("enable.sasl.") => {
+                return self.sasl.set_property(key, value);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -323,6 +329,9 @@ impl ClientConfig {
         if self.security_protocol.uses_tls() {
             self.tls.client_config()?;
         }
+        if self.security_protocol.uses_sasl() {
+            self.sasl.validate()?;
+        }
         Ok(())
     }
 
@@ -331,6 +340,47 @@ impl ClientConfig {
     /// ([`Self::set_property`]).
     pub fn security_protocol(mut self, protocol: SecurityProtocol) -> Self {
         self.security_protocol = protocol;
+        self
+    }
+
+    /// The SASL mechanism for `sasl_plaintext` and `sasl_ssl`. No default:
+    /// Java's and librdkafka's is GSSAPI (Kerberos), which this client does
+    /// not speak.
+    pub fn sasl_mechanism(mut self, mechanism: SaslMechanism) -> Self {
+        self.sasl.mechanism = Some(mechanism);
+        self
+    }
+
+    /// The user name and password of PLAIN and SCRAM. The password never
+    /// appears in logs, errors or `Debug` output.
+    pub fn sasl_credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.sasl.username = Some(username.into());
+        self.sasl.password = Some(Secret::new(password.into()));
+        self
+    }
+
+    /// Where OAUTHBEARER tokens come from: an async function of the
+    /// application's, called when a connection authenticates and the
+    /// cached token has passed 80 % of its lifetime (or there is none).
+    /// Connections re-authenticate before their session ends (KIP-368), so
+    /// a refreshed token reaches long-lived connections too. Every client
+    /// made from this configuration (and its clones) shares one cache.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rill_client::{ClientConfig, OAuthBearerToken, SaslMechanism, SecurityProtocol, TokenError};
+    /// let config = ClientConfig::new("broker:9093")?
+    ///     .security_protocol(SecurityProtocol::SaslSsl)
+    ///     .sasl_mechanism(SaslMechanism::OAuthBearer)
+    ///     .oauthbearer_token_provider(|| async {
+    ///         // Ask the identity provider here.
+    ///         Ok::<_, TokenError>(OAuthBearerToken::new("eyJ...", Duration::from_secs(3600)))
+    ///     });
+    /// config.validate()?;
+    /// # Ok::<(), rill_client::ConfigError>(())
+    /// ```
+    pub fn oauthbearer_token_provider(mut self, provider: impl OAuthBearerTokenProvider) -> Self {
+        self.sasl.token_source = Some(Arc::new(TokenSource::new(Arc::new(provider))));
         self
     }
 

@@ -55,6 +55,7 @@ pub use client::Client;
 pub use cluster::{BrokerInfo, Metadata, PartitionInfo, TopicInfo, TopicScope};
 pub use config::{ClientConfig, ConfigError};
 pub use error::{Error, ErrorAction, ResponseError, Result};
+pub use net::sasl::{OAuthBearerToken, OAuthBearerTokenProvider, SaslMechanism, TokenError};
 pub use net::{BrokerAddress, Connection, Secret, SecurityProtocol};
 
 /// A partition of a topic.

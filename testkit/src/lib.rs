@@ -19,6 +19,9 @@
 //! - [`read`]: reads a partition back with Rill's own decoder.
 //! - [`tls`] (feature `tls`): stunnel in front of Tansu, certificates made
 //!   by each test.
+//! - [`sasl`] (feature `tls`): a SASL gate in front of Tansu (PLAIN, SCRAM
+//!   by the `scramp` package, OAUTHBEARER, re-authentication), SASL_SSL
+//!   with the test certificates.
 //! - [`unique_topic`]: topic names that never collide between tests.
 
 pub mod cluster;
@@ -27,8 +30,11 @@ pub mod kafka_proxy;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod perf;
+mod pip;
 pub mod proxy;
 pub mod read;
+#[cfg(feature = "tls")]
+pub mod sasl;
 pub mod tansu;
 #[cfg(feature = "tls")]
 pub mod tls;

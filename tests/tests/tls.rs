@@ -7,59 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::chain;
-use common::read_back::read_all_with;
-use rill_client::TopicPartition;
-use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
+use common::secured::{SETUP, assert_fatal_security_error, config, connect, connect_error, round_trip};
 use rill_client::producer::{Producer, ProducerConfig, Record};
-use rill_client::{BrokerAddress, Client, ClientConfig, Connection, Error, NewTopic, TopicScope};
+use rill_client::{Client, TopicScope};
+use rill_testkit::required;
 use rill_testkit::tls::{Listener, TestCertificates, TlsTansu};
-use rill_testkit::{required, unique_topic};
-
-/// `socket.connection.setup.timeout.ms` of every client here.
-const SETUP: Duration = Duration::from_secs(5);
-
-fn config(bootstrap: &str, properties: &[(&str, &str)]) -> ClientConfig {
-    let mut all = vec![("bootstrap.servers", bootstrap), ("socket.connection.setup.timeout.ms", "5000")];
-    all.extend_from_slice(properties);
-    ClientConfig::from_properties(all).expect("valid properties")
-}
-
-/// Produces `count` records with Rill, consumes them with Rill, and has
-/// librdkafka read them, all through the TLS listener.
-async fn round_trip(listener: &TlsTansu, rill: ClientConfig, librdkafka: &[(&str, &str)], count: usize) {
-    let topic = unique_topic("tls");
-    Client::new(rill.clone()).unwrap().admin().create_topics(&[NewTopic::new(&topic, 3)]).await.unwrap();
-    let producer = Producer::new(ProducerConfig::new(rill.clone())).unwrap();
-    let mut deliveries = Vec::new();
-    for i in 0..count {
-        let (key, value) = (format!("k{}", i % 10), format!("value-{i}"));
-        deliveries.push(producer.send(Record::to(&topic).key(&key).value(&value)).await.unwrap());
-    }
-    for delivery in deliveries {
-        delivery.await.expect("delivered over TLS");
-    }
-    producer.close(Duration::from_secs(10)).await.unwrap();
-
-    let mut consumer = Consumer::new(ConsumerConfig::new(rill.clone()).offset_reset(OffsetReset::Earliest)).unwrap();
-    consumer.assign(&(0..3).map(|p| TopicPartition::new(&topic, p)).collect::<Vec<_>>());
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < count && Instant::now() < deadline {
-        if let Ok(Ok(record)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            seen.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
-        }
-    }
-    seen.sort();
-    let mut expected: Vec<String> = (0..count).map(|i| format!("value-{i}")).collect();
-    expected.sort();
-    assert_eq!(seen, expected, "Rill read back every record over TLS");
-
-    let mut properties = vec![("bootstrap.servers", listener.bootstrap_by_name())];
-    properties.extend(librdkafka.iter().map(|(k, v)| (*k, v.to_string())));
-    let properties: Vec<(&str, &str)> = properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let read = read_all_with(&properties, &topic, 3, count, Duration::from_secs(30));
-    assert_eq!(read.len(), count, "librdkafka read every record over the same listener");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_consume_over_tls_and_librdkafka_reads_it() {
@@ -68,7 +20,8 @@ async fn produce_and_consume_over_tls_and_librdkafka_reads_it() {
     let listener = required(TlsTansu::start(&certificates, Listener::Tls).await);
     let ca = certificates.ca.to_str().unwrap();
     let rill = config(&listener.bootstrap_by_name(), &[("security.protocol", "SSL"), ("ssl.ca.location", ca)]);
-    round_trip(&listener, rill, &[("security.protocol", "ssl"), ("ssl.ca.location", ca)], 2_000).await;
+    round_trip(&listener.bootstrap_by_name(), rill, &[("security.protocol", "ssl"), ("ssl.ca.location", ca)], 2_000)
+        .await;
 
     // The CA given inline (`ssl.ca.pem`) works the same.
     let pem = std::fs::read_to_string(&certificates.ca).unwrap();
@@ -93,7 +46,7 @@ async fn produce_and_consume_over_mutual_tls() {
         ("ssl.certificate.location", cert),
         ("ssl.key.location", key),
     ];
-    round_trip(&listener, config(&listener.bootstrap_by_name(), &tls), &tls, 500).await;
+    round_trip(&listener.bootstrap_by_name(), config(&listener.bootstrap_by_name(), &tls), &tls, 500).await;
 
     // Inline certificate and key (`*.pem`) work the same.
     let (cert_pem, key_pem) = (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap());
@@ -107,27 +60,6 @@ async fn produce_and_consume_over_mutual_tls() {
         ],
     );
     Client::new(inline).unwrap().refresh_metadata(TopicScope::None).await.unwrap();
-}
-
-/// Connects once, as a client with these properties would.
-async fn connect(bootstrap: &str, properties: &[(&str, &str)]) -> Result<Connection, Error> {
-    Connection::connect(&BrokerAddress::parse(bootstrap).unwrap(), &config(bootstrap, properties)).await
-}
-
-/// Connects once and returns the error and how long it took.
-async fn connect_error(bootstrap: &str, properties: &[(&str, &str)]) -> (Error, Duration) {
-    let started = Instant::now();
-    let error = connect(bootstrap, properties).await.expect_err("the connection must fail");
-    (error, started.elapsed())
-}
-
-fn assert_fatal_security_error(error: &Error, elapsed: Duration, says: &str) {
-    assert!(matches!(error, Error::Security { .. }), "a security error, not {error:?}");
-    assert!(!error.is_retriable(), "{error} must be fatal");
-    let message = error.to_string();
-    assert!(message.contains(says), "the message {message:?} should say {says:?}");
-    assert!(message.starts_with("cannot connect securely to "), "names the broker: {message}");
-    assert!(elapsed < SETUP, "failed within the setup timeout ({elapsed:?})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

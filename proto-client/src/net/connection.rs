@@ -25,17 +25,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, trace};
+use tracing::{debug, info, trace, warn};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::net::BrokerAddress;
+use crate::net::sasl::{self, SaslSettings, Step};
 use crate::wire::versions::ApiVersions;
 use crate::wire::{ApiRequest, frame};
 
@@ -65,10 +66,12 @@ struct Inner {
 }
 
 impl Connection {
-    /// Connects, sends ApiVersions, and negotiates.
+    /// Connects, sends ApiVersions, negotiates, and authenticates when
+    /// `security.protocol` says SASL.
     ///
     /// Every address `host` resolves to is tried in turn. The TCP connect
-    /// and the handshake each get `connection_setup_timeout`.
+    /// (with the TLS handshake), ApiVersions and the SASL exchange each get
+    /// `connection_setup_timeout`.
     pub async fn connect(address: &BrokerAddress, config: &ClientConfig) -> Result<Connection> {
         let setup = config.connection_setup_timeout;
         let timed_out = |what: &str| {
@@ -129,10 +132,35 @@ impl Connection {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let pipe = Pipe::spawn(reader, writer, address.to_string(), config.max_response_size);
         let client_id = StrBytes::from_string(config.client_id.clone());
+        let (pipe, lane) =
+            Pipe::spawn(reader, writer, address.to_string(), config.max_response_size, client_id.clone());
         let versions = handshake(&pipe, config, &client_id).await?;
-        debug!(target: "rill::broker", broker = %address, apis = versions.len(), tls = config.security_protocol.uses_tls(), "connected");
+        if config.security_protocol.uses_sasl() {
+            let setup = config.connection_setup_timeout;
+            let sasl = &config.sasl;
+            let began = Instant::now();
+            let session = match tokio::time::timeout(setup, async {
+                let (exchange, first) = sasl.begin().await.map_err(|reason| {
+                    Error::connect(address, io::Error::other(format!("SASL {}: {reason}", sasl.mechanism())))
+                })?;
+                authenticate(&lane, sasl, &versions, exchange, first, setup).await
+            })
+            .await
+            {
+                Ok(session) => session?,
+                Err(_) => {
+                    return Err(Error::connect(
+                        address,
+                        io::Error::new(io::ErrorKind::TimedOut, format!("no SASL authentication within {setup:?}")),
+                    ));
+                }
+            };
+            if let Some(after) = sasl::reauthenticate_after(session, super::backoff::jitter()) {
+                tokio::spawn(reauthenticate(lane, config.sasl.clone(), versions.clone(), began + after, setup));
+            }
+        }
+        debug!(target: "rill::broker", broker = %address, apis = versions.len(), tls = config.security_protocol.uses_tls(), sasl = config.security_protocol.uses_sasl(), "connected");
         Ok(Connection { inner: Arc::new(Inner { pipe, versions, client_id, request_timeout: config.request_timeout }) })
     }
 
@@ -213,7 +241,7 @@ impl Connection {
 struct Pipe {
     broker: String,
     commands: mpsc::Sender<Command>,
-    next_correlation_id: AtomicI32,
+    next_correlation_id: Arc<AtomicI32>,
     closed: Arc<OnceLock<Error>>,
 }
 
@@ -227,17 +255,46 @@ struct Command {
     reply: Option<oneshot::Sender<Result<Bytes>>>,
 }
 
+/// What the SASL side of a connection tells its task. Requests sent this
+/// way go out even while the task holds back the callers' requests.
+#[derive(Debug)]
+enum Control {
+    /// Hold back new requests of callers (those in flight go on).
+    Pause,
+    /// Send this request.
+    Send(Command),
+    /// Let callers' requests through again.
+    Resume,
+    /// Close the connection with this error.
+    Close(Error),
+}
+
+/// The SASL side's way to the connection task: its own channel, so that it
+/// keeps no [`Pipe`] (and so no connection) alive.
+#[derive(Debug)]
+struct ControlLane {
+    broker: String,
+    client_id: StrBytes,
+    control: mpsc::Sender<Control>,
+    next_correlation_id: Arc<AtomicI32>,
+    closed: Arc<OnceLock<Error>>,
+}
+
 impl Pipe {
-    fn spawn<R, W>(reader: R, writer: W, broker: String, max_frame: usize) -> Pipe
+    fn spawn<R, W>(reader: R, writer: W, broker: String, max_frame: usize, client_id: StrBytes) -> (Pipe, ControlLane)
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let (control, control_receiver) = mpsc::channel(4);
         let closed = Arc::new(OnceLock::new());
+        let next_correlation_id = Arc::new(AtomicI32::new(0));
         let task = Task {
             broker: broker.clone(),
             commands: receiver,
+            control: Some(control_receiver),
+            paused: false,
             in_flight: InFlight::default(),
             frames: frame::FrameReader::new(max_frame),
             outbox: VecDeque::new(),
@@ -245,7 +302,14 @@ impl Pipe {
             closed: closed.clone(),
         };
         tokio::spawn(task.run(reader, writer));
-        Pipe { broker, commands, next_correlation_id: AtomicI32::new(0), closed }
+        let lane = ControlLane {
+            broker: broker.clone(),
+            client_id,
+            control,
+            next_correlation_id: next_correlation_id.clone(),
+            closed: closed.clone(),
+        };
+        (Pipe { broker, commands, next_correlation_id, closed }, lane)
     }
 
     fn closed_error(&self) -> Error {
@@ -274,19 +338,193 @@ impl Pipe {
         timeout: Duration,
         expect_reply: bool,
     ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
-        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
-        let frame = frame::encode_request(request, version, correlation_id, client_id)
-            .map_err(|message| Error::protocol(&self.broker, message))?;
-        trace!(target: "rill::protocol", broker = %self.broker, api = ?R::KEY, version, correlation_id, bytes = frame.len(), "send");
-        let (reply, answer) = if expect_reply {
-            let (reply, answer) = oneshot::channel();
-            (Some(reply), Some(answer))
-        } else {
-            (None, None)
-        };
-        let command = Command { correlation_id, api: R::KEY, frame, timeout, reply };
+        let (command, answer) =
+            command(&self.broker, &self.next_correlation_id, request, version, client_id, timeout, expect_reply)?;
         self.commands.send(command).await.map_err(|_| self.closed_error())?;
         Ok(answer)
+    }
+}
+
+/// A request encoded for the connection task, and the receiver of its reply.
+fn command<R: ApiRequest>(
+    broker: &str,
+    ids: &AtomicI32,
+    request: &R,
+    version: i16,
+    client_id: &StrBytes,
+    timeout: Duration,
+    expect_reply: bool,
+) -> Result<(Command, Option<oneshot::Receiver<Result<Bytes>>>)> {
+    let correlation_id = ids.fetch_add(1, Ordering::Relaxed);
+    let frame = frame::encode_request(request, version, correlation_id, client_id)
+        .map_err(|message| Error::protocol(broker, message))?;
+    trace!(target: "rill::protocol", broker = %broker, api = ?R::KEY, version, correlation_id, bytes = frame.len(), "send");
+    let (reply, answer) = if expect_reply {
+        let (reply, answer) = oneshot::channel();
+        (Some(reply), Some(answer))
+    } else {
+        (None, None)
+    };
+    Ok((Command { correlation_id, api: R::KEY, frame, timeout, reply }, answer))
+}
+
+impl ControlLane {
+    async fn tell(&self, control: Control) -> Result<()> {
+        self.control.send(control).await.map_err(|_| closed_error(&self.closed, &self.broker))
+    }
+
+    /// Sends a request past any pause and decodes its answer.
+    async fn roundtrip<R: ApiRequest>(&self, request: &R, version: i16, timeout: Duration) -> Result<R::Response> {
+        let (command, answer) =
+            command(&self.broker, &self.next_correlation_id, request, version, &self.client_id, timeout, true)?;
+        self.tell(Control::Send(command)).await?;
+        let frame =
+            answer.expect("a reply was asked for").await.map_err(|_| closed_error(&self.closed, &self.broker))??;
+        frame::decode_response::<R>(frame, version).map_err(|message| Error::protocol(&self.broker, message))
+    }
+
+    fn security(&self, reason: String) -> Error {
+        Error::Security { broker: self.broker.clone(), reason }
+    }
+}
+
+/// One SASL authentication: SaslHandshake v1, then SaslAuthenticate until
+/// the exchange is done. Returns the session lifetime the broker set (zero:
+/// none). A refusal is [`Error::Security`] (fatal), naming the mechanism and,
+/// for PLAIN and SCRAM, the user; never the password.
+async fn authenticate(
+    lane: &ControlLane,
+    settings: &SaslSettings,
+    versions: &ApiVersions,
+    mut exchange: sasl::Exchange,
+    first: Vec<u8>,
+    timeout: Duration,
+) -> Result<Duration> {
+    const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    const SASL_AUTHENTICATION_FAILED: i16 = 58;
+    let mechanism = settings.mechanism();
+    let who = match (&settings.username, mechanism) {
+        (
+            Some(user),
+            sasl::SaslMechanism::Plain | sasl::SaslMechanism::ScramSha256 | sasl::SaslMechanism::ScramSha512,
+        ) => {
+            format!("SASL {mechanism} authentication as `{user}`")
+        }
+        _ => format!("SASL {mechanism} authentication"),
+    };
+    let version_of = |api: ApiKey, negotiated: std::result::Result<i16, crate::wire::versions::Negotiated>| {
+        negotiated.map_err(|negotiated| {
+            lane.security(format!(
+                "{who}: the broker does not offer {api:?} in a version this client speaks ({}); is this a SASL listener?",
+                negotiated.theirs_display()
+            ))
+        })
+    };
+    let handshake_version = version_of(ApiKey::SaslHandshake, versions.version_for::<SaslHandshakeRequest>())?;
+    let request = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism.name()));
+    let answer = lane.roundtrip(&request, handshake_version, timeout).await?;
+    match answer.error_code {
+        0 => {}
+        UNSUPPORTED_SASL_MECHANISM => {
+            let offered: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(lane.security(format!(
+                "SASL mechanism {mechanism} is not enabled on the broker (it offers {})",
+                if offered.is_empty() { "none".to_owned() } else { offered.join(", ") }
+            )));
+        }
+        code => {
+            let name = kafka_protocol::ResponseError::try_from_code(code)
+                .map_or(format!("error {code}"), |e| format!("{e:?}"));
+            return Err(lane.security(format!(
+                "{who}: the broker refused SaslHandshake with {name}; is this listener SASL? (security.protocol=ssl \
+                 or plaintext for one without authentication)"
+            )));
+        }
+    }
+    let version = version_of(ApiKey::SaslAuthenticate, versions.version_for::<SaslAuthenticateRequest>())?;
+    let mut message = first;
+    loop {
+        let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
+        let answer = lane.roundtrip(&request, version, timeout).await?;
+        if answer.error_code != 0 {
+            let said = answer.error_message.as_ref().map(|m| m.as_str()).filter(|m| !m.is_empty());
+            let report = exchange.server_report().map(|r| format!(" ({r})")).unwrap_or_default();
+            let reason = match (answer.error_code, said) {
+                (SASL_AUTHENTICATION_FAILED, Some(said)) => format!("{who} failed: {said}{report}"),
+                (SASL_AUTHENTICATION_FAILED, None) => format!("{who} failed{report}"),
+                (code, said) => {
+                    let name = kafka_protocol::ResponseError::try_from_code(code)
+                        .map_or(format!("error {code}"), |e| format!("{e:?}"));
+                    format!("{who} failed with {name}{}{report}", said.map(|s| format!(": {s}")).unwrap_or_default())
+                }
+            };
+            return Err(lane.security(reason));
+        }
+        match exchange
+            .on_server_message(&answer.auth_bytes)
+            .map_err(|reason| lane.security(format!("{who}: {reason}")))?
+        {
+            Step::Respond(next) => message = next,
+            Step::Done => {
+                let lifetime = Duration::from_millis(answer.session_lifetime_ms.max(0) as u64);
+                debug!(target: "rill::sasl", broker = %lane.broker, %mechanism, session = ?lifetime, "authenticated");
+                return Ok(lifetime);
+            }
+        }
+    }
+}
+
+/// Re-authenticates a connection before each session ends (KIP-368), until
+/// the connection closes. The new exchange (a fresh token for OAUTHBEARER)
+/// is prepared first; then callers' new requests are held back while it
+/// runs, those in flight go on, and their answers arrive as usual. A failed
+/// re-authentication closes the connection with its error.
+async fn reauthenticate(
+    lane: ControlLane,
+    settings: SaslSettings,
+    versions: ApiVersions,
+    mut due: Instant,
+    timeout: Duration,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            () = lane.control.closed() => return,
+        }
+        let began = Instant::now();
+        let (exchange, first) = match settings.begin().await {
+            Ok(begun) => begun,
+            Err(reason) => {
+                let error = Error::ConnectionClosed {
+                    broker: lane.broker.clone(),
+                    reason: format!("cannot re-authenticate before the SASL session ends: {reason}").into(),
+                };
+                warn!(target: "rill::sasl", broker = %lane.broker, %error, "closing the connection");
+                let _ = lane.tell(Control::Close(error)).await;
+                return;
+            }
+        };
+        if lane.tell(Control::Pause).await.is_err() {
+            return;
+        }
+        let outcome = authenticate(&lane, &settings, &versions, exchange, first, timeout).await;
+        match outcome {
+            Ok(session) => {
+                if lane.tell(Control::Resume).await.is_err() {
+                    return;
+                }
+                info!(target: "rill::sasl", broker = %lane.broker, session = ?session, "re-authenticated");
+                match sasl::reauthenticate_after(session, super::backoff::jitter()) {
+                    Some(after) => due = began + after,
+                    None => return,
+                }
+            }
+            Err(error) => {
+                warn!(target: "rill::sasl", broker = %lane.broker, %error, "re-authentication failed; closing the connection");
+                let _ = lane.tell(Control::Close(error)).await;
+                return;
+            }
+        }
     }
 }
 
@@ -437,6 +675,10 @@ impl InFlight {
 struct Task {
     broker: String,
     commands: mpsc::Receiver<Command>,
+    /// The SASL side's requests; `None` once it is gone.
+    control: Option<mpsc::Receiver<Control>>,
+    /// Callers' new requests wait while a re-authentication runs.
+    paused: bool,
     in_flight: InFlight,
     frames: frame::FrameReader,
     outbox: VecDeque<Bytes>,
@@ -486,7 +728,7 @@ impl Task {
                 return self.closed("no longer used");
             }
             let can_write = !self.outbox.is_empty() || unflushed;
-            let can_accept = accepting && self.outbox_bytes < OUTBOX_HIGH_WATER;
+            let can_accept = accepting && !self.paused && self.outbox_bytes < OUTBOX_HIGH_WATER;
             tokio::select! {
                 read = reader.read_buf(self.frames.read_buffer()) => match read {
                     Ok(0) => return self.closed("closed by the broker"),
@@ -515,6 +757,16 @@ impl Task {
                 command = self.commands.recv(), if can_accept => match command {
                     Some(command) => self.accept(command),
                     None => accepting = false,
+                },
+                control = recv_control(&mut self.control) => match control {
+                    Some(Control::Pause) => self.paused = true,
+                    Some(Control::Resume) => self.paused = false,
+                    Some(Control::Send(command)) => self.accept(command),
+                    Some(Control::Close(error)) => return error,
+                    None => {
+                        self.control = None;
+                        self.paused = false;
+                    }
                 },
                 () = &mut sleep, if armed.is_some() => {
                     let expired = self.in_flight.expired(Instant::now());
@@ -591,6 +843,14 @@ impl Task {
             // reply is discarded, the connection stays in step.
             let _ = pending.reply.send(Ok(frame));
         }
+    }
+}
+
+/// The next message of the SASL side, or never once it is gone.
+async fn recv_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

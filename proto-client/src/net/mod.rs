@@ -6,10 +6,12 @@
 //! - `broker`: a broker's link: lazy connect, reconnect with backoff.
 //! - `backoff`: exponential backoff with jitter (pure).
 //! - [`security`]: `security.protocol` and the TLS settings (rustls on ring).
+//! - [`sasl`]: the `sasl.*` settings and each mechanism's exchange (pure).
 
 pub(crate) mod backoff;
 pub(crate) mod broker;
 mod connection;
+pub mod sasl;
 pub mod security;
 
 pub use connection::Connection;

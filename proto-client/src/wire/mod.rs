@@ -21,7 +21,8 @@ use kafka_protocol::messages::{
     HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
     MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, SyncGroupRequest,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
     SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
@@ -125,4 +126,9 @@ api_requests! {
     // KIP-320 position validation. v2 is the crate's oldest and all that
     // librdkafka's mock offers; v3 adds the replica id, v4 is flexible.
     OffsetForLeaderEpochRequest => OffsetForLeaderEpochResponse, OffsetForLeaderEpoch, 2..=4, OFFSET_FOR_LEADER_EPOCH_RESPONSE;
+    // v0 sends the mechanism's tokens raw, outside Kafka framing; v1 wraps
+    // them in SaslAuthenticate (KIP-152). This client speaks v1 only.
+    SaslHandshakeRequest => SaslHandshakeResponse, SaslHandshake, 1..=1, SASL_HANDSHAKE_RESPONSE;
+    // v1 brought session_lifetime_ms (KIP-368), v2 is flexible.
+    SaslAuthenticateRequest => SaslAuthenticateResponse, SaslAuthenticate, 0..=2, SASL_AUTHENTICATE_RESPONSE;
 }

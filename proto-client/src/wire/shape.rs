@@ -249,7 +249,8 @@ mod tests {
         ApiVersionsResponse, ConsumerProtocolAssignment, ConsumerProtocolSubscription, CreateTopicsResponse,
         DeleteTopicsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse, InitProducerIdResponse,
         JoinGroupResponse, LeaveGroupResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
-        OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse, SyncGroupResponse,
+        OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse, SaslAuthenticateResponse,
+        SaslHandshakeResponse, SyncGroupResponse,
     };
     use kafka_protocol::protocol::Decodable;
     use proptest::prelude::*;
@@ -391,6 +392,8 @@ mod tests {
             (&OFFSET_COMMIT_RESPONSE, decodes_fully::<OffsetCommitResponse>),
             (&OFFSET_FETCH_RESPONSE, decodes_fully::<OffsetFetchResponse>),
             (&OFFSET_FOR_LEADER_EPOCH_RESPONSE, decodes_fully::<OffsetForLeaderEpochResponse>),
+            (&SASL_HANDSHAKE_RESPONSE, decodes_fully::<SaslHandshakeResponse>),
+            (&SASL_AUTHENTICATE_RESPONSE, decodes_fully::<SaslAuthenticateResponse>),
             (&CONSUMER_PROTOCOL_SUBSCRIPTION, decodes_fully::<ConsumerProtocolSubscription>),
             (&CONSUMER_PROTOCOL_ASSIGNMENT, decodes_fully::<ConsumerProtocolAssignment>),
         ]

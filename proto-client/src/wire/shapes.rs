@@ -717,6 +717,32 @@ pub(crate) static OFFSET_FOR_LEADER_EPOCH_RESPONSE: StructShape = StructShape {
     ],
 };
 
+pub(crate) static SASL_HANDSHAKE_RESPONSE: StructShape = StructShape {
+    name: "SaslHandshakeResponse",
+    versions: (0, 1),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "error_code", versions: (0, 1), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "mechanisms", versions: (0, 1), kind: Kind::Array(Elem::Prim(Prim::Str)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static SASL_AUTHENTICATE_RESPONSE: StructShape = StructShape {
+    name: "SaslAuthenticateResponse",
+    versions: (0, 2),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "error_code", versions: (0, 2), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (0, 2), kind: Kind::Prim(Prim::Str) },
+        Field { name: "auth_bytes", versions: (0, 2), kind: Kind::Prim(Prim::Bytes) },
+        Field { name: "session_lifetime_ms", versions: (1, 2), kind: Kind::Prim(Prim::Int64) },
+    ],
+    tagged: &[
+    ],
+};
+
 pub(crate) static TOPIC_PARTITION: StructShape = StructShape {
     name: "TopicPartition",
     versions: (0, 3),

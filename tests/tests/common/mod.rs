@@ -4,6 +4,7 @@
 
 pub mod fake_broker;
 pub mod read_back;
+pub mod secured;
 
 /// Shows the client's logs in a test's output when `RUST_LOG` is set
 /// (for instance `RUST_LOG=rill::cgrp=debug`).

@@ -23,9 +23,14 @@ pub(crate) struct Common {
     #[arg(short = 'b', long, env = "RILL_BROKERS", global = true)]
     pub(crate) brokers: Option<String>,
     /// Sets a client property by its librdkafka/Java name, as kcat does
-    /// (`-X request.timeout.ms=5000`). Repeatable.
+    /// (`-X request.timeout.ms=5000`). Repeatable; overrides -F.
     #[arg(short = 'X', value_name = "KEY=VALUE", global = true, value_parser = parse_key_value)]
     pub(crate) properties: Vec<(String, String)>,
+    /// Reads client properties from a file (`client.properties` of Java and
+    /// librdkafka, as kcat -F): `key=value` lines, `#` comments. -X and
+    /// --brokers override what it sets.
+    #[arg(short = 'F', long = "config-file", value_name = "FILE", env = "RILL_CONFIG_FILE", global = true)]
+    pub(crate) config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,6 +321,19 @@ impl ProcessorProperties {
             .clone()
             .ok_or_else(|| ConfigError::Invalid("no brokers: pass --brokers or set RILL_BROKERS".into()))
     }
+
+    /// Client-level settings (bootstrap, security, timeouts) for the admin
+    /// and checking clients that run beside a processor.
+    pub(crate) fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut config = ClientConfig::new(&self.bootstrap()?)?;
+        for (key, value) in &self.consumer {
+            // Consumer-only keys are not the client's; every client key
+            // reaches the consumer side too.
+            config.set_property(key, value)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -326,9 +344,19 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 }
 
 impl Common {
-    /// The `-X` properties, then `--brokers` on top.
+    /// The properties of the -F file, then `-X` on top, in order.
+    fn given_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut properties = match &self.config_file {
+            Some(path) => rill_client::config::read_properties_file(path)?,
+            None => Vec::new(),
+        };
+        properties.extend(self.properties.iter().cloned());
+        Ok(properties)
+    }
+
+    /// The -F file's properties, then `-X`, then `--brokers` on top.
     fn properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
-        let mut properties = self.properties.clone();
+        let mut properties = self.given_properties()?;
         if let Some(brokers) = &self.brokers {
             properties.push(("bootstrap.servers".to_owned(), brokers.clone()));
         }
@@ -347,7 +375,7 @@ impl Common {
     /// processor: bootstrap servers apart (`bootstrap` replaces them when
     /// given), client keys to both sides, a key neither takes refused.
     pub(crate) fn processor_properties(&self, bootstrap: Option<String>) -> Result<ProcessorProperties, ConfigError> {
-        let mut properties = self.properties.clone();
+        let mut properties = self.given_properties()?;
         if let Some(brokers) = bootstrap.or_else(|| self.brokers.clone()) {
             properties.push(("bootstrap.servers".to_owned(), brokers));
         }
@@ -402,6 +430,38 @@ mod tests {
         let args = Args::try_parse_from(["rill", "topic", "list", "-X", "client.id=cli", "--brokers", "h:1"]).unwrap();
         assert_eq!(args.common.properties, [("client.id".to_owned(), "cli".to_owned())]);
         assert!(args.common.client_config().is_ok());
+    }
+
+    #[test]
+    fn the_config_file_comes_first_and_x_overrides_it() {
+        let dir = std::env::temp_dir().join(format!("rill-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("client.properties");
+        std::fs::write(
+            &file,
+            "# from the file\nbootstrap.servers=file:1\nclient.id=from-file\nrequest.timeout.ms=7000\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let args = Args::try_parse_from(["rill", "metadata", "-F", path, "-X", "client.id=from-x"]).unwrap();
+        let properties = args.common.properties().unwrap();
+        let last = |key: &str| properties.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        assert_eq!(last("client.id").as_deref(), Some("from-x"), "-X overrides the file");
+        assert_eq!(last("request.timeout.ms").as_deref(), Some("7000"));
+        assert_eq!(last("bootstrap.servers").as_deref(), Some("file:1"), "the file can name the brokers");
+        args.common.client_config().unwrap();
+        let args = Args::try_parse_from(["rill", "topic", "list", "--config-file", path, "-b", "flag:2"]).unwrap();
+        let split = args.common.processor_properties(None).unwrap();
+        assert_eq!(split.bootstrap.as_deref(), Some("flag:2"), "--brokers overrides the file");
+
+        std::fs::write(&file, "bootstrap.servers=a:1\nno.such.key=1\n").unwrap();
+        let args = Args::try_parse_from(["rill", "metadata", "-F", path]).unwrap();
+        assert!(args.common.client_config().unwrap_err().to_string().contains("no.such.key"));
+        let missing = dir.join("missing.properties");
+        let args = Args::try_parse_from(["rill", "metadata", "-F", missing.to_str().unwrap()]).unwrap();
+        let error = args.common.client_config().unwrap_err().to_string();
+        assert!(error.contains("cannot read properties file") && error.contains("missing.properties"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

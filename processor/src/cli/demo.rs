@@ -23,8 +23,9 @@ const MALFORMED_EVERY: u64 = 50;
 
 pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<(), CliError> {
     // Keep the broker alive (it stops on drop) until the demo is done.
-    let (bootstrap, _broker) = match common.brokers {
-        Some(_) => (common.processor_properties(None)?.bootstrap()?, None),
+    let given = common.processor_properties(None)?.bootstrap;
+    let (bootstrap, _broker) = match given.clone() {
+        Some(bootstrap) => (bootstrap, None),
         None => {
             eprintln!("starting a local Tansu broker (the first run installs it with pip)...");
             let tansu = Tansu::start().await?;
@@ -33,7 +34,8 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<(), CliError
         }
     };
     let properties = common.processor_properties(Some(bootstrap.clone()))?;
-    let client = Client::new(ClientConfig::new(&bootstrap)?.client_id("rill-demo"))?;
+    let client_config = properties.client_config()?;
+    let client = Client::new(client_config.clone().client_id("rill-demo"))?;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (input, output) = (format!("rill-demo-weblog-{stamp}"), format!("rill-demo-by-country-{stamp}"));
     client
@@ -46,7 +48,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<(), CliError
     print!("{}", super::metadata::describe(&client, &metadata).await);
 
     let result = demo(&bootstrap, &properties, &input, &output, args).await;
-    if common.brokers.is_some() {
+    if given.is_some() {
         client.admin().delete_topics(&[input.as_str(), output.as_str()]).await?;
         println!("deleted topics {input} and {output}");
     } else {
@@ -133,7 +135,7 @@ async fn demo(
     let lines = args.lines;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = next.clone();
-    let generator = Processor::<(), (), (), String>::builder()
+    let mut generator = Processor::<(), (), (), String>::builder()
         .name(format!("{name}-generator"))
         .bootstrap_servers(bootstrap)
         .output_topic(input)
@@ -141,8 +143,11 @@ async fn demo(
             let from = counter.fetch_add(1000, std::sync::atomic::Ordering::Relaxed).min(lines);
             let to = (from + 1000).min(lines);
             async move { (from..to).map(|id| Output::new((), line(id))).collect::<Vec<_>>() }
-        })
-        .build()?;
+        });
+    for (key, value) in &properties.producer {
+        generator = generator.producer_property(key, value);
+    }
+    let generator = generator.build()?;
     let started = Instant::now();
     let generator = Instance::start(generator, "generator");
     wait_for(&[&generator], Duration::from_secs(120), "the lines to be written", |m| m[0].produced >= lines).await?;
@@ -185,7 +190,7 @@ async fn demo(
         latency.p50.as_secs_f64() * 1e3,
         latency.p99.as_secs_f64() * 1e3
     );
-    print_sample(bootstrap, output, args.partitions).await?;
+    print_sample(properties.client_config()?, output, args.partitions).await?;
 
     eprintln!("stopping the processors (drain, commit, leave)...");
     println!("watermarks (the next input offset of each partition; everything before it is done and committed):");
@@ -235,8 +240,8 @@ async fn wait_for<I: std::borrow::Borrow<Instance>>(
 }
 
 /// Prints the first outputs of the output topic.
-async fn print_sample(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), CliError> {
-    let config = ConsumerConfig::new(ClientConfig::new(bootstrap)?).offset_reset(OffsetReset::Earliest);
+async fn print_sample(client: ClientConfig, topic: &str, partitions: i32) -> Result<(), CliError> {
+    let config = ConsumerConfig::new(client).offset_reset(OffsetReset::Earliest);
     let mut consumer = Consumer::new(config)?;
     consumer.assign(&(0..partitions).map(|p| TopicPartition::new(topic, p)).collect::<Vec<_>>());
     println!("a few outputs of {topic} (key = country, value = the line without its address):");

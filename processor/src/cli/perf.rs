@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rill::perf::ProcessLoad;
 use rill_client::producer::ProducerConfig;
-use rill_client::{Client, ClientConfig, NewTopic};
+use rill_client::{Client, NewTopic};
 use rill_testkit::perf::{ConsumeLoad, ProduceLoad, consume_with_rill, produce_with_rill};
 
 use super::CliError;
@@ -35,7 +35,7 @@ pub(crate) async fn consume(common: &Common, args: &PerfConsumeArgs) -> Result<(
 pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(), CliError> {
     let properties = common.processor_properties(None)?;
     let bootstrap = properties.bootstrap()?;
-    let client_config = ClientConfig::from_properties([("bootstrap.servers".to_owned(), bootstrap.clone())])?;
+    let client_config = properties.client_config()?;
     let client = Client::new(client_config.clone())?;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let (input, output) = (format!("rill-perf-in-{stamp}"), format!("rill-perf-out-{stamp}"));

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use super::backoff::{Backoff, jitter};
 use super::{BrokerAddress, Connection};
@@ -135,7 +135,9 @@ impl BrokerLink {
                 Ok(connection)
             }
             Err(error @ Error::Security { .. }) => {
-                error!(target: "rill::broker", broker = %self.address, id = self.id, %error, "giving up on this broker");
+                // The caller gets the error itself; at `error` level the
+                // CLI would print it twice.
+                warn!(target: "rill::broker", broker = %self.address, id = self.id, %error, "giving up on this broker");
                 self.state().fatal = Some(error.clone());
                 Err(error)
             }

@@ -258,7 +258,7 @@ impl ClientConfig {
     /// | `ssl.ca.location`, `ssl.ca.pem` | CA certificates (PEM) that broker certificates must chain to; default: the webpki roots built in |
     /// | `ssl.certificate.location`, `ssl.certificate.pem` | client certificate chain (PEM), for mTLS |
     /// | `ssl.key.location`, `ssl.key.pem` | its private key (PEM, PKCS#8, PKCS#1 or SEC1) |
-    /// | `ssl.key.password` | kept, but an encrypted key is refused: not supported yet |
+    /// | `ssl.key.password` | opens an encrypted PKCS#8 key (PBES2: PBKDF2 or scrypt, AES-CBC) |
     /// | `ssl.endpoint.identification.algorithm` | `https` (default): the certificate must name the broker's host; `none` |
     /// | `sasl.mechanism`, `sasl.mechanisms` | [`Self::sasl_mechanism`]: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` |
     /// | `sasl.username`, `sasl.password` | [`Self::sasl_credentials`] |

@@ -142,6 +142,34 @@ impl TestCertificates {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The client key encrypted with `password` by the `openssl` command
+    /// (PKCS#8, PBES2 with AES-256-CBC and PBKDF2, or scrypt): what
+    /// `ssl.key.password` opens.
+    pub fn encrypted_client_key(&self, password: &str, scrypt: bool) -> Result<PathBuf, TestkitError> {
+        let out = self.dir.join(if scrypt { "client-scrypt.key" } else { "client-pbkdf2.key" });
+        let mut command = Command::new("openssl");
+        command.args(["pkcs8", "-topk8", "-v2", "aes-256-cbc"]);
+        if scrypt {
+            command.arg("-scrypt");
+        }
+        let output = command
+            .arg("-in")
+            .arg(&self.client_key)
+            .arg("-out")
+            .arg(&out)
+            .arg("-passout")
+            .arg(format!("pass:{password}"))
+            .output()
+            .map_err(|e| TestkitError::Start(format!("cannot run openssl (Debian: apt-get install openssl): {e}")))?;
+        if !output.status.success() {
+            return Err(TestkitError::Start(format!(
+                "openssl pkcs8 failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(out)
+    }
 }
 
 impl Drop for TestCertificates {

@@ -48,6 +48,26 @@ async fn produce_and_consume_over_mutual_tls() {
     ];
     round_trip(&listener.bootstrap_by_name(), config(&listener.bootstrap_by_name(), &tls), &tls, 500).await;
 
+    // The key encrypted by openssl (PBKDF2 and scrypt), opened with
+    // ssl.key.password; a wrong password is a configuration error that
+    // names the key and never shows the password.
+    for scrypt in [false, true] {
+        let encrypted = required(certificates.encrypted_client_key("key secret", scrypt));
+        let encrypted = encrypted.to_str().unwrap();
+        let mut properties = tls.to_vec();
+        properties.retain(|(k, _)| *k != "ssl.key.location");
+        properties.extend([("ssl.key.location", encrypted), ("ssl.key.password", "key secret")]);
+        let client = Client::new(config(&listener.bootstrap_by_name(), &properties)).unwrap();
+        client.refresh_metadata(TopicScope::None).await.expect("mTLS with a decrypted key");
+        properties.pop();
+        properties.push(("ssl.key.password", "wrong secret"));
+        let mut all = vec![("bootstrap.servers", listener.bootstrap_by_name())];
+        all.extend(properties.iter().map(|(k, v)| (*k, v.to_string())));
+        let error = rill_client::ClientConfig::from_properties(all).unwrap_err().to_string();
+        assert!(error.contains("ssl.key.password") && error.contains("cannot decrypt"), "{error}");
+        assert!(!error.contains("wrong secret"), "{error}");
+    }
+
     // Inline certificate and key (`*.pem`) work the same.
     let (cert_pem, key_pem) = (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap());
     let inline = config(

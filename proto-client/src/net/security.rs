@@ -224,16 +224,51 @@ impl TlsSettings {
     }
 
     fn private_key(&self, pem: &[u8], key: &'static str) -> Result<PrivateKeyDer<'static>, ConfigError> {
-        if std::str::from_utf8(pem).is_ok_and(|text| text.contains("ENCRYPTED PRIVATE KEY")) {
-            return Err(ConfigError::NotAllowed {
-                key: if self.key_password.is_some() { "ssl.key.password" } else { key }.to_owned(),
-                reason: "encrypted private keys are not supported yet; decrypt the key (`openssl pkcs8 -in key.pem \
-                         -out plain.pem`) and keep it readable only by this service"
-                    .into(),
-            });
+        let text = std::str::from_utf8(pem).unwrap_or_default();
+        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+            return self.decrypt_key(text, key);
+        }
+        if text.contains("Proc-Type: 4,ENCRYPTED") {
+            return Err(ConfigError::invalid_value(
+                key,
+                "…",
+                "an OpenSSL-encrypted key of the old format (Proc-Type: 4,ENCRYPTED) is not supported; convert it to \
+                 encrypted PKCS#8 (`openssl pkcs8 -topk8 -v2 aes-256-cbc -in key.pem -out key-pkcs8.pem`)",
+            ));
         }
         PrivateKeyDer::from_pem_slice(pem)
             .map_err(|e| ConfigError::invalid_value(key, "…", format!("no private key in PEM: {e}")))
+    }
+
+    /// An encrypted PKCS#8 key (PBES2: PBKDF2 or scrypt, AES-CBC), opened
+    /// with `ssl.key.password`.
+    fn decrypt_key(&self, pem: &str, key: &'static str) -> Result<PrivateKeyDer<'static>, ConfigError> {
+        use pkcs8::der::Decode;
+        let Some(password) = &self.key_password else {
+            return Err(ConfigError::Invalid(format!(
+                "the private key of `{key}` is encrypted: set `ssl.key.password`"
+            )));
+        };
+        let begin = pem.find("-----BEGIN ENCRYPTED PRIVATE KEY-----").expect("the caller found it");
+        let end_marker = "-----END ENCRYPTED PRIVATE KEY-----";
+        let end = pem[begin..].find(end_marker).map(|at| begin + at + end_marker.len()).ok_or_else(|| {
+            ConfigError::invalid_value(key, "…", "the encrypted private key's PEM block does not end")
+        })?;
+        let (_, document) = pkcs8::der::Document::from_pem(&pem[begin..end])
+            .map_err(|e| ConfigError::invalid_value(key, "…", format!("bad encrypted private key PEM: {e}")))?;
+        let encrypted = pkcs8::EncryptedPrivateKeyInfo::from_der(document.as_bytes())
+            .map_err(|e| ConfigError::invalid_value(key, "…", format!("bad encrypted private key: {e}")))?;
+        let decrypted = encrypted.decrypt(password.expose().as_bytes()).map_err(|e| {
+            ConfigError::invalid_value(
+                "ssl.key.password",
+                "[not shown]",
+                format!(
+                    "cannot decrypt the private key of `{key}` ({e}): a wrong password, or a scheme other than PBES2 \
+                     with PBKDF2 or scrypt and AES-CBC"
+                ),
+            )
+        })?;
+        Ok(PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(decrypted.as_bytes().to_vec())))
     }
 }
 
@@ -434,22 +469,22 @@ mod tests {
         tls.set_property("ssl.certificate.pem", "x").unwrap();
         assert!(tls.client_config().unwrap_err().to_string().contains("needs `ssl.key.location`"));
 
-        // An encrypted key is refused with what to do, naming the password key.
+        // An encrypted key without its password, or one that is not
+        // PKCS#8, says what to do; the password never shows.
+        let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
         let mut tls = TlsSettings::new();
         tls.set_property("ssl.certificate.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
             .unwrap();
-        tls.set_property(
-            "ssl.key.pem",
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
-        )
-        .unwrap();
+        tls.set_property("ssl.key.pem", encrypted).unwrap();
+        let error = tls.client_config().unwrap_err();
+        assert!(error.to_string().contains("set `ssl.key.password`"), "{error}");
         tls.set_property("ssl.key.password", "hunter2").unwrap();
         let error = tls.client_config().unwrap_err();
-        assert!(
-            matches!(&error, ConfigError::NotAllowed { key, reason } if key == "ssl.key.password" && reason.contains("openssl pkcs8")),
-            "{error}"
-        );
+        assert!(error.to_string().contains("bad encrypted private key"), "{error}");
         assert!(!error.to_string().contains("hunter2"), "{error}");
+        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        tls.set_property("ssl.key.pem", legacy).unwrap();
+        assert!(tls.client_config().unwrap_err().to_string().contains("openssl pkcs8 -topk8"));
 
         let mut tls = TlsSettings::new();
         assert!(tls.set_property("ssl.endpoint.identification.algorithm", "dns").is_err());

@@ -14,17 +14,13 @@
 
 mod common;
 
-use std::time::Duration;
-
-use rdkafka::config::ClientConfig as RdConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use rill_client::consumer::{ConsumerConfig, OffsetReset};
 use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
-use rill_testkit::perf::{ConsumeLoad, Meter, ProduceLoad, Progress, Report, consume_with_rill, produce_with_rill};
+use rill_testkit::perf::{ConsumeLoad, ProduceLoad, Report, consume_with_rill, produce_with_rill};
 use rill_testkit::{Tansu, unique_topic};
 
+use common::librdkafka::consume_with_librdkafka;
 use common::{MockProcess, alternate, env_number, mock_child, print_table, run_child};
 
 const PARTITIONS: i32 = 6;
@@ -96,52 +92,8 @@ fn child(args: &[String]) {
         }
         "librdkafka" => {
             let (bootstrap, topic, messages) = (&args[1], &args[2], args[3].parse().unwrap());
-            println!("{}", consume_with_librdkafka(bootstrap, topic, messages).to_json());
+            println!("{}", consume_with_librdkafka(bootstrap, &[], topic, messages, PARTITIONS).to_json());
         }
         other => panic!("unknown child {other}"),
     }
-}
-
-/// The same reads through librdkafka: a `BaseConsumer` assigned every
-/// partition from the beginning, polled record by record.
-fn consume_with_librdkafka(bootstrap: &str, topic: &str, messages: u64) -> Report {
-    let mut progress = Progress::new(messages);
-    let meter = Meter::start();
-    let consumer: BaseConsumer = RdConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "unused-assigned-only")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("librdkafka consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut read = 0u64;
-    let mut first_record = None;
-    let mut checksum = 0u64;
-    let mut value_bytes = 0;
-    while read < messages {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(message)) => {
-                first_record.get_or_insert_with(|| meter.elapsed());
-                if let Some(value) = message.payload() {
-                    value_bytes = value.len();
-                    checksum = checksum.wrapping_add(u64::from(value.first().copied().unwrap_or(0)));
-                }
-                read += 1;
-                if read.is_multiple_of(10_000) {
-                    progress.update(read);
-                }
-            }
-            Some(Err(error)) => panic!("librdkafka consume: {error}"),
-        }
-    }
-    let mut report = meter.finish("librdkafka", "consume", read, value_bytes, PARTITIONS as usize);
-    report.extra.push(("first_record_s".into(), first_record.unwrap_or_default().as_secs_f64()));
-    progress.finish();
-    std::hint::black_box(checksum);
-    report
 }

@@ -13,19 +13,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig as RdConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
-use rill_testkit::perf::{Meter, ProduceLoad, Progress, Report, produce_with_rill};
+use rill_testkit::perf::{ProduceLoad, Report, produce_with_rill};
 use rill_testkit::{Tansu, unique_topic};
 
+use common::librdkafka::produce_with_librdkafka;
 use common::{MockProcess, alternate, env_number, mock_child, print_table, run_child};
 
 const PARTITIONS: i32 = 6;
@@ -95,76 +88,8 @@ fn child(args: &[String]) {
         "librdkafka" => {
             let (bootstrap, topic, messages) = (&args[1], &args[2], args[3].parse().unwrap());
             let load = ProduceLoad { topic: topic.clone(), messages, value_bytes: VALUE_BYTES, keys: KEYS };
-            println!("{}", produce_with_librdkafka(bootstrap, &load).to_json());
+            println!("{}", produce_with_librdkafka(bootstrap, &[], &load, PARTITIONS as usize).to_json());
         }
         other => panic!("unknown child {other}"),
     }
-}
-
-/// Counts delivery reports.
-#[derive(Default)]
-struct Counting {
-    delivered: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-}
-
-impl ClientContext for Counting {}
-
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
-
-/// The same load through librdkafka, configured like Rill's defaults.
-fn produce_with_librdkafka(bootstrap: &str, load: &ProduceLoad) -> Report {
-    let context = Counting::default();
-    let (delivered, failed) = (context.delivered.clone(), context.failed.clone());
-    let producer: BaseProducer<Counting> = RdConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create_with_context(context)
-        .expect("librdkafka producer");
-    let keys = load.key_set();
-    let value = load.value();
-    // Learn the topic before measuring, as the Rill run does.
-    producer.send(BaseRecord::<[u8], [u8]>::to(&load.topic).payload(&value[..])).map_err(|(e, _)| e).unwrap();
-    producer.flush(Duration::from_secs(30)).unwrap();
-    let before = delivered.load(Ordering::Relaxed);
-    let mut progress = Progress::new(load.messages);
-    let meter = Meter::start();
-    for i in 0..load.messages {
-        let mut record = BaseRecord::<[u8], [u8]>::to(&load.topic).payload(&value[..]);
-        if !keys.is_empty() {
-            record = record.key(&keys[(i % load.keys) as usize][..]);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(1));
-                }
-                Err((error, _)) => panic!("librdkafka send: {error}"),
-            }
-        }
-        if i % 1000 == 0 {
-            producer.poll(Duration::ZERO);
-        }
-        if i % 10_000 == 0 {
-            progress.update(i);
-        }
-    }
-    producer.flush(Duration::from_secs(120)).expect("librdkafka flush");
-    let report = meter.finish("librdkafka", "produce", load.messages, load.value_bytes, PARTITIONS as usize);
-    progress.finish();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "librdkafka failed deliveries");
-    assert_eq!(delivered.load(Ordering::Relaxed) - before, load.messages, "librdkafka delivered them all");
-    report
 }

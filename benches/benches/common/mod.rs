@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 
 use rill_testkit::perf::Report;
 
+pub mod librdkafka;
+
 pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

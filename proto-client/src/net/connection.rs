@@ -139,7 +139,6 @@ impl Connection {
         if config.security_protocol.uses_sasl() {
             let setup = config.connection_setup_timeout;
             let sasl = &config.sasl;
-            let began = Instant::now();
             let session = match tokio::time::timeout(setup, async {
                 let (exchange, first) = sasl.begin().await.map_err(|reason| {
                     Error::connect(address, io::Error::other(format!("SASL {}: {reason}", sasl.mechanism())))
@@ -156,8 +155,14 @@ impl Connection {
                     ));
                 }
             };
-            if let Some(after) = sasl::reauthenticate_after(session, super::backoff::jitter()) {
-                tokio::spawn(reauthenticate(lane, config.sasl.clone(), versions.clone(), began + after, setup));
+            if let sasl::Reauthentication::At(due) = session.next(None) {
+                let reauthentication = Reauthenticator {
+                    lane,
+                    settings: config.sasl.clone(),
+                    versions: versions.clone(),
+                    timeout: config.request_timeout,
+                };
+                tokio::spawn(reauthentication.run(due, session));
             }
         }
         debug!(target: "rill::broker", broker = %address, apis = versions.len(), tls = config.security_protocol.uses_tls(), sasl = config.security_protocol.uses_sasl(), "connected");
@@ -259,8 +264,9 @@ struct Command {
 /// way go out even while the task holds back the callers' requests.
 #[derive(Debug)]
 enum Control {
-    /// Hold back new requests of callers (those in flight go on).
-    Pause,
+    /// Hold back new requests of callers; answer once those in flight
+    /// are answered.
+    Pause(oneshot::Sender<()>),
     /// Send this request.
     Send(Command),
     /// Let callers' requests through again.
@@ -295,6 +301,7 @@ impl Pipe {
             commands: receiver,
             control: Some(control_receiver),
             paused: false,
+            drained: None,
             in_flight: InFlight::default(),
             frames: frame::FrameReader::new(max_frame),
             outbox: VecDeque::new(),
@@ -388,9 +395,27 @@ impl ControlLane {
     }
 }
 
+/// A SASL session: how long the broker gave it (zero: no end), counted
+/// from when the final SaslAuthenticate was sent.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    sent: Instant,
+    lifetime: Duration,
+}
+
+impl Session {
+    /// When to renew it; `previous` is when the last re-authentication began.
+    fn next(&self, previous: Option<Instant>) -> sasl::Reauthentication {
+        sasl::next_reauthentication(self.sent, self.lifetime, previous, super::backoff::jitter())
+    }
+
+    fn end(&self) -> Option<Instant> {
+        (!self.lifetime.is_zero()).then(|| self.sent + self.lifetime)
+    }
+}
+
 /// One SASL authentication: SaslHandshake v1, then SaslAuthenticate until
-/// the exchange is done. Returns the session lifetime the broker set (zero:
-/// none). A refusal is [`Error::Security`] (fatal), naming the mechanism and,
+/// the exchange is done. Returns the session the broker set. A refusal is [`Error::Security`] (fatal), naming the mechanism and,
 /// for PLAIN and SCRAM, the user; never the password.
 async fn authenticate(
     lane: &ControlLane,
@@ -399,7 +424,7 @@ async fn authenticate(
     mut exchange: sasl::Exchange,
     first: Vec<u8>,
     timeout: Duration,
-) -> Result<Duration> {
+) -> Result<Session> {
     const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
     const SASL_AUTHENTICATION_FAILED: i16 = 58;
     let mechanism = settings.mechanism();
@@ -445,6 +470,7 @@ async fn authenticate(
     let mut message = first;
     loop {
         let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
+        let sent = Instant::now();
         let answer = lane.roundtrip(&request, version, timeout).await?;
         if answer.error_code != 0 {
             let said = answer.error_message.as_ref().map(|m| m.as_str()).filter(|m| !m.is_empty());
@@ -468,7 +494,7 @@ async fn authenticate(
             Step::Done => {
                 let lifetime = Duration::from_millis(answer.session_lifetime_ms.max(0) as u64);
                 debug!(target: "rill::sasl", broker = %lane.broker, %mechanism, session = ?lifetime, "authenticated");
-                return Ok(lifetime);
+                return Ok(Session { sent, lifetime });
             }
         }
     }
@@ -476,55 +502,68 @@ async fn authenticate(
 
 /// Re-authenticates a connection before each session ends (KIP-368), until
 /// the connection closes. The new exchange (a fresh token for OAUTHBEARER)
-/// is prepared first; then callers' new requests are held back while it
-/// runs, those in flight go on, and their answers arrive as usual. A failed
-/// re-authentication closes the connection with its error.
-async fn reauthenticate(
+/// is prepared first; then callers' new requests are held back, those in
+/// flight are answered (the broker would answer the SaslHandshake only after
+/// them anyway), and the exchange runs alone on the connection, as franz-go
+/// does. A failure closes the connection with a retriable error: requests
+/// held back were never sent, and a real refusal shows on the next connect.
+struct Reauthenticator {
     lane: ControlLane,
     settings: SaslSettings,
     versions: ApiVersions,
-    mut due: Instant,
     timeout: Duration,
-) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(due) => {}
-            () = lane.control.closed() => return,
-        }
-        let began = Instant::now();
-        let (exchange, first) = match settings.begin().await {
-            Ok(begun) => begun,
-            Err(reason) => {
-                let error = Error::ConnectionClosed {
-                    broker: lane.broker.clone(),
-                    reason: format!("cannot re-authenticate before the SASL session ends: {reason}").into(),
-                };
-                warn!(target: "rill::sasl", broker = %lane.broker, %error, "closing the connection");
-                let _ = lane.tell(Control::Close(error)).await;
-                return;
+}
+
+impl Reauthenticator {
+    async fn run(self, mut due: Instant, mut session: Session) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = self.lane.control.closed() => return,
             }
+            let started = Instant::now();
+            let end = session.end().unwrap_or(started + self.timeout);
+            session = match self.once(end).await {
+                Ok(renewed) => renewed,
+                Err(reason) => return self.close(reason).await,
+            };
+            info!(target: "rill::sasl", broker = %self.lane.broker, session = ?session.lifetime, "re-authenticated");
+            due = match session.next(Some(started)) {
+                sasl::Reauthentication::At(due) => due,
+                sasl::Reauthentication::Never => return,
+                sasl::Reauthentication::TooShort => {
+                    let reason = format!(
+                        "the SASL session of {:?} leaves no time to re-authenticate; connecting again",
+                        session.lifetime
+                    );
+                    return self.close(reason).await;
+                }
+            };
+        }
+    }
+
+    /// One re-authentication, begun before the session ends at `end`.
+    async fn once(&self, end: Instant) -> Result<Session, String> {
+        let (exchange, first) = match tokio::time::timeout_at(end, self.settings.begin()).await {
+            Ok(begun) => begun?,
+            Err(_) => return Err("no new SASL credentials before the session ended".to_owned()),
         };
-        if lane.tell(Control::Pause).await.is_err() {
-            return;
-        }
-        let outcome = authenticate(&lane, &settings, &versions, exchange, first, timeout).await;
-        match outcome {
-            Ok(session) => {
-                if lane.tell(Control::Resume).await.is_err() {
-                    return;
-                }
-                info!(target: "rill::sasl", broker = %lane.broker, session = ?session, "re-authenticated");
-                match sasl::reauthenticate_after(session, super::backoff::jitter()) {
-                    Some(after) => due = began + after,
-                    None => return,
-                }
-            }
-            Err(error) => {
-                warn!(target: "rill::sasl", broker = %lane.broker, %error, "re-authentication failed; closing the connection");
-                let _ = lane.tell(Control::Close(error)).await;
-                return;
-            }
-        }
+        let (drained, paused) = oneshot::channel();
+        self.lane.tell(Control::Pause(drained)).await.map_err(|e| e.to_string())?;
+        // Past the session's end the broker closes the connection at the
+        // SaslHandshake; that is no worse than closing it here.
+        let _ = tokio::time::timeout_at(end, paused).await;
+        let renewed = authenticate(&self.lane, &self.settings, &self.versions, exchange, first, self.timeout)
+            .await
+            .map_err(|error| format!("re-authentication failed: {error}"))?;
+        self.lane.tell(Control::Resume).await.map_err(|e| e.to_string())?;
+        Ok(renewed)
+    }
+
+    async fn close(&self, reason: String) {
+        warn!(target: "rill::sasl", broker = %self.lane.broker, %reason, "closing the connection");
+        let error = Error::ConnectionClosed { broker: self.lane.broker.clone(), reason: reason.into() };
+        let _ = self.lane.tell(Control::Close(error)).await;
     }
 }
 
@@ -679,6 +718,8 @@ struct Task {
     control: Option<mpsc::Receiver<Control>>,
     /// Callers' new requests wait while a re-authentication runs.
     paused: bool,
+    /// Told once nothing is in flight while paused.
+    drained: Option<oneshot::Sender<()>>,
     in_flight: InFlight,
     frames: frame::FrameReader,
     outbox: VecDeque<Bytes>,
@@ -727,6 +768,12 @@ impl Task {
             if !accepting && self.in_flight.is_empty() && self.outbox.is_empty() {
                 return self.closed("no longer used");
             }
+            if self.in_flight.is_empty()
+                && self.outbox.is_empty()
+                && let Some(drained) = self.drained.take()
+            {
+                let _ = drained.send(());
+            }
             let can_write = !self.outbox.is_empty() || unflushed;
             let can_accept = accepting && !self.paused && self.outbox_bytes < OUTBOX_HIGH_WATER;
             tokio::select! {
@@ -759,7 +806,10 @@ impl Task {
                     None => accepting = false,
                 },
                 control = recv_control(&mut self.control) => match control {
-                    Some(Control::Pause) => self.paused = true,
+                    Some(Control::Pause(drained)) => {
+                        self.paused = true;
+                        self.drained = Some(drained);
+                    }
                     Some(Control::Resume) => self.paused = false,
                     Some(Control::Send(command)) => self.accept(command),
                     Some(Control::Close(error)) => return error,

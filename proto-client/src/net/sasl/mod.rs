@@ -26,6 +26,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 pub(crate) use oauthbearer::TokenSource;
 pub use oauthbearer::{OAuthBearerToken, OAuthBearerTokenProvider, TokenError};
 
@@ -281,15 +283,44 @@ impl Exchange {
     }
 }
 
-/// When to re-authenticate after a session of `lifetime` begins (KIP-368):
-/// at 85-95 % of it, as Java's client does, `jitter` in [0, 1) picking the
-/// point so that many connections do not re-authenticate in step. `None`
-/// when the broker set no lifetime.
-pub(crate) fn reauthenticate_after(lifetime: Duration, jitter: f64) -> Option<Duration> {
+/// Brokers refuse a re-authentication within a second of the previous one
+/// (Kafka's KafkaChannel.MIN_REAUTH_INTERVAL_ONE_SECOND_NANOS).
+pub(crate) const MIN_REAUTHENTICATION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When to re-authenticate (KIP-368), pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reauthentication {
+    /// The broker set no session lifetime.
+    Never,
+    /// Begin at this instant.
+    At(Instant),
+    /// The session ends before a re-authentication may begin: open a new
+    /// connection instead.
+    TooShort,
+}
+
+/// The session began when the final SaslAuthenticate was sent (`sent`; the
+/// broker counts from its receipt, a little later) and lasts `lifetime`.
+/// Re-authentication begins at 85-95 % of it, as Java's client does (`jitter`
+/// in [0, 1) picks the point, so that many connections do not renew in
+/// step), but not within [`MIN_REAUTHENTICATION_INTERVAL`] of the previous
+/// one's start (`previous`), which the broker would refuse.
+pub(crate) fn next_reauthentication(
+    sent: Instant,
+    lifetime: Duration,
+    previous: Option<Instant>,
+    jitter: f64,
+) -> Reauthentication {
     if lifetime.is_zero() {
-        return None;
+        return Reauthentication::Never;
     }
-    Some(lifetime.mul_f64(0.85 + 0.10 * jitter.clamp(0.0, 1.0)))
+    let at = sent + lifetime.mul_f64(0.85 + 0.10 * jitter.clamp(0.0, 1.0));
+    let earliest = previous.map_or(at, |previous| previous + MIN_REAUTHENTICATION_INTERVAL);
+    let at = at.max(earliest);
+    if at >= sent + lifetime {
+        return Reauthentication::TooShort;
+    }
+    Reauthentication::At(at)
 }
 
 #[cfg(test)]
@@ -366,11 +397,34 @@ mod tests {
 
     #[test]
     fn reauthentication_comes_at_85_to_95_percent_of_the_session() {
+        let sent = Instant::now();
         let lifetime = Duration::from_secs(100);
-        assert_eq!(reauthenticate_after(lifetime, 0.0), Some(Duration::from_secs(85)));
-        assert_eq!(reauthenticate_after(lifetime, 0.5), Some(Duration::from_secs(90)));
-        assert!(reauthenticate_after(lifetime, 0.999).unwrap() < Duration::from_secs(95));
-        assert_eq!(reauthenticate_after(lifetime, 7.0), Some(Duration::from_secs(95)));
-        assert_eq!(reauthenticate_after(Duration::ZERO, 0.5), None);
+        let at = |seconds: f64| Reauthentication::At(sent + Duration::from_secs_f64(seconds));
+        assert_eq!(next_reauthentication(sent, lifetime, None, 0.0), at(85.0));
+        assert_eq!(next_reauthentication(sent, lifetime, None, 0.5), at(90.0));
+        assert_eq!(next_reauthentication(sent, lifetime, None, 7.0), at(95.0), "jitter is clamped");
+        assert_eq!(next_reauthentication(sent, Duration::ZERO, None, 0.5), Reauthentication::Never);
+    }
+
+    #[test]
+    fn reauthentications_keep_a_second_apart_or_give_up() {
+        let sent = Instant::now();
+        // 2 s session: 1.7 s is past the second after the previous start.
+        let previous = Some(sent);
+        assert_eq!(
+            next_reauthentication(sent, Duration::from_secs(2), previous, 0.0),
+            Reauthentication::At(sent + Duration::from_millis(1700))
+        );
+        // A 1.1 s session that began as the previous re-authentication did:
+        // 85 % is 0.935 s, within its second; the second it is.
+        assert_eq!(
+            next_reauthentication(sent, Duration::from_millis(1100), Some(sent), 0.0),
+            Reauthentication::At(sent + Duration::from_secs(1))
+        );
+        // A 500 ms session right after a re-authentication: no room.
+        assert_eq!(
+            next_reauthentication(sent, Duration::from_millis(500), Some(sent), 0.0),
+            Reauthentication::TooShort
+        );
     }
 }

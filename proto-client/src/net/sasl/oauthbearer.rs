@@ -68,19 +68,24 @@ impl OAuthBearerToken {
         self.expires_at
     }
 
-    /// Whether the token can be sent as it is: RFC 7628's grammar for the
-    /// token and the extensions.
+    /// Whether the token can be sent as it is: the grammar Kafka's brokers
+    /// check (OAuthBearerClientInitialResponse): the token
+    /// `[-_~+/.a-zA-Z0-9]+=*`, extension names `[A-Za-z]+` (not `auth`),
+    /// values `[\x21-\x7E \t\r\n]+`.
     fn check(&self) -> Result<(), String> {
         let value = self.value.expose();
-        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the token is empty or holds spaces or control characters".into());
+        let body = value.trim_end_matches('=');
+        let token_char = |b: u8| b.is_ascii_alphanumeric() || b"-_~+/.".contains(&b);
+        if body.is_empty() || !body.bytes().all(token_char) {
+            return Err("the token is empty or holds characters a bearer token cannot (RFC 6750)".into());
         }
         for (key, value) in &self.extensions {
             if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphabetic()) || key == "auth" {
                 return Err(format!("extension name `{key}` must be letters only and not `auth`"));
             }
-            if value.bytes().any(|b| b == 0x01 || !(b.is_ascii_graphic() || b == b' ' || b == b'\t')) {
-                return Err(format!("extension `{key}` holds characters RFC 7628 does not allow"));
+            let value_char = |b: u8| (0x21..=0x7e).contains(&b) || b" \t\r\n".contains(&b);
+            if value.is_empty() || !value.bytes().all(value_char) {
+                return Err(format!("extension `{key}` is empty or holds characters Kafka does not allow"));
             }
         }
         Ok(())
@@ -112,6 +117,8 @@ where
 /// After a failed refresh, while the old token still holds, the provider
 /// is asked again no sooner than this.
 const REFRESH_RETRY: Duration = Duration::from_secs(10);
+/// A token this close to its expiry is refreshed, however young.
+const MIN_REMAINING: Duration = Duration::from_secs(2);
 
 /// The application's provider and the token it last gave.
 pub(crate) struct TokenSource {
@@ -141,7 +148,7 @@ pub(crate) enum Freshness {
 }
 
 /// A token obtained at `obtained` that expires at `expires` is refreshed
-/// from 80 % of its lifetime on; after a failed refresh at `failed_at` the
+/// from 80 % of its lifetime on, or within [`MIN_REMAINING`] of expiry; after a failed refresh at `failed_at` the
 /// old one is used for [`REFRESH_RETRY`] before the provider is asked again.
 pub(crate) fn freshness(
     now: SystemTime,
@@ -155,7 +162,11 @@ pub(crate) fn freshness(
         return Freshness::Refresh { fallback: false };
     }
     let lifetime = expires.duration_since(obtained).unwrap_or_default();
-    if now < obtained + lifetime.mul_f64(0.8) {
+    // A session cannot outlive its token, and a broker refuses a
+    // re-authentication within a second of the last: a token about to
+    // expire would end the connection, whatever its age.
+    let remaining = expires.duration_since(now).unwrap_or_default();
+    if now < obtained + lifetime.mul_f64(0.8) && remaining > MIN_REMAINING {
         return Freshness::Fresh;
     }
     match failed_at {
@@ -263,6 +274,7 @@ impl UnsecuredJwt {
         if jwt.principal.is_empty() {
             return Err("`principal=NAME` is required".into());
         }
+        jwt.token(UNIX_EPOCH).check()?;
         Ok(jwt)
     }
 
@@ -305,6 +317,11 @@ mod tests {
         assert_eq!(freshness(at(1100), cached, None), Freshness::Refresh { fallback: false }, "expired");
         assert_eq!(freshness(at(1085), cached, Some(at(1080))), Freshness::Fresh, "retry waits after a failure");
         assert_eq!(freshness(at(1090), cached, Some(at(1080))), Freshness::Refresh { fallback: true });
+        // A short-lived token: 80 % of 5 s is 4 s, but with 2 s left it is
+        // refreshed.
+        let short = Some((at(1000), at(1005)));
+        assert_eq!(freshness(at(1002), short, None), Freshness::Fresh);
+        assert_eq!(freshness(at(1003), short, None), Freshness::Refresh { fallback: true });
     }
 
     #[test]
@@ -323,11 +340,14 @@ mod tests {
             OAuthBearerToken::new("t", Duration::from_secs(1)).with_extension("auth", "x"),
             OAuthBearerToken::new("t", Duration::from_secs(1)).with_extension("k1", "x"),
             OAuthBearerToken::new("t", Duration::from_secs(1)).with_extension("k", "a\x01b"),
+            OAuthBearerToken::new("t", Duration::from_secs(1)).with_extension("k", ""),
+            OAuthBearerToken::new("a,b", Duration::from_secs(1)),
         ];
         for token in bad {
             assert!(token.check().is_err(), "{token:?}");
         }
         OAuthBearerToken::new("t", Duration::from_secs(1)).with_extension("k", "a b").check().unwrap();
+        OAuthBearerToken::new("abc.DEF-_~+/.==", Duration::from_secs(1)).with_extension("k", "a\r\nb").check().unwrap();
     }
 
     #[test]

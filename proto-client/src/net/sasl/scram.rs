@@ -23,8 +23,10 @@ use crate::net::security::Secret;
 /// Kafka's brokers refuse fewer (ScramMechanism.minIterations), and so does
 /// this client: a server asking for fewer weakens the stored password.
 const MIN_ITERATIONS: u32 = 4096;
-/// A server asking for more than this is not one to wait for.
-const MAX_ITERATIONS: u32 = 1 << 24;
+/// Kafka's brokers store at most this many (ScramMechanism.maxIterations);
+/// a server asking for more makes the client spend its CPU before proving
+/// anything.
+const MAX_ITERATIONS: u32 = 16_384;
 
 /// The SCRAM hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +269,7 @@ mod tests {
             ("r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", "does not extend"),
             ("r=rOprNGfwEbeRWgbNEkqOxyz,s=!!!,i=4096", "salt"),
             ("r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1024", "1024 SCRAM iterations"),
+            ("r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=100000", "100000 SCRAM iterations"),
             ("r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==", "iteration count"),
             ("m=ext,r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", "mandatory extension"),
             ("e=unknown-user", "unknown-user"),

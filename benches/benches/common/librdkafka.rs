@@ -1,0 +1,144 @@
+//! librdkafka's side of the produce and consume benchmarks, with extra
+//! properties (TLS for the TLS benchmark).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig as RdConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rill_testkit::perf::{Meter, ProduceLoad, Progress, Report};
+
+/// Counts delivery reports.
+#[derive(Default)]
+struct Counting {
+    delivered: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// The same load through librdkafka, configured like Rill's defaults.
+pub fn produce_with_librdkafka(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    load: &ProduceLoad,
+    partitions: usize,
+) -> Report {
+    let context = Counting::default();
+    let (delivered, failed) = (context.delivered.clone(), context.failed.clone());
+    let mut config = RdConfig::new();
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let producer: BaseProducer<Counting> = config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create_with_context(context)
+        .expect("librdkafka producer");
+    let keys = load.key_set();
+    let value = load.value();
+    // Learn the topic before measuring, as the Rill run does.
+    producer.send(BaseRecord::<[u8], [u8]>::to(&load.topic).payload(&value[..])).map_err(|(e, _)| e).unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let before = delivered.load(Ordering::Relaxed);
+    let mut progress = Progress::new(load.messages);
+    let meter = Meter::start();
+    for i in 0..load.messages {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&load.topic).payload(&value[..]);
+        if !keys.is_empty() {
+            record = record.key(&keys[(i % load.keys) as usize][..]);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+                Err((error, _)) => panic!("librdkafka send: {error}"),
+            }
+        }
+        if i % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+        if i % 10_000 == 0 {
+            progress.update(i);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("librdkafka flush");
+    let report = meter.finish("librdkafka", "produce", load.messages, load.value_bytes, partitions);
+    progress.finish();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "librdkafka failed deliveries");
+    assert_eq!(delivered.load(Ordering::Relaxed) - before, load.messages, "librdkafka delivered them all");
+    report
+}
+
+/// The same reads through librdkafka: a `BaseConsumer` assigned every
+/// partition from the beginning, polled record by record.
+pub fn consume_with_librdkafka(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    messages: u64,
+    partitions: i32,
+) -> Report {
+    let mut progress = Progress::new(messages);
+    let meter = Meter::start();
+    let mut config = RdConfig::new();
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unused-assigned-only")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("librdkafka consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut read = 0u64;
+    let mut first_record = None;
+    let mut checksum = 0u64;
+    let mut value_bytes = 0;
+    while read < messages {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                first_record.get_or_insert_with(|| meter.elapsed());
+                if let Some(value) = message.payload() {
+                    value_bytes = value.len();
+                    checksum = checksum.wrapping_add(u64::from(value.first().copied().unwrap_or(0)));
+                }
+                read += 1;
+                if read.is_multiple_of(10_000) {
+                    progress.update(read);
+                }
+            }
+            Some(Err(error)) => panic!("librdkafka consume: {error}"),
+        }
+    }
+    let mut report = meter.finish("librdkafka", "consume", read, value_bytes, partitions as usize);
+    report.extra.push(("first_record_s".into(), first_record.unwrap_or_default().as_secs_f64()));
+    progress.finish();
+    std::hint::black_box(checksum);
+    report
+}

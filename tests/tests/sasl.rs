@@ -235,3 +235,72 @@ async fn a_refused_token_is_one_clear_fatal_error() {
     assert!(!error.to_string().contains("c2lnbmF0dXJl"), "the token shows: {error}");
     assert!(started.elapsed() < SETUP);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_runs_over_sasl_ssl_across_reauthentications() {
+    common::logs();
+    let certificates = required(TestCertificates::generate());
+    let gate = required(
+        SaslTansu::start(
+            SaslOptions::new()
+                .user(USER, PASSWORD)
+                .mechanism("SCRAM-SHA-256")
+                .session_lifetime(Duration::from_secs(3))
+                .tls(&certificates),
+        )
+        .await,
+    );
+    let ca = certificates.ca.to_str().unwrap().to_owned();
+    let mut secured = sasl("SCRAM-SHA-256", USER, PASSWORD);
+    secured.extend([("security.protocol", "SASL_SSL".to_owned()), ("ssl.ca.location", ca)]);
+    let secured = borrowed(&secured);
+    let client = config(&gate.bootstrap_by_name(), &secured);
+    let (input, output) = (unique_topic("sasl-proc-in"), unique_topic("sasl-proc-out"));
+    let admin = Client::new(client.clone()).unwrap();
+    admin.admin().create_topics(&[NewTopic::new(&input, 2), NewTopic::new(&output, 2)]).await.unwrap();
+    let producer = Producer::new(ProducerConfig::new(client.clone())).unwrap();
+    let count = 400;
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        deliveries
+            .push(producer.send(Record::to(&input).key(&format!("k{i}")).value(&format!("line {i}"))).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.expect("input delivered");
+    }
+
+    // The processor's consumer and producer take the same properties; its
+    // group's JoinGroup and SyncGroup (each held 1.5 s by Tansu) run across
+    // 3 s sessions.
+    let mut builder = rill::Processor::<rill::Ignore, String, String, String>::builder()
+        .name(unique_topic("sasl-proc"))
+        .bootstrap_servers(gate.bootstrap_by_name())
+        .input_topic(&input)
+        .output_topic(&output)
+        .auto_offset_reset("earliest")
+        .consumer_property("session.timeout.ms", "3000")
+        .consumer_property("heartbeat.interval.ms", "500")
+        .function(|input| Some(rill::Output::new("k".to_owned(), input.value.to_uppercase())));
+    for &(key, value) in &secured {
+        builder = builder.consumer_property(key, value).producer_property(key, value);
+    }
+    let processor = std::sync::Arc::new(builder.build().unwrap());
+    let metrics = processor.metrics();
+    let running = processor.spawn("one");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.snapshot().produced < count as u64 {
+        assert!(Instant::now() < deadline, "the processor stalled: {:?}", metrics.snapshot());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Go on past a few more session ends, then stop cleanly.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::timeout(Duration::from_secs(30), running.stop()).await.expect("stops").expect("stops cleanly");
+
+    let mut properties = vec![("bootstrap.servers", gate.bootstrap_by_name())];
+    properties.extend(secured.iter().map(|(k, v)| (*k, v.to_string())));
+    let properties: Vec<(&str, &str)> = properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let read = common::read_back::read_all_with(&properties, &output, 2, count, Duration::from_secs(30));
+    assert_eq!(read.len(), count, "librdkafka read every output over the same listener");
+    assert!(gate.events_of("authenticated").iter().any(|e| e.get("reauth") == "1"), "{:?}", gate.events());
+    assert!(gate.events_of("expired").is_empty(), "{:?}", gate.events_of("expired"));
+}

@@ -1,19 +1,13 @@
 //! The `rill` binary end to end: topic admin and metadata against Tansu,
 //! the demo on a fresh broker, and one-line errors with a non-zero exit.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::Output;
+
+use common::{rill, rill_with_input};
 
 use rill_testkit::Tansu;
-
-fn rill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rill"))
-        .args(args)
-        .env_remove("RILL_BROKERS")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the rill binary runs")
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -117,20 +111,6 @@ fn demo_runs_on_a_fresh_local_broker() {
     assert_eq!(watermarks.len(), 4, "{text}");
     let total: i64 = watermarks.iter().filter(|w| **w != "-").map(|w| w.parse::<i64>().unwrap()).sum();
     assert_eq!(total, 20000, "{text}");
-}
-
-fn rill_with_input(args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rill"))
-        .args(args)
-        .env_remove("RILL_BROKERS")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the rill binary runs");
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[tokio::test]

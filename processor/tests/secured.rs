@@ -3,28 +3,16 @@
 //! (`-F`), `-X` on top; a wrong password is one line on stderr and a
 //! non-zero exit, fast.
 
-use std::io::Write;
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+use common::rill_with_input as rill;
 use std::time::{Duration, Instant};
 
 use rill_testkit::sasl::{SaslOptions, SaslTansu};
 use rill_testkit::tls::TestCertificates;
-
-fn rill(args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rill"))
-        .args(args)
-        .env_remove("RILL_BROKERS")
-        .env_remove("RILL_CONFIG_FILE")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the rill binary runs");
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn ok(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -49,6 +49,32 @@ pub use kafka_proxy::{KafkaProxy, RequestFault, Schedule};
 pub use proxy::{Chaos, Fault, Proxy};
 pub use tansu::{Tansu, TansuOptions};
 
+/// Waits until `ready()` holds for a helper process just started
+/// (stunnel, the SASL gate): an error with `log()` if it exits first or is
+/// not ready within `within`.
+#[cfg(feature = "tls")]
+pub(crate) fn wait_started(
+    child: &mut std::process::Child,
+    what: &str,
+    within: std::time::Duration,
+    ready: impl Fn() -> bool,
+    log: impl Fn() -> String,
+) -> Result<(), TestkitError> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(TestkitError::Start(format!("{what} exited with {status}: {}", log())));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(TestkitError::Start(format!("{what} was not ready within {within:?}: {}", log())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// What can go wrong starting test infrastructure.
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::TestkitError;
 use crate::tansu::{Tansu, TansuOptions};
@@ -143,27 +143,15 @@ impl SaslTansu {
         }
         let gate = command.spawn().map_err(|e| TestkitError::Start(format!("cannot run the SASL gate: {e}")))?;
         let mut fixture = SaslTansu { gate, port, dir, events, tansu };
-        fixture.wait_listening()?;
+        let (events, stderr) = (fixture.events.clone(), fixture.dir.join("stderr.log"));
+        crate::wait_started(
+            &mut fixture.gate,
+            "the SASL gate",
+            Duration::from_secs(20),
+            || fs::read_to_string(&events).unwrap_or_default().starts_with("listening "),
+            || fs::read_to_string(&stderr).unwrap_or_default(),
+        )?;
         Ok(fixture)
-    }
-
-    fn wait_listening(&mut self) -> Result<(), TestkitError> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.gate.try_wait() {
-                return Err(TestkitError::Start(format!("the SASL gate exited with {status}: {}", self.stderr())));
-            }
-            if self.events().iter().any(|e| e.kind == "listening") {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(TestkitError::Start(format!(
-                    "the SASL gate did not listen within 20 s: {}",
-                    self.stderr()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     fn stderr(&self) -> String {

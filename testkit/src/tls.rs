@@ -14,7 +14,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -241,27 +241,15 @@ impl TlsTansu {
             .spawn()
             .map_err(|e| TestkitError::Start(format!("cannot run {}: {e}", binary.display())))?;
         let mut fixture = TlsTansu { stunnel, port, config, log, tansu };
-        fixture.wait_listening()?;
+        let log = fixture.log.clone();
+        crate::wait_started(
+            &mut fixture.stunnel,
+            "stunnel",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || fs::read_to_string(&log).unwrap_or_default(),
+        )?;
         Ok(fixture)
-    }
-
-    fn wait_listening(&mut self) -> Result<(), TestkitError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = self.stunnel.try_wait() {
-                return Err(TestkitError::Start(format!(
-                    "stunnel exited with {status}: {}",
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                )));
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(TestkitError::Start(format!("stunnel did not listen on {} within 10 s", self.port)));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// `127.0.0.1:port` of the TLS listener.

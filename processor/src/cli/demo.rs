@@ -47,7 +47,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<(), CliError
     let metadata = client.refresh_metadata(TopicScope::Named(vec![input.clone(), output.clone()])).await?;
     print!("{}", super::metadata::describe(&client, &metadata).await);
 
-    let result = demo(&bootstrap, &properties, &input, &output, args).await;
+    let result = demo(&bootstrap, &properties, &client_config, &input, &output, args).await;
     if given.is_some() {
         client.admin().delete_topics(&[input.as_str(), output.as_str()]).await?;
         println!("deleted topics {input} and {output}");
@@ -89,6 +89,7 @@ impl Instance {
 async fn demo(
     bootstrap: &str,
     properties: &super::args::ProcessorProperties,
+    client_config: &ClientConfig,
     input: &str,
     output: &str,
     args: &DemoArgs,
@@ -190,7 +191,7 @@ async fn demo(
         latency.p50.as_secs_f64() * 1e3,
         latency.p99.as_secs_f64() * 1e3
     );
-    print_sample(properties.client_config()?, output, args.partitions).await?;
+    print_sample(client_config.clone(), output, args.partitions).await?;
 
     eprintln!("stopping the processors (drain, commit, leave)...");
     println!("watermarks (the next input offset of each partition; everything before it is done and committed):");

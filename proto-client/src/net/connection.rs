@@ -458,8 +458,7 @@ async fn authenticate(
             )));
         }
         code => {
-            let name = kafka_protocol::ResponseError::try_from_code(code)
-                .map_or(format!("error {code}"), |e| format!("{e:?}"));
+            let name = code_name(code);
             return Err(lane.security(format!(
                 "{who}: the broker refused SaslHandshake with {name}; is this listener SASL? (security.protocol=ssl \
                  or plaintext for one without authentication)"
@@ -479,8 +478,7 @@ async fn authenticate(
                 (SASL_AUTHENTICATION_FAILED, Some(said)) => format!("{who} failed: {said}{report}"),
                 (SASL_AUTHENTICATION_FAILED, None) => format!("{who} failed{report}"),
                 (code, said) => {
-                    let name = kafka_protocol::ResponseError::try_from_code(code)
-                        .map_or(format!("error {code}"), |e| format!("{e:?}"));
+                    let name = code_name(code);
                     format!("{who} failed with {name}{}{report}", said.map(|s| format!(": {s}")).unwrap_or_default())
                 }
             };
@@ -498,6 +496,11 @@ async fn authenticate(
             }
         }
     }
+}
+
+/// A Kafka error code by its name (`IllegalSaslState`), for messages.
+fn code_name(code: i16) -> String {
+    kafka_protocol::ResponseError::try_from_code(code).map_or(format!("error {code}"), |e| format!("{e:?}"))
 }
 
 /// Re-authenticates a connection before each session ends (KIP-368), until

@@ -89,8 +89,8 @@ pub(crate) struct SaslSettings {
     pub(crate) token_source: Option<Arc<TokenSource>>,
     /// `enable.sasl.oauthbearer.unsecure.jwt`.
     pub(crate) unsecured_jwt: bool,
-    /// `sasl.oauthbearer.config`, for the unsecured JWTs.
-    pub(crate) oauthbearer_config: Option<String>,
+    /// `sasl.oauthbearer.config`, parsed: the unsecured JWTs to make.
+    pub(crate) unsecured_jwt_config: Option<oauthbearer::UnsecuredJwt>,
 }
 
 impl SaslSettings {
@@ -121,10 +121,10 @@ impl SaslSettings {
             "sasl.password" => self.password = Some(Secret::new(value)),
             "enable.sasl.oauthbearer.unsecure.jwt" => self.unsecured_jwt = parse::boolean(key, value)?,
             "sasl.oauthbearer.config" => {
-                // Checked here, so a typo is a configuration error.
-                oauthbearer::UnsecuredJwt::parse(value)
+                // Parsed here, so a typo is a configuration error.
+                let jwt = oauthbearer::UnsecuredJwt::parse(value)
                     .map_err(|reason| ConfigError::invalid_value(key, "[not shown]", reason))?;
-                self.oauthbearer_config = Some(value.to_owned());
+                self.unsecured_jwt_config = Some(jwt);
             }
             "sasl.oauthbearer.method" => {
                 if !value.trim().eq_ignore_ascii_case("default") {
@@ -168,7 +168,7 @@ impl SaslSettings {
                             .into(),
                     ));
                 }
-                if self.token_source.is_none() && self.oauthbearer_config.is_none() {
+                if self.token_source.is_none() && self.unsecured_jwt_config.is_none() {
                     return Err(ConfigError::Invalid(
                         "unsecured OAUTHBEARER JWTs need `sasl.oauthbearer.config` (at least `principal=NAME`)".into(),
                     ));
@@ -206,12 +206,10 @@ impl SaslSettings {
                 (Exchange::Scram(Box::new(client)), first)
             }
             SaslMechanism::OAuthBearer => {
-                let token = match &self.token_source {
-                    Some(source) => source.current().await?,
-                    None => {
-                        let config = self.oauthbearer_config.as_deref().unwrap_or_default();
-                        oauthbearer::UnsecuredJwt::parse(config)?.token(std::time::SystemTime::now())
-                    }
+                let token = match (&self.token_source, &self.unsecured_jwt_config) {
+                    (Some(source), _) => source.current().await?,
+                    (None, Some(jwt)) => jwt.token(std::time::SystemTime::now()),
+                    (None, None) => return Err("no OAUTHBEARER token provider".to_owned()),
                 };
                 let first = oauthbearer::initial_response(&token);
                 (Exchange::OAuthBearer { refused: None }, first)

@@ -19,24 +19,14 @@ use crate::net::security::Secret;
 /// What a token provider fails with.
 pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
 
-/// An OAuth 2 bearer token and when it expires.
-#[derive(Clone)]
+/// An OAuth 2 bearer token and when it expires. `Debug` shows the token
+/// as `[redacted]`.
+#[derive(Debug, Clone)]
 pub struct OAuthBearerToken {
     value: Secret,
     expires_at: SystemTime,
     principal: Option<String>,
     extensions: Vec<(String, String)>,
-}
-
-impl fmt::Debug for OAuthBearerToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OAuthBearerToken")
-            .field("value", &self.value)
-            .field("expires_at", &self.expires_at)
-            .field("principal", &self.principal)
-            .field("extensions", &self.extensions)
-            .finish()
-    }
 }
 
 impl OAuthBearerToken {

@@ -124,7 +124,9 @@ impl BrokerLink {
         if let Some(at) = self.retry_at() {
             tokio::time::sleep_until(at).await;
         }
-        match Connection::connect(&self.address, &self.config).await {
+        // The listener's protocol is asked about at an outage's first failure.
+        let diagnose = !self.state().down;
+        match Connection::open(&self.address, &self.config, diagnose).await {
             Ok(connection) => {
                 backoff.reset();
                 let mut state = self.state();

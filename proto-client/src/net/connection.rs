@@ -46,6 +46,13 @@ const COMMAND_QUEUE: usize = 256;
 const OUTBOX_HIGH_WATER: usize = 8 * 1024 * 1024;
 /// Frames gathered into one vectored write.
 const MAX_IO_SLICES: usize = 64;
+/// How long a new connection may go unanswered before the listener is
+/// asked which protocol it speaks (at most half the setup timeout).
+const SUSPICIOUS_SILENCE: Duration = Duration::from_secs(2);
+
+fn timed_out(address: &BrokerAddress, setup: Duration, what: &str) -> Error {
+    Error::connect(address, io::Error::new(io::ErrorKind::TimedOut, format!("no {what} within {setup:?}")))
+}
 
 /// A connection to one broker, with its negotiated API versions.
 ///
@@ -69,19 +76,70 @@ impl Connection {
     /// Connects, sends ApiVersions, negotiates, and authenticates when
     /// `security.protocol` says SASL.
     ///
-    /// Every address `host` resolves to is tried in turn. The TCP connect
-    /// (with the TLS handshake), ApiVersions and the SASL exchange each get
-    /// `connection_setup_timeout`.
+    /// Every address `host` resolves to is tried in turn. The TCP connect,
+    /// then the TLS handshake with ApiVersions and the SASL exchange, each
+    /// get `connection_setup_timeout`. A listener that closes the
+    /// connection before answering, or is silent halfway through, is asked
+    /// on a second connection whether it speaks the other protocol (see
+    /// `probe`): if it does, the error is fatal and names the setting.
     pub async fn connect(address: &BrokerAddress, config: &ClientConfig) -> Result<Connection> {
+        Self::open(address, config, true).await
+    }
+
+    /// [`Self::connect`], asking about the listener's protocol only when
+    /// `diagnose` (a broker's link asks at the first failure of an outage,
+    /// not at every retry).
+    pub(crate) async fn open(address: &BrokerAddress, config: &ClientConfig, diagnose: bool) -> Result<Connection> {
         let setup = config.connection_setup_timeout;
-        let timed_out = |what: &str| {
-            Error::connect(address, io::Error::new(io::ErrorKind::TimedOut, format!("no {what} within {setup:?}")))
-        };
         let deadline = Instant::now() + setup;
         let stream = match tokio::time::timeout_at(deadline, open_stream(address)).await {
             Ok(stream) => stream?,
-            Err(_) => return Err(timed_out("TCP connection")),
+            Err(_) => return Err(timed_out(address, setup, "TCP connection")),
         };
+        let opened = Instant::now();
+        let deadline = opened + setup;
+        let attempt = Self::over_tcp(stream, address, config, deadline);
+        if !diagnose {
+            return attempt.await;
+        }
+        tokio::pin!(attempt);
+        let suspicious = opened + (setup / 2).min(SUSPICIOUS_SILENCE);
+        let early = tokio::select! {
+            result = &mut attempt => Some(result),
+            () = tokio::time::sleep_until(suspicious) => None,
+        };
+        match early {
+            Some(Err(error)) if error.is_retriable() => {
+                Err(super::probe::mismatch(address, config, deadline).await.unwrap_or(error))
+            }
+            Some(result) => result,
+            None => {
+                let probe = super::probe::mismatch(address, config, deadline);
+                tokio::pin!(probe);
+                let mut probing = true;
+                loop {
+                    tokio::select! {
+                        result = &mut attempt => return match result {
+                            Err(error) if error.is_retriable() && probing => Err((&mut probe).await.unwrap_or(error)),
+                            result => result,
+                        },
+                        verdict = &mut probe, if probing => match verdict {
+                            Some(mismatch) => return Err(mismatch),
+                            None => probing = false,
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// TLS (when configured), ApiVersions and SASL over a TCP stream.
+    async fn over_tcp(
+        stream: TcpStream,
+        address: &BrokerAddress,
+        config: &ClientConfig,
+        deadline: Instant,
+    ) -> Result<Connection> {
         if !config.security_protocol.uses_tls() {
             let (reader, writer) = stream.into_split();
             return Self::handshake_over(reader, writer, address, config).await;
@@ -100,12 +158,7 @@ impl Connection {
                     Error::connect(address, io::Error::new(error.kind(), reason))
                 });
             }
-            Err(_) => {
-                return Err(timed_out(
-                    "TLS handshake (is this port a TLS listener? a plaintext broker waits for a frame that never \
-                     ends)",
-                ));
-            }
+            Err(_) => return Err(timed_out(address, config.connection_setup_timeout, "TLS handshake")),
         };
         let (reader, writer) = tokio::io::split(stream);
         Self::handshake_over(reader, writer, address, config).await
@@ -578,7 +631,7 @@ fn closed_error(closed: &OnceLock<Error>, broker: &str) -> Error {
     })
 }
 
-async fn open_stream(address: &BrokerAddress) -> Result<TcpStream> {
+pub(super) async fn open_stream(address: &BrokerAddress) -> Result<TcpStream> {
     let candidates: Vec<SocketAddr> = tokio::net::lookup_host((address.host.as_str(), address.port))
         .await
         .map_err(|e| Error::connect(address, e))?

@@ -5,12 +5,15 @@
 //!   size cap.
 //! - `broker`: a broker's link: lazy connect, reconnect with backoff.
 //! - `backoff`: exponential backoff with jitter (pure).
+//! - `probe`: which protocol a listener speaks, when a connection fails as
+//!   a wrong `security.protocol` makes it fail.
 //! - [`security`]: `security.protocol` and the TLS settings (rustls on ring).
 //! - [`sasl`]: the `sasl.*` settings and each mechanism's exchange (pure).
 
 pub(crate) mod backoff;
 pub(crate) mod broker;
 mod connection;
+mod probe;
 pub mod sasl;
 pub mod security;
 

@@ -133,9 +133,7 @@ impl FrameReader {
         };
         // A negative i32 reads as a u32 above i32::MAX: too large either way.
         if size as usize > self.max_frame || size > i32::MAX as u32 {
-            // Alert (0x15) or handshake (0x16) record, TLS 1.0–1.3.
-            let [kind, major, minor, _] = size.to_be_bytes();
-            if matches!(kind, 0x15 | 0x16) && major == 3 && minor <= 4 {
+            if starts_a_tls_record(&size.to_be_bytes()) {
                 return Err(FrameError::TlsRecord);
             }
             return Err(FrameError::TooLarge { size, max: self.max_frame });
@@ -155,6 +153,13 @@ impl FrameReader {
     pub(crate) fn buffered(&self) -> usize {
         self.buffer.len()
     }
+}
+
+/// Whether `bytes` begin an alert (0x15) or handshake (0x16) record of TLS
+/// 1.0 to 1.3: what a TLS server sends first, and never the start of a
+/// Kafka frame (its size would be over 350 MB).
+pub(crate) fn starts_a_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, minor, ..] if *minor <= 4)
 }
 
 /// The correlation id at the start of every response header version.

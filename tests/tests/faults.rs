@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kafka_protocol::messages::MetadataRequest;
 use rill_client::{Client, ClientConfig, Error, ErrorAction, TopicScope};
-use rill_testkit::{Chaos, Fault, Proxy, Tansu};
+use rill_testkit::{Chaos, Fault, Proxy};
 
 fn client(proxy: &Proxy, request_timeout: Duration) -> Client {
     let config = ClientConfig::new(&proxy.address())
@@ -21,7 +21,7 @@ fn client(proxy: &Proxy, request_timeout: Duration) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackhole_times_out_then_the_client_recovers() {
-    let (_tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(1).await);
+    let (_tansu, proxy) = rill_testkit::required(rill_testkit::tansu::behind_proxy(1).await);
     let client = client(&proxy, Duration::from_millis(800));
     client.refresh_metadata(TopicScope::None).await.unwrap();
 
@@ -41,7 +41,7 @@ async fn blackhole_times_out_then_the_client_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_response_fails_the_request_and_the_next_one_reconnects() {
-    let (_tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(2).await);
+    let (_tansu, proxy) = rill_testkit::required(rill_testkit::tansu::behind_proxy(2).await);
     let client = client(&proxy, Duration::from_secs(5));
     let request = MetadataRequest::default().with_topics(Some(vec![]));
     let connection = client.any_connection().await.unwrap();
@@ -64,7 +64,7 @@ async fn truncated_response_fails_the_request_and_the_next_one_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_chaos_never_breaks_the_client() {
     let seed = std::env::var("RILL_PROXY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_f00d);
-    let (_tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(seed).await);
+    let (_tansu, proxy) = rill_testkit::required(rill_testkit::tansu::behind_proxy(seed).await);
     let client = client(&proxy, Duration::from_millis(700));
     proxy.set_chaos(Some(Chaos { delay: 0.3, max_delay: Duration::from_millis(30), cut: 0.1, truncate: 0.1 }));
     let (mut ok, mut failed) = (0, 0);

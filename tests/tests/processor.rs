@@ -684,7 +684,7 @@ async fn feed(cluster: &TestCluster, topic: &str, from: u64, to: u64, rate: u64)
     let started = Instant::now();
     let mut pending = Vec::new();
     for id in from..to {
-        let line = rill::weblog::line(id);
+        let line = rill_cli::weblog::line(id);
         pending.push(producer.send(Record::to(topic).value(&line)).await.unwrap());
         if id % 50 == 49 {
             tokio::time::sleep_until(started + Duration::from_secs_f64((id - from + 1) as f64 / rate as f64)).await;
@@ -710,7 +710,7 @@ async fn ids_in(cluster: &TestCluster, topic: &str, partitions: i32, count: u64)
             Ok(record) => {
                 let record = record.unwrap();
                 let value = std::str::from_utf8(record.value.as_deref().unwrap()).unwrap();
-                *seen.entry(rill::weblog::id_of(value).unwrap()).or_default() += 1;
+                *seen.entry(rill_cli::weblog::id_of(value).unwrap()).or_default() += 1;
             }
             Err(_) if seen.len() as u64 >= count => break,
             Err(_) => {
@@ -739,7 +739,7 @@ fn weblog_processor(
     output: &str,
 ) -> rill::ProcessorBuilder<Ignore, String, String, String> {
     builder::<Ignore, String, String, String>(cluster, name, input, output)
-        .function(|input| rill::weblog::process(&input.value))
+        .function(|input| rill_cli::weblog::process(&input.value))
 }
 
 /// A second instance joins mid-stream and later leaves (cooperative-sticky

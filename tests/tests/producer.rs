@@ -15,7 +15,7 @@ use rill_client::{ClientConfig, Error, TopicScope};
 use rill_testkit::cluster::on_mock;
 use rill_testkit::mock::{RDKafkaApiKey, RDKafkaRespErr};
 use rill_testkit::read::fetch_all;
-use rill_testkit::{ClusterOptions, Fault, Proxy, Tansu, each_broker, unique_topic};
+use rill_testkit::{ClusterOptions, Fault, Proxy, each_broker, unique_topic};
 
 fn settings(config: ClientConfig) -> ProducerConfig {
     ProducerConfig::new(config)
@@ -145,7 +145,7 @@ fn proxied(proxy: &Proxy) -> ClientConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_on_tansu_when_answers_are_lost() {
-    let (tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(11).await);
+    let (tansu, proxy) = rill_testkit::required(rill_testkit::tansu::behind_proxy(11).await);
     let topic = unique_topic("lost-answers");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 3)]).await.unwrap();
@@ -271,7 +271,7 @@ async fn leader_moves_on_the_mock_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_refuses_try_send_and_makes_send_wait() {
-    let (_tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(12).await);
+    let (_tansu, proxy) = rill_testkit::required(rill_testkit::tansu::behind_proxy(12).await);
     let topic = unique_topic("full");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 2)]).await.unwrap();
@@ -360,7 +360,7 @@ async fn abort_drops_what_is_not_sent_as_a_crash_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_and_silent_brokers_give_clear_outcomes() {
-    let (tansu, proxy) = rill_testkit::required(Tansu::start_behind_proxy(13).await);
+    let (tansu, proxy) = rill_testkit::required(rill_testkit::tansu::behind_proxy(13).await);
     let topic = unique_topic("broken");
     let client = rill_client::Client::new(proxied(&proxy)).unwrap();
     client.admin().create_topics(&[rill_client::NewTopic::new(&topic, 1)]).await.unwrap();

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use rill_testkit::perf::{Meter, ProduceLoad, Progress, Report};
+use rill_cli::perf::{Meter, ProduceLoad, Progress, Report};
 
 /// Counts delivery reports.
 #[derive(Default)]

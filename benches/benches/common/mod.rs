@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
-use rill_testkit::perf::Report;
+use rill_cli::perf::Report;
 
 pub mod librdkafka;
 

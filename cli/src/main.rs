@@ -2,22 +2,22 @@
 //!
 //! # Layout
 //!
-//! - `cli::args`: the command line (clap), and the one place where
+//! - `cmd::args`: the command line (clap), and the one place where
 //!   `--brokers`/`RILL_BROKERS` and `-X key=value` become client settings.
-//! - `cli::topic`: `rill topic create|list|delete`.
-//! - `cli::metadata`: `rill metadata` (brokers, topics, leaders, API versions).
-//! - `cli::demo`: `rill demo`, the end-to-end demo on a local broker.
+//! - `cmd::topic`: `rill topic create|list|delete`.
+//! - `cmd::metadata`: `rill metadata` (brokers, topics, leaders, API versions).
+//! - `cmd::demo`: `rill demo`, the end-to-end demo on a local broker.
 //!
 //! Errors print as one line on stderr and exit non-zero.
 
-mod cli;
+mod cmd;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::args::Args::parse();
+    let args = cmd::args::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,10 +36,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(cli::run(args)) {
+    let code = match runtime.block_on(cmd::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("rill: {}", cli::one_line(&*error));
+            eprintln!("rill: {}", cmd::one_line(&*error));
             ExitCode::FAILURE
         }
     };

@@ -3,7 +3,7 @@
 //! country (from a small built-in table) and carries the line without the
 //! address, so no personal data leaves the input topic.
 
-use crate::processor::Output;
+use rill::Output;
 
 /// Country of an IPv4 address, by its first octet: a stand-in for a geo
 /// database, fixed so tests and demos are reproducible.

@@ -2,8 +2,8 @@
 //! signal drains, commits and stops within the shutdown timeout; a second
 //! one exits at once.
 
-use rill::weblog;
 use rill::{Ignore, Processor};
+use rill_cli::weblog;
 
 use super::CliError;
 use super::args::{Common, WeblogArgs};

@@ -174,7 +174,7 @@ async fn produce_reads_stdin_and_perf_reports_one_json_line() {
     assert!(perf.status.success(), "{}", stderr(&perf));
     let out = stdout(&perf);
     assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
-    let report = rill_testkit::perf::Report::from_json(&out).expect("parses");
+    let report = rill_cli::perf::Report::from_json(&out).expect("parses");
     assert_eq!((report.client.as_str(), report.scenario.as_str()), ("rill", "produce"));
     assert_eq!((report.messages, report.value_bytes, report.partitions), (20_000, 100, 2));
     assert!(report.msgs_per_s > 0.0 && report.cpu_us_per_msg > 0.0 && report.max_rss_kb > 0);
@@ -249,7 +249,7 @@ async fn consume_prints_formats_json_and_resumes_a_group() {
 
     let perf = rill(&["perf", "consume", "-b", &brokers, "-t", &topic, "--messages", "5"]);
     assert!(perf.status.success(), "{}", stderr(&perf));
-    let report = rill_testkit::perf::Report::from_json(&stdout(&perf)).expect("one JSON line");
+    let report = rill_cli::perf::Report::from_json(&stdout(&perf)).expect("one JSON line");
     assert_eq!((report.scenario.as_str(), report.messages, report.partitions), ("consume", 5, 1));
     assert!(report.extra.iter().any(|(k, v)| k == "first_record_s" && *v > 0.0), "{report:?}");
 }
@@ -266,7 +266,7 @@ async fn perf_process_reports_throughput_and_latency_in_one_json_line() {
         let text = stdout(&run);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
-        let report = rill_testkit::perf::Report::from_json(lines[0]).expect("a report");
+        let report = rill_cli::perf::Report::from_json(lines[0]).expect("a report");
         assert_eq!((report.client.as_str(), report.scenario.as_str()), ("rill", "process"));
         assert_eq!(report.messages, extra[1].parse::<u64>().unwrap());
         let field = |name: &str| report.extra.iter().find(|(k, _)| k == name).map(|(_, v)| *v).expect(name);

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{Meter, Report};
 use rill_client::producer::{DeliveryFuture, Producer, ProducerConfig, Record};
 use rill_client::{ClientConfig, TopicScope};
-use rill_testkit::perf::{Meter, Report};
 use tokio::time::Instant;
 
-use crate::processor::{Processor, ProcessorError};
-use crate::serde::Ignore;
 use crate::weblog;
+use rill::Ignore;
+use rill::{Processor, ProcessorError};
 
 /// What a processing run does.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
                     break;
                 }
                 if task.is_finished() {
-                    let stopped = (&mut task).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    let stopped = joined((&mut task).await);
                     let early = rill_client::Error::Timeout {
                         operation: concat!("the processor stopped while ", $what).into(),
                         after: Duration::ZERO,
@@ -140,16 +140,16 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
             }
         };
     }
-    wait_for!("waiting for the partitions", |m: &crate::MetricsSnapshot| m.partitions.len() == partitions);
+    wait_for!("waiting for the partitions", |m: &rill::MetricsSnapshot| m.partitions.len() == partitions);
     let feeder = load.rate.map(|rate| {
         let config = rill_client::producer::ProducerConfig::new(ClientConfig::new(&load.bootstrap).expect("checked"));
         let (topic, messages) = (load.input.clone(), load.messages);
         let partitions = i32::try_from(partitions).ok();
         tokio::spawn(async move { feed(config, &topic, (0, messages), Some(rate), partitions).await })
     });
-    wait_for!("waiting for the first record", |m: &crate::MetricsSnapshot| m.consumed > 0);
+    wait_for!("waiting for the first record", |m: &rill::MetricsSnapshot| m.consumed > 0);
     let meter = Meter::start();
-    wait_for!("processing", |m: &crate::MetricsSnapshot| m.produced >= load.messages);
+    wait_for!("processing", |m: &rill::MetricsSnapshot| m.produced >= load.messages);
     let mut report = meter.finish("rill", "process", load.messages, weblog::line(0).len(), partitions);
     let latency = metrics.snapshot().latency;
     report.extra.extend([
@@ -158,9 +158,17 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
         ("max_ms".to_owned(), latency.max.as_secs_f64() * 1e3),
     ]);
     let _ = stop.send(());
-    task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    joined(task.await)?;
     if let Some(feeder) = feeder {
         feeder.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     }
     Ok(report)
+}
+
+/// A task's own result, or its panic carried on.
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }

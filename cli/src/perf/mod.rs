@@ -2,6 +2,15 @@
 //! process CPU (getrusage) over the measured phase, peak RSS, and one JSON
 //! line at the end. `rill perf` and the benchmarks' librdkafka runs both
 //! report through here, so their numbers compare.
+//!
+//! - [`produce_with_rill`], [`consume_with_rill`]: `rill perf produce` and
+//!   `rill perf consume`.
+//! - [`process_with_rill`], [`feed`]: `rill perf process`, the web-log
+//!   processor between two topics.
+
+mod process;
+
+pub use process::{ProcessLoad, feed, process_with_rill};
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

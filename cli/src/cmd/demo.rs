@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rill::{Ignore, MetricsSnapshot, Output, Processor, RunningProcessor, weblog};
+use rill::{Ignore, MetricsSnapshot, Output, Processor, RunningProcessor};
+use rill_cli::local::Tansu;
+use rill_cli::weblog;
 use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
 use rill_client::{Client, ClientConfig, NewTopic, TopicPartition, TopicScope};
-use rill_testkit::Tansu;
 use tokio::time::Instant;
 
 use super::CliError;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use rill::weblog;
+use rill_cli::weblog;
 use rill_client::producer::{Producer, ProducerConfig, Record};
 use rill_client::{ClientConfig, NewTopic};
 use rill_testkit::Tansu;

@@ -4,10 +4,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rill::perf::ProcessLoad;
+use rill_cli::perf::ProcessLoad;
+use rill_cli::perf::{ConsumeLoad, ProduceLoad, consume_with_rill, produce_with_rill};
 use rill_client::producer::ProducerConfig;
 use rill_client::{Client, NewTopic};
-use rill_testkit::perf::{ConsumeLoad, ProduceLoad, consume_with_rill, produce_with_rill};
 
 use super::CliError;
 use super::args::{Common, PerfConsumeArgs, PerfProcessArgs, PerfProduceArgs};
@@ -56,9 +56,9 @@ pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(
         if args.rate.is_none() {
             eprintln!("loading {} lines into {input}...", args.messages);
             let config = ProducerConfig::new(client_config.clone());
-            rill::perf::feed(config, &input, (0, args.messages), None, Some(args.partitions)).await?;
+            rill_cli::perf::feed(config, &input, (0, args.messages), None, Some(args.partitions)).await?;
         }
-        Ok::<_, CliError>(rill::perf::process_with_rill(&load).await?)
+        Ok::<_, CliError>(rill_cli::perf::process_with_rill(&load).await?)
     }
     .await;
     // The topics were made for this run.

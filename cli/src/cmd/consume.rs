@@ -222,7 +222,14 @@ fn write_failed(error: std::io::Error) -> Result<(), CliError> {
 
 pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliError> {
     let tokens = parse_format(&args.format)?;
-    let mut stop = std::pin::pin!(super::stop_signal()?);
+    // The signal is seen between any two records, not only when the loop
+    // waits: records already fetched are not all written out after it.
+    let (signalled, mut stop) = tokio::sync::watch::channel(());
+    let signal = super::stop_signal()?;
+    tokio::spawn(async move {
+        signal.await;
+        signalled.send_replace(());
+    });
     let mut config: ConsumerConfig = common.consumer_config()?;
     if let Some(group) = &args.group {
         // Offsets are stored by hand, once the records are written out.
@@ -275,7 +282,7 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
     let mut printed = 0u64;
     let mut at_end: BTreeSet<TopicPartition> = BTreeSet::new();
     let outcome: Result<(), CliError> = loop {
-        if args.count.is_some_and(|c| printed >= c) {
+        if args.count.is_some_and(|c| printed >= c) || stop.has_changed().unwrap_or(true) {
             break Ok(());
         }
         // Records already fetched are taken without waiting; before the
@@ -288,7 +295,7 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                 }
                 tokio::select! {
                     event = consumer.next_event() => event,
-                    () = &mut stop => break Ok(()),
+                    _ = stop.changed() => break Ok(()),
                 }
             }
         };

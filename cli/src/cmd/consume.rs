@@ -4,8 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64_STANDARD;
 use rill_client::consumer::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerRecord, Event, OffsetReset, Resume};
 use rill_client::{OffsetSpec, TopicPartition, TopicScope};
+use serde_json::{Value, json};
 
 use super::CliError;
 use super::args::{Common, ConsumeArgs, StartFrom};
@@ -105,80 +108,32 @@ fn write_formatted(out: &mut Vec<u8>, tokens: &[Token], record: &ConsumerRecord)
     }
 }
 
-/// A JSON string, or `null`.
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 /// Bytes as a JSON value: a string when UTF-8, else `{"base64": "..."}`.
-fn json_bytes(out: &mut String, bytes: Option<&[u8]>) {
+fn json_bytes(bytes: Option<&[u8]>) -> Value {
     match bytes {
-        None => out.push_str("null"),
+        None => Value::Null,
         Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => json_string(out, text),
-            Err(_) => {
-                out.push_str("{\"base64\":\"");
-                out.push_str(&base64(bytes));
-                out.push_str("\"}");
-            }
+            Ok(text) => Value::from(text),
+            Err(_) => json!({ "base64": BASE64_STANDARD.encode(bytes) }),
         },
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
-            | u32::from(chunk.get(2).copied().unwrap_or(0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
+/// One record as one line of JSON (kcat's field order).
 fn write_json(out: &mut Vec<u8>, record: &ConsumerRecord) {
-    let mut line = String::with_capacity(128);
-    line.push_str("{\"topic\":");
-    json_string(&mut line, &record.topic);
-    line.push_str(&format!(
-        ",\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":",
-        record.partition, record.offset, record.timestamp
-    ));
-    json_bytes(&mut line, record.key.as_deref());
-    line.push_str(",\"value\":");
-    json_bytes(&mut line, record.value.as_deref());
-    line.push_str(",\"headers\":[");
-    for (i, header) in record.headers.iter().enumerate() {
-        if i > 0 {
-            line.push(',');
-        }
-        line.push('[');
-        json_string(&mut line, &header.key);
-        line.push(',');
-        json_bytes(&mut line, header.value.as_deref());
-        line.push(']');
-    }
-    line.push_str("]}\n");
-    out.extend_from_slice(line.as_bytes());
+    let headers: Vec<Value> =
+        record.headers.iter().map(|header| json!([header.key.as_str(), json_bytes(header.value.as_deref())])).collect();
+    let line = json!({
+        "topic": &*record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": json_bytes(record.key.as_deref()),
+        "value": json_bytes(record.value.as_deref()),
+        "headers": headers,
+    });
+    serde_json::to_writer(&mut *out, &line).expect("a JSON value writes to memory");
+    out.push(b'\n');
 }
 
 /// Records written to the output but not yet flushed: the offsets to store
@@ -475,8 +430,16 @@ mod tests {
         write_json(&mut out, &binary);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\"key\":null,\"value\":{\"base64\":\"/wAQ\"}"), "{text}");
-        assert_eq!(base64(b"Man"), "TWFu");
-        assert_eq!(base64(b"Ma"), "TWE=");
-        assert_eq!(base64(b"M"), "TQ==");
+
+        // Control characters are escaped, and every line parses back.
+        let mut control = record();
+        control.value = Some(Bytes::from_static(b"a\x01\x1fb"));
+        let mut out = Vec::new();
+        write_json(&mut out, &control);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""value":"a\u0001\u001fb""#), "{text}");
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["value"], "a\u{1}\u{1f}b");
+        assert_eq!(parsed["headers"][1][1], Value::Null);
     }
 }

@@ -13,7 +13,6 @@ mod process;
 pub use process::{ProcessLoad, feed, process_with_rill};
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use nix::sys::resource::{UsageWho, getrusage};
 use rill_client::consumer::{Consumer, ConsumerConfig};
 use rill_client::producer::{DeliveryFuture, Producer, ProducerConfig, Record, TrySendError};
 use rill_client::{TopicPartition, TopicScope};
+use serde_json::Value;
 
 /// Process CPU so far, user and system, in seconds.
 fn cpu_seconds() -> (f64, f64) {
@@ -111,84 +111,80 @@ pub struct Report {
     pub extra: Vec<(String, f64)>,
 }
 
+/// The fields every report has, in the order they are written.
+const FIELDS: [&str; 12] = [
+    "client",
+    "scenario",
+    "messages",
+    "value_bytes",
+    "partitions",
+    "wall_s",
+    "msgs_per_s",
+    "mb_per_s",
+    "cpu_user_s",
+    "cpu_sys_s",
+    "cpu_us_per_msg",
+    "max_rss_kb",
+];
+
 impl Report {
-    /// One JSON object on one line.
+    /// One JSON object on one line: the fields, then the extra numbers.
     pub fn to_json(&self) -> String {
-        let mut out = String::new();
-        let _ = write!(
-            out,
-            "{{\"client\":\"{}\",\"scenario\":\"{}\",\"messages\":{},\"value_bytes\":{},\"partitions\":{},\
-             \"wall_s\":{:.6},\"msgs_per_s\":{:.1},\"mb_per_s\":{:.3},\"cpu_user_s\":{:.6},\"cpu_sys_s\":{:.6},\
-             \"cpu_us_per_msg\":{:.4},\"max_rss_kb\":{}",
-            escape(&self.client),
-            escape(&self.scenario),
-            self.messages,
-            self.value_bytes,
-            self.partitions,
-            self.wall_s,
-            self.msgs_per_s,
-            self.mb_per_s,
-            self.cpu_user_s,
-            self.cpu_sys_s,
-            self.cpu_us_per_msg,
-            self.max_rss_kb
-        );
-        for (key, value) in &self.extra {
-            let _ = write!(out, ",\"{}\":{value:.6}", escape(key));
+        let mut object = serde_json::Map::new();
+        let values: [Value; 12] = [
+            self.client.as_str().into(),
+            self.scenario.as_str().into(),
+            self.messages.into(),
+            self.value_bytes.into(),
+            self.partitions.into(),
+            self.wall_s.into(),
+            self.msgs_per_s.into(),
+            self.mb_per_s.into(),
+            self.cpu_user_s.into(),
+            self.cpu_sys_s.into(),
+            self.cpu_us_per_msg.into(),
+            self.max_rss_kb.into(),
+        ];
+        for (key, value) in FIELDS.into_iter().zip(values) {
+            object.insert(key.to_owned(), value);
         }
-        out.push('}');
-        out
+        for (key, value) in &self.extra {
+            object.insert(key.clone(), (*value).into());
+        }
+        Value::Object(object).to_string()
     }
 
-    /// Parses a line written by [`Self::to_json`] (for the benchmark runner).
+    /// Parses a line written by [`Self::to_json`] (for the benchmark
+    /// runner); `None` when it is not one.
     pub fn from_json(line: &str) -> Option<Report> {
-        let body = line.trim().strip_prefix('{')?.strip_suffix('}')?;
-        let mut fields = std::collections::HashMap::new();
-        for pair in body.split(',') {
-            let (key, value) = pair.split_once(':')?;
-            fields.insert(key.trim().trim_matches('"').to_owned(), value.trim().trim_matches('"').to_owned());
-        }
-        let number = |key: &str| fields.get(key).and_then(|v| v.parse::<f64>().ok());
-        let known = [
-            "client",
-            "scenario",
-            "messages",
-            "value_bytes",
-            "partitions",
-            "wall_s",
-            "msgs_per_s",
-            "mb_per_s",
-            "cpu_user_s",
-            "cpu_sys_s",
-            "cpu_us_per_msg",
-            "max_rss_kb",
-        ];
+        let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(line.trim()) else {
+            return None;
+        };
+        let number = |key: &str| fields.get(key).and_then(Value::as_f64);
+        let whole = |key: &str| fields.get(key).and_then(Value::as_u64);
+        let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
         let mut extra: Vec<(String, f64)> = fields
             .iter()
-            .filter(|(k, _)| !known.contains(&k.as_str()))
-            .filter_map(|(k, v)| Some((k.clone(), v.parse().ok()?)))
+            .filter(|(key, _)| !FIELDS.contains(&key.as_str()))
+            .filter_map(|(key, value)| Some((key.clone(), value.as_f64()?)))
             .collect();
         extra.sort_by(|a, b| a.0.cmp(&b.0));
         Some(Report {
-            client: fields.get("client")?.clone(),
-            scenario: fields.get("scenario")?.clone(),
-            messages: number("messages")? as u64,
-            value_bytes: number("value_bytes")? as usize,
-            partitions: number("partitions")? as usize,
+            client: text("client")?,
+            scenario: text("scenario")?,
+            messages: whole("messages")?,
+            value_bytes: usize::try_from(whole("value_bytes")?).ok()?,
+            partitions: usize::try_from(whole("partitions")?).ok()?,
             wall_s: number("wall_s")?,
             msgs_per_s: number("msgs_per_s")?,
             mb_per_s: number("mb_per_s")?,
             cpu_user_s: number("cpu_user_s")?,
             cpu_sys_s: number("cpu_sys_s")?,
             cpu_us_per_msg: number("cpu_us_per_msg")?,
-            max_rss_kb: number("max_rss_kb")? as i64,
+            max_rss_kb: fields.get("max_rss_kb").and_then(Value::as_i64)?,
             extra,
         })
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// Progress on stderr, when stderr is a terminal; silent otherwise.
@@ -387,5 +383,13 @@ mod tests {
         assert_eq!((back.client.as_str(), back.scenario.as_str(), back.messages), ("rill", "produce", 1000));
         assert_eq!(back.extra, [("first_record_s".to_owned(), 0.25)]);
         assert!((back.msgs_per_s - report.msgs_per_s).abs() < 1.0);
+        assert_eq!(back, report, "the whole report, exactly");
+
+        // Names that need escaping survive; what is not a report is None.
+        report.client = "a \"quoted\", comma: client".into();
+        assert_eq!(Report::from_json(&report.to_json()).unwrap().client, report.client);
+        for bad in ["", "{}", "[1]", "not json", r#"{"client":"rill"}"#] {
+            assert_eq!(Report::from_json(bad), None, "{bad:?}");
+        }
     }
 }

@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::TopicPartition;
 use crate::client::Client;
 use crate::cluster::{Metadata, TopicInfo, TopicScope};
+use crate::config::ConfigError;
 use crate::consumer::IsolationLevel;
 use crate::error::{Error, ErrorAction, Result, check_with_message};
 use crate::net::Connection;
@@ -43,6 +44,25 @@ pub struct NewTopic {
 }
 
 impl NewTopic {
+    /// Counts a broker would refuse, or worse accept (Tansu makes a topic
+    /// with no partitions), are refused here.
+    fn check(&self) -> Result<()> {
+        let invalid = |key: &str, value: String| {
+            Error::Config(ConfigError::InvalidValue {
+                key: format!("{key} of topic {}", self.name),
+                value,
+                reason: "must be at least 1 (or unset for the broker's default)".to_owned(),
+            })
+        };
+        if let Some(partitions) = self.partitions.filter(|n| *n < 1) {
+            return Err(invalid("partitions", partitions.to_string()));
+        }
+        if let Some(replicas) = self.replication_factor.filter(|n| *n < 1) {
+            return Err(invalid("replication factor", replicas.to_string()));
+        }
+        Ok(())
+    }
+
     /// A topic with `partitions` partitions and the broker's default
     /// replication factor.
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
@@ -152,6 +172,9 @@ impl Admin {
     /// CreateTopics (librdkafka's mock cluster) gives
     /// [`Error::UnsupportedApi`].
     pub async fn create_topics(&self, topics: &[NewTopic]) -> Result<()> {
+        for topic in topics {
+            topic.check()?;
+        }
         let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
         let mut retry = self.retrier(format!("creating topics {names:?}"));
         let mut remaining: Vec<&NewTopic> = topics.iter().collect();
@@ -228,6 +251,13 @@ impl Admin {
             match ResponseError::try_from_code(result.error_code) {
                 None => debug!(target: "rill::admin", topic = %name, "created"),
                 Some(ResponseError::NotController) => again.push(name),
+                Some(ResponseError::UnknownTopicOrPartition) => {
+                    return Err(Error::broker(
+                        ApiKey::DeleteTopics,
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic {name} does not exist"),
+                    ));
+                }
                 Some(_) => check_with_message(
                     ApiKey::CreateTopics,
                     result.error_code,
@@ -246,6 +276,8 @@ impl Admin {
         while !remaining.is_empty() {
             match self.delete_once(&remaining, retry.remaining()).await {
                 Ok(left) => remaining.retain(|n| left.iter().any(|l| l == n)),
+                // Elsewhere a sign of stale metadata; here the answer.
+                Err(error) if error.code() == Some(ResponseError::UnknownTopicOrPartition) => return Err(error),
                 Err(error) => {
                     self.after(&mut retry, error).await?;
                     continue;
@@ -280,6 +312,13 @@ impl Admin {
             match ResponseError::try_from_code(result.error_code) {
                 None => debug!(target: "rill::admin", topic = %name, "deleted"),
                 Some(ResponseError::NotController) => again.push(name),
+                Some(ResponseError::UnknownTopicOrPartition) => {
+                    return Err(Error::broker(
+                        ApiKey::DeleteTopics,
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic {name} does not exist"),
+                    ));
+                }
                 Some(_) => check_with_message(
                     ApiKey::DeleteTopics,
                     result.error_code,
@@ -517,5 +556,18 @@ mod tests {
         assert_eq!(request.topics[0].partitions[0].current_leader_epoch, 3);
         let request = list_offsets_request(&partitions, IsolationLevel::ReadCommitted, timeout, 10);
         assert_eq!((request.isolation_level, request.timeout_ms), (1, 5_000));
+    }
+
+    #[test]
+    fn a_topic_needs_a_partition_and_a_replica() {
+        assert!(NewTopic::new("t", 1).check().is_ok());
+        let default = NewTopic { partitions: None, ..NewTopic::new("t", 1) };
+        assert!(default.check().is_ok(), "unset: the broker's default");
+        for partitions in [0, -1, -3] {
+            let error = NewTopic::new("t", partitions).check().unwrap_err();
+            assert!(error.to_string().contains("partitions of topic t"), "{error}");
+        }
+        let no_replicas = NewTopic { replication_factor: Some(0), ..NewTopic::new("t", 1) };
+        assert!(no_replicas.check().unwrap_err().to_string().contains("replication factor"));
     }
 }

@@ -59,11 +59,11 @@ pub(crate) enum Command {
 pub(crate) enum TopicCommand {
     /// Create a topic.
     Create {
-        /// Number of partitions (broker default when omitted).
-        #[arg(short, long)]
+        /// Number of partitions, at least 1 (broker default when omitted).
+        #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..))]
         partitions: Option<i32>,
-        /// Replication factor (broker default when omitted).
-        #[arg(short, long)]
+        /// Replication factor, at least 1 (broker default when omitted).
+        #[arg(short, long, value_parser = clap::value_parser!(i16).range(1..))]
         replication_factor: Option<i16>,
         /// A topic config, `key=value`. Repeatable.
         #[arg(short, long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
@@ -260,7 +260,7 @@ pub(crate) struct PerfProcessArgs {
     #[arg(long)]
     pub(crate) rate: Option<u64>,
     /// Partitions of the input and output topics.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
     pub(crate) partitions: i32,
 }
 
@@ -299,11 +299,14 @@ pub(crate) struct PerfProduceArgs {
 #[derive(Debug, ClapArgs)]
 pub(crate) struct DemoArgs {
     /// Partitions of the input and output topics.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
     pub(crate) partitions: i32,
     /// Web-log lines to generate and process.
     #[arg(long, default_value_t = 200_000)]
     pub(crate) lines: u64,
+    /// Also print the API versions negotiated with each broker.
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
 }
 
 /// `-X` settings for a processor, by client.

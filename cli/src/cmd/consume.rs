@@ -175,6 +175,10 @@ fn write_failed(error: std::io::Error) -> Result<(), CliError> {
     if closed_pipe(&error) { Ok(()) } else { Err(error.into()) }
 }
 
+/// How long a group consumer waits for its first assignment before it
+/// says what it waits for.
+const JOIN_NOTICE_AFTER: Duration = Duration::from_secs(2);
+
 pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliError> {
     let tokens = parse_format(&args.format)?;
     // The signal is seen between any two records, not only when the loop
@@ -236,7 +240,11 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
     let mut line = Vec::with_capacity(256);
     let mut printed = 0u64;
     let mut at_end: BTreeSet<TopicPartition> = BTreeSet::new();
-    let outcome: Result<(), CliError> = loop {
+    // A group join can take long (a coordinator holds it until the other
+    // members rejoin): after a while, say what the wait is for.
+    let mut waiting_notice = subscribed.then(|| tokio::time::Instant::now() + JOIN_NOTICE_AFTER);
+    let mut noticed = false;
+    let outcome: Result<(), CliError> = 'consume: loop {
         if args.count.is_some_and(|c| printed >= c) || stop.has_changed().unwrap_or(true) {
             break Ok(());
         }
@@ -248,9 +256,22 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                 if let Err(error) = unflushed.flush(&mut out, &handle) {
                     break write_failed(error);
                 }
-                tokio::select! {
-                    event = consumer.next_event() => event,
-                    _ = stop.changed() => break Ok(()),
+                loop {
+                    tokio::select! {
+                        event = consumer.next_event() => break event,
+                        _ = stop.changed() => break 'consume Ok(()),
+                        () = tokio::time::sleep_until(waiting_notice.unwrap_or_else(tokio::time::Instant::now)),
+                            if waiting_notice.is_some() =>
+                        {
+                            waiting_notice = None;
+                            noticed = true;
+                            eprintln!(
+                                "rill: waiting for group {} to assign partitions (the coordinator holds a join until \
+                                 the group's members have rejoined, up to the rebalance timeout)...",
+                                args.group.as_deref().unwrap_or_default()
+                            );
+                        }
+                    }
                 }
             }
         };
@@ -292,7 +313,16 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
                     at_end.remove(tp);
                 }
             }
-            Ok(Event::Assigned(_)) => {}
+            Ok(Event::Assigned(partitions)) => {
+                waiting_notice = None;
+                if std::mem::take(&mut noticed) {
+                    let named: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+                    eprintln!(
+                        "rill: assigned {}",
+                        if named.is_empty() { "nothing".to_owned() } else { named.join(", ") }
+                    );
+                }
+            }
             Ok(Event::Unreadable { partition, offset, skip_to, error }) => {
                 // As kcat: say so and go on after it.
                 let _ = unflushed.flush(&mut out, &handle);
@@ -339,7 +369,7 @@ pub(crate) async fn run(common: &Common, args: &ConsumeArgs) -> Result<(), CliEr
     let flushed = unflushed.flush(&mut out, &handle);
     drop(out);
     let closed = consumer.close(Duration::from_secs(10)).await;
-    eprintln!("rill: consumed {printed} records from {}", args.topic);
+    eprintln!("rill: consumed {} from {}", super::count(printed, "record"), args.topic);
     outcome?;
     if let Err(error) = flushed
         && !closed_pipe(&error)

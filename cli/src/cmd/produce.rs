@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use rill_client::TopicScope;
 use rill_client::producer::{DeliveryFuture, Header, Producer, Record};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -41,6 +42,9 @@ impl Tally {
 pub(crate) async fn run(common: &Common, args: &ProduceArgs) -> Result<(), CliError> {
     let mut stop = std::pin::pin!(super::stop_signal()?);
     let producer = Producer::new(common.producer_config(&args.producer)?)?;
+    // Fail at once when no broker answers, as every other command does,
+    // instead of after the delivery timeout of the first line.
+    producer.client().refresh_metadata(TopicScope::Named(vec![args.topic.clone()])).await?;
     let headers: Vec<Header<'_>> = args.headers.iter().map(|(k, v)| Header::new(k, Some(v.as_bytes()))).collect();
     let started = Instant::now();
     let mut input = BufReader::new(tokio::io::stdin());
@@ -92,8 +96,8 @@ pub(crate) async fn run(common: &Common, args: &ProduceArgs) -> Result<(), CliEr
         (failed, maybe) => format!(", {failed} failed ({maybe} of them may have been written)"),
     };
     eprintln!(
-        "rill: produced {} records to {} in {:.2} s{failed}",
-        tally.delivered,
+        "rill: produced {} to {} in {:.2} s{failed}",
+        super::count(tally.delivered, "record"),
         args.topic,
         started.elapsed().as_secs_f64(),
     );

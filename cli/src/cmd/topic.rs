@@ -19,12 +19,12 @@ pub(crate) async fn run(common: &Common, command: &TopicCommand) -> Result<(), C
             admin.create_topics(&[topic]).await?;
             let described = admin.describe_topics(&[name.as_str()]).await?;
             let partitions = described.first().map_or(0, |t| t.partitions.len());
-            println!("created topic {name} with {partitions} partitions");
+            println!("created topic {name} with {}", super::count(partitions as u64, "partition"));
         }
         TopicCommand::List => {
             for topic in admin.list_topics().await? {
                 let internal = if topic.internal { " (internal)" } else { "" };
-                println!("{}\t{} partitions{internal}", topic.name, topic.partitions.len());
+                println!("{}\t{}{internal}", topic.name, super::count(topic.partitions.len() as u64, "partition"));
             }
         }
         TopicCommand::Delete { name } => {

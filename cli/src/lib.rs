@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # The library
+//!
 //! The library half of the `rill` command-line tool: what its subcommands
 //! share with Rill's benchmarks and tests.
 //!

@@ -1,12 +1,17 @@
 //! `rill consume` and `rill produce` stopped by SIGTERM, as users stop them
 //! in pipelines: what `consume` commits never goes past what it wrote out
 //! (checked by librdkafka reading the group's commits), and `produce`
-//! delivers every line it read, says so, and exits 0.
+//! delivers every line it read, says so, and exits 0; `rill broker` runs
+//! a broker until stopped.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{exit_status, sigterm};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
@@ -14,23 +19,6 @@ use rill_client::producer::{Producer, ProducerConfig, Record};
 use rill_client::{Client, ClientConfig, NewTopic};
 use rill_testkit::Tansu;
 use rill_testkit::read::fetch_all;
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
-/// Waits for the child to exit, at most `within`.
-fn exit_status(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "rill did not stop within {within:?} of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The group's committed offsets as librdkafka reads them.
 fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
@@ -163,4 +151,23 @@ async fn produce_stopped_by_sigterm_delivers_what_it_read_and_exits_0() {
     let values: Vec<String> =
         records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
     assert_eq!(values, (0..LINES).map(|i| format!("line-{i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn broker_serves_until_sigterm() {
+    let mut broker = common::command().arg("broker").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut address = String::new();
+    std::io::BufReader::new(broker.stdout.take().unwrap()).read_line(&mut address).unwrap();
+    let address = address.trim().to_owned();
+    assert!(address.starts_with("127.0.0.1:"), "the first line is the address: {address:?}");
+
+    let metadata = common::rill(&["metadata", "-b", &address]);
+    assert!(metadata.status.success(), "{}", String::from_utf8_lossy(&metadata.stderr));
+    assert!(String::from_utf8_lossy(&metadata.stdout).contains("1 broker:"));
+
+    sigterm(&broker);
+    let status = exit_status(&mut broker, Duration::from_secs(10));
+    assert!(status.success(), "rill broker exited with {status}");
+    // The broker went with it.
+    assert!(std::net::TcpStream::connect(&address).is_err(), "{address} still accepts connections");
 }

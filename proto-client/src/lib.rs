@@ -1,7 +1,4 @@
-//! `rill-client`: a pure-Rust Apache Kafka client.
-//!
-//! It speaks the Kafka wire protocol itself, with the `kafka-protocol` crate
-//! for message schemas; there is no C library underneath.
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!

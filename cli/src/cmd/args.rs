@@ -53,6 +53,10 @@ pub(crate) enum Command {
     /// Run the demo end to end on a local broker (started here unless
     /// --brokers is given).
     Demo(DemoArgs),
+    /// Start a local broker (Tansu, installed on first use) and keep it
+    /// running until SIGINT or SIGTERM; its address is the first line on
+    /// stdout.
+    Broker,
 }
 
 #[derive(Debug, Subcommand)]

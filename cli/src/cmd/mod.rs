@@ -1,6 +1,7 @@
 //! Subcommands of the `rill` binary.
 
 pub(crate) mod args;
+mod broker;
 mod consume;
 mod demo;
 mod metadata;
@@ -25,6 +26,7 @@ pub(crate) async fn run(args: Args) -> Result<(), CliError> {
         Command::Perf(args::PerfCommand::Consume(perf)) => perf::consume(&args.common, perf).await,
         Command::Perf(args::PerfCommand::Process(perf)) => perf::process(&args.common, perf).await,
         Command::Demo(demo) => demo::run(&args.common, demo).await,
+        Command::Broker => broker::run().await,
     }
 }
 

@@ -3,7 +3,8 @@
 #![allow(dead_code, unreachable_pub, reason = "each test file uses a different part")]
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// `rill` with no settings from the environment (brokers, a config file,
 /// log filters).
@@ -29,4 +30,22 @@ pub fn rill_with_input(args: &[&str], input: &[u8]) -> Output {
         .expect("the rill binary runs");
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Sends SIGTERM to a child `rill`.
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, at most `within`.
+pub fn exit_status(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "rill did not stop within {within:?} of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

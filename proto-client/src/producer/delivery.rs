@@ -1,6 +1,6 @@
 //! Delivery results.
 //!
-//! A batch's records share one [`BatchDelivery`]: the batch's outcome is set
+//! A batch's records share one `BatchDelivery`: the batch's outcome is set
 //! once, and each record's [`DeliveryFuture`] is that shared state plus the
 //! record's index in the batch. A record costs an `Arc` clone, not a channel
 //! and an allocation of its own; a future dropped unawaited costs nothing

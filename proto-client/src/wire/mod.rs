@@ -3,7 +3,7 @@
 //! - [`ApiRequest`]: the requests this client sends, with the versions it
 //!   speaks and the response it expects.
 //! - `frame`: the size prefix, request header encoding, response decoding and
-//!   the incremental [`FrameReader`](frame::FrameReader).
+//!   the incremental `frame::FrameReader`.
 //! - [`versions`]: ApiVersions negotiation, the only place a version is
 //!   chosen.
 //! - `shape` (+ generated `shapes`): the walk that bounds every count in a

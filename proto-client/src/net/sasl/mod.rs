@@ -10,7 +10,7 @@
 //!  → session_lifetime_ms (KIP-368)       → the next session lifetime
 //! ```
 //!
-//! [`Exchange`] is the client side of one mechanism as a state machine: it
+//! `Exchange` is the client side of one mechanism as a state machine: it
 //! makes the first message, takes each server message and says what to send
 //! next or that it is done. No IO, no clock: the connection drives it, and
 //! unit tests drive it with scripted server messages (RFC 7677's vector for

@@ -12,7 +12,7 @@ pub mod serde;
 pub mod tracker;
 
 pub use processor::{
-    BoxError, ErrorTolerance, Input, IntoOutputs, Latency, LatencySnapshot, Metrics, MetricsSnapshot, Output,
+    BoxError, ErrorTolerance, Header, Input, IntoOutputs, Latency, LatencySnapshot, Metrics, MetricsSnapshot, Output,
     PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, RunningProcessor,
 };
 pub use serde::{DefaultSerde, Ignore, Serde, SerdeError};

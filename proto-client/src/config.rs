@@ -169,6 +169,7 @@ pub(crate) fn parse_properties(text: &str) -> Result<Vec<(String, String)>, (usi
 /// say so where they do not. Times are [`Duration`]s; the property names
 /// take milliseconds.
 #[derive(Debug, Clone)]
+#[must_use = "settings take effect only when given to a client"]
 pub struct ClientConfig {
     pub(crate) bootstrap_servers: Vec<BrokerAddress>,
     pub(crate) client_id: String,

@@ -76,7 +76,7 @@ async fn committed(cluster: &TestCluster, group: &str, topic: &str, partitions: 
 /// A spawned processor, stopped within 30 s.
 struct Running(RunningProcessor);
 
-fn start<K, V, OK, OV>(processor: Arc<Processor<K, V, OK, OV>>, instance: &str) -> Running
+fn start<K, V, OK, OV>(processor: Processor<K, V, OK, OV>, instance: &str) -> Running
 where
     K: Send + Sync + 'static,
     V: Send + Sync + 'static,
@@ -165,7 +165,7 @@ async fn transforms_filters_and_commits_the_watermark() {
         let lines: Vec<Vec<u8>> = (0..600).map(line).collect();
         write(cluster, &input, 3, &lines).await;
         let name = unique_topic("weblog");
-        let processor = Arc::new(processor_for(cluster, &name, &input, &output).build().unwrap());
+        let processor = processor_for(cluster, &name, &input, &output).build().unwrap();
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("every record", &metrics, |m| m.produced == 480 && m.filtered == 120).await;
@@ -204,12 +204,10 @@ async fn undecodable_input_is_skipped_dead_lettered_or_stops() {
         let output = unique_topic("proc-out");
         cluster.create_topic(&output, 1).await.unwrap();
         let name = unique_topic("skip");
-        let processor = Arc::new(
-            processor_for(cluster, &name, &input, &output)
-                .consume_error_tolerance(ErrorTolerance::All)
-                .build()
-                .unwrap(),
-        );
+        let processor = processor_for(cluster, &name, &input, &output)
+            .consume_error_tolerance(ErrorTolerance::Skip)
+            .build()
+            .unwrap();
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("skip", &metrics, |m| m.consumed == 6 && m.in_flight == 0 && m.skipped == 1).await;
@@ -221,12 +219,10 @@ async fn undecodable_input_is_skipped_dead_lettered_or_stops() {
         cluster.create_topic(&output, 1).await.unwrap();
         cluster.create_topic(&dead, 1).await.unwrap();
         let name = unique_topic("dlq");
-        let processor = Arc::new(
-            processor_for(cluster, &name, &input, &output)
-                .consume_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
-                .build()
-                .unwrap(),
-        );
+        let processor = processor_for(cluster, &name, &input, &output)
+            .consume_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
+            .build()
+            .unwrap();
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("dead letter", &metrics, |m| m.dead_lettered == 1 && m.consumed == 6 && m.in_flight == 0).await;
@@ -250,7 +246,7 @@ async fn undecodable_input_is_skipped_dead_lettered_or_stops() {
         let output = unique_topic("proc-out");
         cluster.create_topic(&output, 1).await.unwrap();
         let name = unique_topic("stop");
-        let processor = Arc::new(processor_for(cluster, &name, &input, &output).build().unwrap());
+        let processor = processor_for(cluster, &name, &input, &output).build().unwrap();
         let error = tokio::time::timeout(Duration::from_secs(60), processor.run("one", std::future::pending()))
             .await
             .expect("the processor stops on its own")
@@ -277,9 +273,8 @@ async fn a_truncated_input_is_processed_again_from_the_divergence() {
         write(cluster, &input, 1, &lines).await;
         let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 96).await.unwrap();
         let name = unique_topic("trunc");
-        let processor = Arc::new(
-            processor_for(cluster, &name, &input, &output).bootstrap_servers(proxy.bootstrap()).build().unwrap(),
-        );
+        let processor =
+            processor_for(cluster, &name, &input, &output).bootstrap_servers(proxy.bootstrap()).build().unwrap();
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("first pass", &metrics, |m| m.consumed == 20 && m.in_flight == 0).await;
@@ -330,8 +325,7 @@ async fn an_unreadable_batch_follows_the_consume_tolerance() {
         let output = unique_topic("proc-out");
         cluster.create_topic(&output, 1).await.unwrap();
         let name = unique_topic("skip");
-        let processor =
-            Arc::new(through_proxy(&name, &output).consume_error_tolerance(ErrorTolerance::All).build().unwrap());
+        let processor = through_proxy(&name, &output).consume_error_tolerance(ErrorTolerance::Skip).build().unwrap();
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("skip", &metrics, |m| m.consumed == 8 && m.in_flight == 0 && m.skipped == 1).await;
@@ -348,12 +342,10 @@ async fn an_unreadable_batch_follows_the_consume_tolerance() {
         cluster.create_topic(&output, 1).await.unwrap();
         cluster.create_topic(&dead, 1).await.unwrap();
         let name = unique_topic("dlq");
-        let processor = Arc::new(
-            through_proxy(&name, &output)
-                .consume_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
-                .build()
-                .unwrap(),
-        );
+        let processor = through_proxy(&name, &output)
+            .consume_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
+            .build()
+            .unwrap();
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("dead letter", &metrics, |m| m.dead_lettered == 1 && m.consumed == 8 && m.in_flight == 0).await;
@@ -376,7 +368,7 @@ async fn an_unreadable_batch_follows_the_consume_tolerance() {
         let output = unique_topic("proc-out");
         cluster.create_topic(&output, 1).await.unwrap();
         let name = unique_topic("stop");
-        let processor = Arc::new(through_proxy(&name, &output).build().unwrap());
+        let processor = through_proxy(&name, &output).build().unwrap();
         let error = tokio::time::timeout(Duration::from_secs(60), processor.run("one", std::future::pending()))
             .await
             .expect("the processor stops on its own")
@@ -408,7 +400,7 @@ async fn function_errors_follow_their_tolerance() {
                 .unwrap()
         };
         let name = unique_topic("fdlq");
-        let processor = Arc::new(failing(&name, ErrorTolerance::DeadLetter(dead.clone())));
+        let processor = failing(&name, ErrorTolerance::DeadLetter(dead.clone()));
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("dead letter", &metrics, |m| m.dead_lettered == 1 && m.consumed == 4 && m.in_flight == 0).await;
@@ -418,7 +410,7 @@ async fn function_errors_follow_their_tolerance() {
         assert!(letters[0].2.iter().any(|(k, v)| k == "rill.error.kind" && v.as_deref() == Some(b"function")));
 
         let name = unique_topic("fstop");
-        let error = failing(&name, ErrorTolerance::None).run("one", std::future::pending()).await.unwrap_err();
+        let error = failing(&name, ErrorTolerance::Stop).run("one", std::future::pending()).await.unwrap_err();
         assert!(matches!(error, ProcessorError::Function { offset: 2, .. }), "{error}");
         assert!(error.to_string().contains("cursed"), "{error}");
         let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
@@ -439,20 +431,18 @@ async fn an_output_that_cannot_be_sent_stops_and_is_retried_after_a_restart() {
         write(cluster, &input, 1, &lines).await;
         let name = unique_topic("big");
         // The producer refuses records over 2000 bytes: record 2's output.
-        let small = Arc::new(
-            processor_for(cluster, &name, &input, &output)
-                .producer_property("message.max.bytes", "2000")
-                .producer_property("batch.size", "2000")
-                .build()
-                .unwrap(),
-        );
+        let small = processor_for(cluster, &name, &input, &output)
+            .producer_property("message.max.bytes", "2000")
+            .producer_property("batch.size", "2000")
+            .build()
+            .unwrap();
         let error = small.run("one", std::future::pending()).await.unwrap_err();
         assert!(error.to_string().contains("message.max.bytes"), "{error}");
         let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
         assert!(stored.is_none_or(|o| o <= 2), "stored past the failed record: {stored:?}");
 
         // Restarted with room: the failed input is processed again.
-        let roomy = Arc::new(processor_for(cluster, &name, &input, &output).build().unwrap());
+        let roomy = processor_for(cluster, &name, &input, &output).build().unwrap();
         let metrics = roomy.metrics();
         let running = start(roomy, "one");
         until("after the restart", &metrics, |m| {
@@ -538,7 +528,7 @@ async fn async_calls_finish_out_of_order_and_outputs_keep_input_order() {
         let processor = builder::<Ignore, i64, String, i64>(cluster, &name, &input, &output)
             .input_value_serde(Arc::new(DecimalI64))
             .output_value_serde(Arc::new(DecimalI64))
-            .function_error_tolerance(ErrorTolerance::All)
+            .function_error_tolerance(ErrorTolerance::Skip)
             .async_function(8, move |input| {
                 let (calls, peak) = (calls.clone(), peak.clone());
                 async move {
@@ -555,7 +545,6 @@ async fn async_calls_finish_out_of_order_and_outputs_keep_input_order() {
             })
             .build()
             .unwrap();
-        let processor = Arc::new(processor);
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("every record", &metrics, |m| m.consumed == 1500 && m.in_flight == 0 && m.skipped == 15).await;
@@ -577,6 +566,39 @@ async fn async_calls_finish_out_of_order_and_outputs_keep_input_order() {
         let offsets = committed(cluster, &format!("{name}-group"), &input, 3).await;
         assert_eq!(offsets.values().copied().collect::<Vec<_>>(), [Some(500); 3]);
         eprintln!("async: at most {peak} calls at once");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_blocking_function_runs_off_the_runtime_and_in_parallel() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("blocking-in"), unique_topic("blocking-out"));
+        cluster.create_topic(&input, 1).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        let values: Vec<Vec<u8>> = (0..8).map(|i| format!("v{i}").into_bytes()).collect();
+        write(cluster, &input, 1, &values).await;
+        // Each call blocks its thread until four calls wait together. On the
+        // processor's task (or with fewer than four at once) the first call
+        // would block for ever; on one worker thread, so would any call the
+        // runtime ran itself.
+        let together = Arc::new(std::sync::Barrier::new(4));
+        let processor = builder::<Ignore, String, String, String>(cluster, &unique_topic("blocking"), &input, &output)
+            .blocking_function(4, move |input| {
+                together.wait();
+                Some(Output::new("k".to_owned(), input.value.to_uppercase()))
+            })
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("every record", &metrics, |m| m.produced == 8 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        let got = read_all(cluster, &output, 1, 8).await;
+        let values: Vec<String> =
+            got.into_iter().map(|(_, v, _)| String::from_utf8(v.unwrap().to_vec()).unwrap()).collect();
+        assert_eq!(values, (0..8).map(|i| format!("V{i}")).collect::<Vec<_>>(), "input order kept");
     })
     .await;
 }
@@ -627,7 +649,6 @@ async fn a_source_produces_until_stopped_and_its_errors_follow_the_tolerance() {
             })
             .build()
             .unwrap();
-        let processor = Arc::new(processor);
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("two thousand outputs", &metrics, |m| m.produced >= 2000).await;
@@ -667,9 +688,9 @@ async fn a_source_produces_until_stopped_and_its_errors_follow_the_tolerance() {
                 .build()
                 .unwrap()
         };
-        let error = failing(ErrorTolerance::None).run("one", std::future::pending()).await.unwrap_err();
+        let error = failing(ErrorTolerance::Stop).run("one", std::future::pending()).await.unwrap_err();
         assert!(matches!(&error, ProcessorError::Source(e) if e.to_string() == "the feed broke"), "{error:?}");
-        let skipping = Arc::new(failing(ErrorTolerance::All));
+        let skipping = failing(ErrorTolerance::Skip);
         let metrics = skipping.metrics();
         let running = start(skipping, "one");
         until("past the error", &metrics, |m| m.skipped == 1 && m.produced >= 10).await;
@@ -754,13 +775,11 @@ async fn a_second_instance_joins_and_leaves_mid_stream() {
         mock.create_topic(&output, 3, 1).unwrap();
         let name = unique_topic("reb");
         let build = || {
-            Arc::new(
-                weblog_processor(cluster, &name, &input, &output)
-                    .consumer_property("partition.assignment.strategy", "cooperative-sticky")
-                    .static_membership(false)
-                    .build()
-                    .unwrap(),
-            )
+            weblog_processor(cluster, &name, &input, &output)
+                .consumer_property("partition.assignment.strategy", "cooperative-sticky")
+                .static_membership(false)
+                .build()
+                .unwrap()
         };
         let count = 40_000;
         let feeding = feed(cluster, &input, 0, count, 2_000);
@@ -809,7 +828,7 @@ async fn out_of_order_completion_never_stores_past_an_undelivered_input() {
         let feeding = feed(cluster, &input, 0, count, 1_500);
         let crashes = async {
             for round in 0..3 {
-                let processor = Arc::new(weblog_processor(cluster, &name, &input, &output).build().unwrap());
+                let processor = weblog_processor(cluster, &name, &input, &output).build().unwrap();
                 let metrics = processor.metrics();
                 let running = start(processor, "one");
                 until("some progress", &metrics, |m| m.produced > 300).await;
@@ -821,7 +840,7 @@ async fn out_of_order_completion_never_stores_past_an_undelivered_input() {
             }
         };
         tokio::join!(feeding, crashes);
-        let processor = Arc::new(weblog_processor(cluster, &name, &input, &output).build().unwrap());
+        let processor = weblog_processor(cluster, &name, &input, &output).build().unwrap();
         let running = start(processor, "one");
         let seen = ids_in(cluster, &output, 3, count).await;
         running.stop().await.unwrap();

@@ -288,7 +288,7 @@ async fn a_processor_runs_over_sasl_ssl_across_reauthentications() {
     for &(key, value) in &secured {
         builder = builder.consumer_property(key, value).producer_property(key, value);
     }
-    let processor = std::sync::Arc::new(builder.build().unwrap());
+    let processor = builder.build().unwrap();
     let metrics = processor.metrics();
     let running = processor.spawn("one");
     let deadline = Instant::now() + Duration::from_secs(60);

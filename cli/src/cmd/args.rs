@@ -166,9 +166,10 @@ pub(crate) struct WeblogArgs {
     /// Processor name (group `NAME-group`).
     #[arg(long, default_value = "weblog")]
     pub(crate) name: String,
-    /// What to do with input that is not UTF-8: none (stop), all (skip),
-    /// or dead-letter:TOPIC.
-    #[arg(long, default_value = "none")]
+    /// What to do with input that is not UTF-8: stop, skip, or
+    /// dead-letter:TOPIC (`none` and `all` are Kafka Connect's names for
+    /// the first two).
+    #[arg(long, default_value = "stop")]
     pub(crate) tolerance: Tolerance,
     /// Where to start without a committed offset: earliest or latest.
     #[arg(long, default_value = "latest")]
@@ -187,11 +188,12 @@ impl std::str::FromStr for Tolerance {
 
     fn from_str(text: &str) -> Result<Self, String> {
         Ok(Tolerance(match text {
-            "none" => rill::ErrorTolerance::None,
-            "all" => rill::ErrorTolerance::All,
+            // Kafka Connect's errors.tolerance names, too.
+            "stop" | "none" => rill::ErrorTolerance::Stop,
+            "skip" | "all" => rill::ErrorTolerance::Skip,
             _ => match text.strip_prefix("dead-letter:") {
                 Some(topic) if !topic.is_empty() => rill::ErrorTolerance::DeadLetter(topic.to_owned()),
-                _ => return Err(format!("`{text}`: expected none, all or dead-letter:TOPIC")),
+                _ => return Err(format!("`{text}`: expected stop, skip or dead-letter:TOPIC")),
             },
         }))
     }
@@ -456,7 +458,7 @@ mod tests {
         assert_eq!(last("client.id").as_deref(), Some("from-x"), "-X overrides the file");
         assert_eq!(last("request.timeout.ms").as_deref(), Some("7000"));
         assert_eq!(last("bootstrap.servers").as_deref(), Some("file:1"), "the file can name the brokers");
-        args.common.client_config().unwrap();
+        let _config = args.common.client_config().unwrap();
         let args = Args::try_parse_from(["rill", "topic", "list", "--config-file", path, "-b", "flag:2"]).unwrap();
         let split = args.common.processor_properties(None).unwrap();
         assert_eq!(split.bootstrap.as_deref(), Some("flag:2"), "--brokers overrides the file");

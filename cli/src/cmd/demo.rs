@@ -72,7 +72,7 @@ impl Instance {
         OK: Send + Sync + 'static,
         OV: Send + Sync + 'static,
     {
-        Instance { id: id.to_owned(), running: Arc::new(processor).spawn(id) }
+        Instance { id: id.to_owned(), running: processor.spawn(id) }
     }
 
     fn snapshot(&self) -> MetricsSnapshot {

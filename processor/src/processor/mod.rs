@@ -26,7 +26,6 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use rill_client::consumer::{Consumer, ConsumerConfig};
 use rill_client::producer::{Producer, ProducerConfig};
-use rill_client::records::RecordHeader;
 use rill_client::{ConfigError, TopicScope};
 use tracing::info;
 
@@ -45,14 +44,32 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What to do with a record that cannot be processed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorTolerance {
-    /// Stop the processor with the error.
-    None,
+    /// Stop the processor with the error (Kafka Connect's
+    /// `errors.tolerance=none`).
+    Stop,
     /// Skip the record: counted and logged with its topic, partition and
-    /// offset.
-    All,
+    /// offset (`errors.tolerance=all`).
+    Skip,
     /// Forward the raw record to this topic, with headers naming the error
     /// and the source, and go on.
     DeadLetter(String),
+}
+
+/// A record header: a key (keys may repeat within a record) and a value
+/// that may be null. Input and output records carry the same type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The key.
+    pub key: String,
+    /// The value; `None` is a null value, not an empty one.
+    pub value: Option<Bytes>,
+}
+
+impl Header {
+    /// A header with this key and value.
+    pub fn new(key: impl Into<String>, value: Option<&[u8]>) -> Self {
+        Header { key: key.into(), value: value.map(Bytes::copy_from_slice) }
+    }
 }
 
 /// An input record, typed.
@@ -63,7 +80,7 @@ pub struct Input<K, V> {
     /// The value.
     pub value: V,
     /// Headers in wire order; keys may repeat.
-    pub headers: Vec<RecordHeader>,
+    pub headers: Vec<Header>,
     /// Milliseconds since the epoch.
     pub timestamp: i64,
     /// Where it came from.
@@ -81,8 +98,8 @@ pub struct Output<K, V> {
     pub key: K,
     /// The value.
     pub value: V,
-    /// Headers.
-    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Headers, in the order they are sent.
+    pub headers: Vec<Header>,
     /// A partition, instead of the partitioner's choice.
     pub partition: Option<i32>,
 }
@@ -95,7 +112,7 @@ impl<K, V> Output<K, V> {
 
     /// Adds a header.
     pub fn header(mut self, key: impl Into<String>, value: Option<&[u8]>) -> Self {
-        self.headers.push((key.into(), value.map(Bytes::copy_from_slice)));
+        self.headers.push(Header::new(key, value));
         self
     }
 
@@ -264,6 +281,7 @@ pub enum ProcessorError {
 }
 
 /// Builds a [`Processor`].
+#[must_use = "a builder does nothing until build()"]
 pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     name: Option<String>,
     bootstrap: Option<String>,
@@ -315,8 +333,8 @@ where
             bootstrap: None,
             input: None,
             output: None,
-            consume_tolerance: ErrorTolerance::None,
-            function_tolerance: ErrorTolerance::None,
+            consume_tolerance: ErrorTolerance::Stop,
+            function_tolerance: ErrorTolerance::Stop,
             function: None,
             in_key,
             in_value,
@@ -371,7 +389,10 @@ where
     }
 
     /// The function: an input to zero, one or many outputs (see
-    /// [`IntoOutputs`]).
+    /// [`IntoOutputs`]). It runs on the processor's task, between records:
+    /// it must not block (a file, a database driver, long CPU work). Give
+    /// such a function to [`Self::blocking_function`], and one that awaits
+    /// to [`Self::async_function`].
     pub fn function<R: IntoOutputs<OutK, OutV>>(
         mut self,
         function: impl Fn(Input<InK, InV>) -> R + Send + Sync + 'static,
@@ -397,6 +418,33 @@ where
             Arc::new(move |input| function(input).map(IntoOutputs::into_outputs).boxed());
         self.function = Some(Function::Async { call, concurrency: concurrency.max(1) });
         self
+    }
+
+    /// A plain function that may block: each call runs on tokio's
+    /// blocking thread pool (`spawn_blocking`), up to `concurrency` at once
+    /// (at least 1), so the runtime's worker threads stay free. Order and
+    /// offsets as for [`Self::async_function`]; a call that panics is a
+    /// panic of the processor's task, as it is for [`Self::function`].
+    pub fn blocking_function<R>(
+        self,
+        concurrency: usize,
+        function: impl Fn(Input<InK, InV>) -> R + Send + Sync + 'static,
+    ) -> Self
+    where
+        R: IntoOutputs<OutK, OutV> + 'static,
+    {
+        let function = Arc::new(function);
+        self.async_function(concurrency, move |input| {
+            let function = function.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || function(input).into_outputs()).await {
+                    Ok(outputs) => outputs,
+                    Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+                    // The runtime is shutting down.
+                    Err(failed) => Err(Box::new(failed) as BoxError),
+                }
+            }
+        })
     }
 
     /// Source mode: no input topic; the function is called again and again
@@ -549,8 +597,8 @@ where
             metrics: Arc::new(Metrics::default()),
         };
         // Every setting is checked now, not at `run`.
-        processor.consumer_config("check")?;
-        processor.producer_config("check")?;
+        let _checked = processor.consumer_config("check")?;
+        let _checked = processor.producer_config("check")?;
         Ok(processor)
     }
 }
@@ -574,7 +622,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// A processor started with [`Processor::spawn`].
+///
+/// Dropping it ends the processor's task at once, as [`Self::abort`] does:
+/// call [`Self::stop`] for a clean end.
 #[derive(Debug)]
+#[must_use = "dropping a RunningProcessor aborts it: call stop() for a clean end"]
 pub struct RunningProcessor {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ProcessorError>>,
@@ -752,7 +804,9 @@ where
 
     /// Runs in a task of its own (on the current tokio runtime) until
     /// [`RunningProcessor::stop`], or until `run` ends with an error.
-    pub fn spawn(self: Arc<Self>, instance_id: impl Into<String>) -> RunningProcessor
+    /// Dropping the [`RunningProcessor`] is a crash (see
+    /// [`RunningProcessor::abort`]); keep it, and stop it.
+    pub fn spawn(self, instance_id: impl Into<String>) -> RunningProcessor
     where
         InK: Sync,
         InV: Sync,

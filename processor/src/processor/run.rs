@@ -433,8 +433,8 @@ where
     ) -> Result<(), ProcessorError> {
         let (partition, offset) = (record.partition, record.offset);
         match tolerance {
-            ErrorTolerance::None => Err(stop()),
-            ErrorTolerance::All => {
+            ErrorTolerance::Stop => Err(stop()),
+            ErrorTolerance::Skip => {
                 warn!(target: "rill::processor", topic = %record.topic, partition, offset, kind, error = message,
                     "record skipped");
                 self.metrics().skipped.fetch_add(1, Ordering::Relaxed);
@@ -649,7 +649,11 @@ fn read<InK, InV, OutK, OutV>(
     Ok(Input {
         key,
         value,
-        headers: record.headers.clone(),
+        headers: record
+            .headers
+            .iter()
+            .map(|h| super::Header { key: h.key.to_string(), value: h.value.clone() })
+            .collect(),
         timestamp: record.timestamp,
         topic: record.topic.clone(),
         partition: record.partition,
@@ -673,7 +677,7 @@ pub(super) fn serialize<InK, InV, OutK, OutV>(
 
 /// Header views of an output, for its producer record.
 pub(super) fn header_views<K, V>(output: &Output<K, V>) -> Vec<Header<'_>> {
-    output.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect()
+    output.headers.iter().map(|h| Header::new(&h.key, h.value.as_deref())).collect()
 }
 
 /// The producer record of one serialized output.

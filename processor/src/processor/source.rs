@@ -57,8 +57,8 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
                     let outputs = match result {
                         Ok(outputs) => outputs,
                         Err(error) => match &processor.function_tolerance {
-                            ErrorTolerance::None => return Err(ProcessorError::Source(error)),
-                            ErrorTolerance::All => {
+                            ErrorTolerance::Stop => return Err(ProcessorError::Source(error)),
+                            ErrorTolerance::Skip => {
                                 warn!(target: "rill::processor", %error, "source error skipped");
                                 metrics.skipped.fetch_add(1, Ordering::Relaxed);
                                 Vec::new()

@@ -84,6 +84,7 @@ impl AssignmentStrategy {
 /// every 5 s of offsets stored automatically as records are returned,
 /// `auto.offset.reset=latest`, a 45 s session, 5 minutes between polls.
 #[derive(Debug, Clone)]
+#[must_use = "settings take effect only when given to a consumer"]
 pub struct ConsumerConfig {
     pub(crate) client: ClientConfig,
     pub(crate) group_id: Option<String>,

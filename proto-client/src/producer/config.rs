@@ -34,6 +34,7 @@ impl Acks {
 /// The defaults favour correctness first (idempotence on, `acks=all`) and
 /// throughput second (5 ms linger, batches up to 10,000 records or 1 MB).
 #[derive(Debug, Clone)]
+#[must_use = "settings take effect only when given to a producer"]
 pub struct ProducerConfig {
     pub(crate) client: ClientConfig,
     pub(crate) acks: Acks,
@@ -320,7 +321,11 @@ mod tests {
         assert!(bad(&[("batch.size", "2000000")]).contains("batch.size"));
         assert!(bad(&[("message.timeout.ms", "10")]).contains("delivery.timeout.ms"));
         // Without idempotence, acks=1 is fine.
-        ProducerConfig::from_properties([("bootstrap.servers", "b:1"), ("enable.idempotence", "false"), ("acks", "1")])
-            .unwrap();
+        let _fine = ProducerConfig::from_properties([
+            ("bootstrap.servers", "b:1"),
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+        ])
+        .unwrap();
     }
 }

@@ -569,6 +569,23 @@ where
                 return Err(ConfigError::Invalid(format!("`{key}` is set by the processor")));
             }
         }
+        // A revocation is drained before the member rejoins; the group
+        // waits for the rejoin at most max.poll.interval.ms (the rebalance
+        // timeout), so a longer drain would cost the member its place.
+        let poll_interval = self
+            .consumer_properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "max.poll.interval.ms")
+            .and_then(|(_, value)| value.trim().parse::<u64>().ok())
+            .map_or(self.max_poll_interval, Duration::from_millis);
+        if self.revoke_timeout >= poll_interval {
+            return Err(ConfigError::Invalid(format!(
+                "revoke_timeout ({:?}) must be shorter than max.poll.interval.ms ({poll_interval:?}): the group \
+                 removes a member that takes longer than that to rejoin, and a revocation is drained first",
+                self.revoke_timeout
+            )));
+        }
         for (key, _) in &self.producer_properties {
             if OWNED_PRODUCER_KEYS.contains(&key.as_str()) {
                 return Err(ConfigError::Invalid(format!("`{key}` is set by the processor")));
@@ -847,5 +864,64 @@ where
             tracing::debug!(target: "rill::processor", %error, "no broker answered yet");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serde::Ignore;
+
+    fn builder() -> ProcessorBuilder<Ignore, String, String, String> {
+        Processor::<Ignore, String, String, String>::builder()
+            .name("p")
+            .bootstrap_servers("localhost:9092")
+            .input_topic("in")
+            .output_topic("out")
+            .function(|input| Some(Output::new(String::new(), input.value)))
+    }
+
+    fn refused(builder: ProcessorBuilder<Ignore, String, String, String>) -> String {
+        builder.build().expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn build_checks_every_setting_without_a_broker() {
+        assert!(builder().build().is_ok());
+        let no_name = ProcessorBuilder::<Ignore, String, String, String>::with_serdes(
+            Ignore::serde(),
+            String::serde(),
+            String::serde(),
+            String::serde(),
+        )
+        .bootstrap_servers("b:1")
+        .input_topic("in")
+        .output_topic("out")
+        .function(|_| None::<Output<String, String>>);
+        assert!(refused(no_name).contains("needs a name"));
+        assert!(refused(builder().consumer_property("group.id", "g")).contains("`group.id` is set by the processor"));
+        assert!(
+            refused(builder().producer_property("enable.idempotence", "false")).contains("is set by the processor")
+        );
+        assert!(refused(builder().consumer_property("linger.msec", "1")).contains("linger.msec"), "unknown keys");
+    }
+
+    #[test]
+    fn a_revocation_drains_within_the_rebalance_timeout() {
+        // Defaults: 30 s of draining inside 300 s.
+        assert!(builder().build().is_ok());
+        let error =
+            refused(builder().revoke_timeout(Duration::from_secs(60)).max_poll_interval(Duration::from_secs(60)));
+        assert!(error.contains("revoke_timeout (60s) must be shorter than max.poll.interval.ms (60s)"), "{error}");
+        // The consumer property counts as well as the builder's setting.
+        let error = refused(builder().consumer_property("max.poll.interval.ms", "10000"));
+        assert!(error.contains("max.poll.interval.ms (10s)"), "{error}");
+        assert!(
+            builder()
+                .consumer_property("max.poll.interval.ms", "10000")
+                .revoke_timeout(Duration::from_secs(5))
+                .build()
+                .is_ok()
+        );
     }
 }

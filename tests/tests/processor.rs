@@ -603,6 +603,79 @@ async fn a_blocking_function_runs_off_the_runtime_and_in_parallel() {
     .await;
 }
 
+/// An output of a partition already revoked fails late (the mock answers
+/// its Produce with INVALID_RECORD after a 2 s round trip, while the
+/// revocation's drain gave up after 200 ms): the failure belongs to a
+/// partition this instance no longer owns, whose input was not stored, so
+/// the processor goes on; once it owns the partition again it processes
+/// the input again and delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_failure_of_a_revoked_partition_does_not_stop_the_processor() {
+    use rill_testkit::mock::{RDKafkaApiKey, RDKafkaRespErr};
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let (input, output) = (unique_topic("late-in"), unique_topic("late-out"));
+        let name = unique_topic("late");
+        let group = format!("{name}-group");
+        mock.create_topic(&input, 1, 1).unwrap();
+        mock.create_topic(&output, 1, 1).unwrap();
+        mock.partition_leader(&input, 0, Some(1)).unwrap();
+        mock.partition_leader(&output, 0, Some(3)).unwrap();
+        mock.group_coordinator(&group, 1).unwrap();
+        write(cluster, &input, 1, &[b"10.0.0.1 GET /late".to_vec()]).await;
+        // The output leader answers slowly, and the next Produce with an error.
+        mock.round_trip_time(3, Duration::from_secs(2)).unwrap();
+        mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD]).unwrap();
+
+        let eager = || {
+            builder::<Ignore, String, String, String>(cluster, &name, &input, &output)
+                .function(|input| Some(Output::new("k".to_owned(), input.value)))
+                .consumer_property("partition.assignment.strategy", "range")
+                .consumer_property("heartbeat.interval.ms", "100")
+                .static_membership(false)
+                .revoke_timeout(Duration::from_millis(200))
+        };
+        let a = eager().build().unwrap();
+        let metrics = a.metrics();
+        let running = start(a, "a");
+        until("the output is on its way", &metrics, |m| m.in_flight == 1).await;
+
+        // A second member: the eager rebalance revokes the partition.
+        // It bootstraps from broker 1 (the coordinator), not through the
+        // slow broker 3.
+        let first_broker = mock.bootstrap().split(',').next().unwrap();
+        let other = ConsumerConfig::new(rill_client::ClientConfig::new(first_broker).unwrap())
+            .group(&group)
+            .offset_reset(OffsetReset::Earliest)
+            .auto_commit(false, Duration::from_secs(5))
+            .session(Duration::from_secs(6), Duration::from_millis(100))
+            .strategies(vec![rill_client::consumer::AssignmentStrategy::Range]);
+        let mut other = Consumer::new(other).unwrap();
+        other.subscribe(&[input.as_str()]).unwrap();
+        // It reads a little (without committing) and leaves, so the
+        // partition comes back to the processor whichever member had it.
+        let other = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), other.recv()).await;
+            other.close(Duration::from_secs(5)).await.unwrap();
+        });
+        // The input is processed again after the revocation, and delivered
+        // once; the first output failed late, and did not stop the processor.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metrics.snapshot().produced < 1 {
+            assert!(!running.0.is_finished(), "the processor stopped: {:?}", running.stop().await);
+            assert!(Instant::now() < deadline, "no delivery: {:?}", metrics.snapshot());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        other.await.unwrap();
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.consumed, snapshot.produced), (2, 1), "processed twice, delivered once: {snapshot:?}");
+        running.stop().await.unwrap();
+        let got = read_all(cluster, &output, 1, 1).await;
+        assert_eq!(got.len(), 1);
+    })
+    .await;
+}
+
 /// `i64` as decimal text.
 struct DecimalI64;
 

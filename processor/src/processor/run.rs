@@ -488,8 +488,20 @@ where
     fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
         self.metrics().in_flight.fetch_sub(1, Ordering::Relaxed);
         let Outcome { origin: Origin { partition, generation, offset, timestamp, dead_letter }, result, at } = outcome;
-        if let Err(error) = result {
-            return Err(ProcessorError::Delivery { topic: self.topic.clone(), partition, offset, error });
+        let current = self.trackers.get(&partition).is_some_and(|tracked| tracked.generation == generation);
+        match result {
+            // The partition was given up (revoked, lost, truncated) while
+            // this output was in flight: its input was not stored past it,
+            // so the next owner processes it again. Nothing to stop for.
+            Err(error) if !current => {
+                warn!(target: "rill::processor", topic = %self.topic, partition, offset, %error,
+                    "an output of a partition given up meanwhile failed; its input will be processed again");
+                return Ok(());
+            }
+            Err(error) => {
+                return Err(ProcessorError::Delivery { topic: self.topic.clone(), partition, offset, error });
+            }
+            Ok(_) => {}
         }
         if dead_letter {
             self.metrics().dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -497,10 +509,10 @@ where
             self.metrics().produced.fetch_add(1, Ordering::Relaxed);
             self.metrics().latency.record_since(timestamp, at);
         }
-        let Some(tracked) = self.trackers.get_mut(&partition) else { return Ok(()) };
-        if tracked.generation != generation {
+        if !current {
             return Ok(()); // an outcome of a partition we gave up meanwhile
         }
+        let tracked = self.trackers.get_mut(&partition).expect("current: tracked");
         if let Err(error) = tracked.tracker.delivered(offset) {
             warn!(target: "rill::processor", partition, %error, "offset tracking");
         }

@@ -525,7 +525,10 @@ where
     }
 
     /// How long a revocation waits for the revoked partitions' outputs
-    /// before giving them up (default 30 s; later outcomes store nothing).
+    /// before giving them up (default 30 s; later outcomes store nothing,
+    /// and a later failure stops nothing). It must be shorter than
+    /// `max.poll.interval.ms`, the longest the group waits for the member
+    /// to rejoin; `build` checks.
     pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
         self.revoke_timeout = timeout;
         self

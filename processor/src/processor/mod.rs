@@ -25,7 +25,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use rill_client::consumer::{Consumer, ConsumerConfig};
+use rill_client::kafka_protocol::protocol::StrBytes;
 use rill_client::producer::{Producer, ProducerConfig};
+use rill_client::records::RecordHeader;
 use rill_client::{ConfigError, TopicScope};
 use tracing::info;
 
@@ -56,19 +58,33 @@ pub enum ErrorTolerance {
 }
 
 /// A record header: a key (keys may repeat within a record) and a value
-/// that may be null. Input and output records carry the same type.
+/// that may be null. Input and output records carry the same type; an
+/// input's headers share the fetched bytes (nothing is copied per record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// The key.
-    pub key: String,
-    /// The value; `None` is a null value, not an empty one.
-    pub value: Option<Bytes>,
+    key: StrBytes,
+    value: Option<Bytes>,
 }
 
 impl Header {
     /// A header with this key and value.
     pub fn new(key: impl Into<String>, value: Option<&[u8]>) -> Self {
-        Header { key: key.into(), value: value.map(Bytes::copy_from_slice) }
+        Header { key: StrBytes::from_string(key.into()), value: value.map(Bytes::copy_from_slice) }
+    }
+
+    /// An input record's header, sharing its bytes.
+    pub(crate) fn of_record(header: &RecordHeader) -> Self {
+        Header { key: header.key.clone(), value: header.value.clone() }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The value; `None` is a null value, not an empty one.
+    pub fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
     }
 }
 
@@ -907,6 +923,16 @@ mod tests {
             refused(builder().producer_property("enable.idempotence", "false")).contains("is set by the processor")
         );
         assert!(refused(builder().consumer_property("linger.msec", "1")).contains("linger.msec"), "unknown keys");
+    }
+
+    #[test]
+    fn an_input_header_shares_the_fetched_bytes() {
+        let fetched = RecordHeader { key: StrBytes::from_string("trace".into()), value: Some(Bytes::from("abc")) };
+        let header = Header::of_record(&fetched);
+        assert_eq!((header.key(), header.value()), ("trace", Some(&b"abc"[..])));
+        assert_eq!(header.key().as_ptr(), fetched.key.as_ptr(), "the key is not copied");
+        assert_eq!(header.value().unwrap().as_ptr(), fetched.value.as_ref().unwrap().as_ptr(), "nor the value");
+        assert_eq!(Header::new("k", None).value(), None);
     }
 
     #[test]

@@ -661,11 +661,7 @@ fn read<InK, InV, OutK, OutV>(
     Ok(Input {
         key,
         value,
-        headers: record
-            .headers
-            .iter()
-            .map(|h| super::Header { key: h.key.to_string(), value: h.value.clone() })
-            .collect(),
+        headers: record.headers.iter().map(super::Header::of_record).collect(),
         timestamp: record.timestamp,
         topic: record.topic.clone(),
         partition: record.partition,
@@ -689,7 +685,7 @@ pub(super) fn serialize<InK, InV, OutK, OutV>(
 
 /// Header views of an output, for its producer record.
 pub(super) fn header_views<K, V>(output: &Output<K, V>) -> Vec<Header<'_>> {
-    output.headers.iter().map(|h| Header::new(&h.key, h.value.as_deref())).collect()
+    output.headers.iter().map(|h| Header::new(h.key(), h.value())).collect()
 }
 
 /// The producer record of one serialized output.

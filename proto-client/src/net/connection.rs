@@ -77,8 +77,8 @@ impl Connection {
     /// `security.protocol` says SASL.
     ///
     /// Every address `host` resolves to is tried in turn. The TCP connect,
-    /// then the TLS handshake with ApiVersions and the SASL exchange, each
-    /// get `connection_setup_timeout`. A listener that closes the
+    /// the TLS handshake, ApiVersions and the SASL exchange each get
+    /// `connection_setup_timeout`. A listener that closes the
     /// connection before answering, or is silent halfway through, is asked
     /// on a second connection whether it speaks the other protocol (see
     /// `probe`): if it does, the error is fatal and names the setting.

@@ -161,10 +161,4 @@ mod tests {
         truncated.truncate(10);
         assert!(!is_api_versions_answer(truncated.freeze()), "not an ApiVersions body");
     }
-
-    #[test]
-    fn the_error_names_the_setting() {
-        assert!(explain(true).contains("set security.protocol=plaintext"));
-        assert!(explain(false).contains("set security.protocol=ssl"));
-    }
 }

@@ -37,7 +37,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rill::Latency;
 use rill_cli::perf::{Meter, Report};
-use rill_cli::perf::{ProcessLoad, feed, process_with_rill};
+use rill_cli::perf::{ProcessLoad, Work, feed, process_with_rill};
 use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
 use rill_testkit::{Tansu, unique_topic};
@@ -118,7 +118,9 @@ fn measure_throughput(
     let input = unique_topic("bench-process-in");
     (broker.create)(&[&input]);
     let config = ProducerConfig::new(ClientConfig::new(&broker.bootstrap).unwrap());
-    runtime.block_on(feed(config, &input, (0, messages), None, Some(PARTITIONS))).expect("the input is loaded");
+    runtime
+        .block_on(feed(config, &input, &Work::WebLog, (0, messages), None, Some(PARTITIONS)))
+        .expect("the input is loaded");
     alternate(name, rounds, |client| {
         let output = unique_topic("bench-process-out");
         (broker.create)(&[&output]);
@@ -159,6 +161,7 @@ fn child(args: &[String]) {
                 rate,
                 consumer_properties: latency_settings(rate),
                 producer_properties: Vec::new(),
+                work: Work::WebLog,
             };
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(process_with_rill(&load)).expect("rill run")
@@ -297,7 +300,7 @@ fn start_feeder(bootstrap: &str, input: &str, messages: u64, rate: u64) -> std::
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let config = ProducerConfig::new(ClientConfig::new(&bootstrap).unwrap());
-        let load = feed(config, &input, (0, messages), Some(rate), Some(PARTITIONS));
+        let load = feed(config, &input, &Work::WebLog, (0, messages), Some(rate), Some(PARTITIONS));
         runtime.block_on(load).expect("the feeder writes");
     })
 }

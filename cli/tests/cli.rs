@@ -327,6 +327,95 @@ async fn perf_process_reports_throughput_and_latency_in_one_json_line() {
     assert!(!listed.contains("rill-perf-"), "{listed}");
 }
 
+/// Reads every record of `topic` with librdkafka, an independent reader:
+/// `(partition, key, value)` in each partition's order, until `count`
+/// came and every partition reached its end after that (so a record more
+/// than `count` is read too).
+fn read_all_with_librdkafka(brokers: &str, topic: &str, count: u64) -> Vec<(i32, String, String)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "order-checker")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    assert!(!partitions.is_empty(), "{topic} exists");
+    let mut assignment = TopicPartitionList::new();
+    for partition in &partitions {
+        assignment.add_partition_offset(topic, *partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let mut at_end = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while (records.len() as u64) < count || at_end.len() < partitions.len() {
+        assert!(std::time::Instant::now() < deadline, "{} of {count} outputs read", records.len());
+        match consumer.poll(std::time::Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let text = |b: Option<&[u8]>| String::from_utf8(b.expect("set").to_vec()).unwrap();
+                records.push((message.partition(), text(message.key()), text(message.payload())));
+                at_end.remove(&message.partition());
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Some(Err(error)) => panic!("reader: {error}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// `rill perf process --order key`: keyed input (`key-<k>`, `<k>:<n>`)
+/// through a 5 ms async call, 64 at once; the report names the output
+/// topic, which is kept, and an independent reader finds each key's
+/// outputs exactly once and in input order. The same with `--order
+/// partition` (one call at a time per partition; fewer records, it is
+/// slower by design). Throughput is measured in the note, not here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_process_by_key_keeps_each_keys_order_and_loses_nothing() {
+    let tansu = tansu().await;
+    let brokers = tansu.bootstrap();
+    for (order, messages) in [("key", 20_000u64), ("partition", 3_000)] {
+        let count = messages.to_string();
+        let args = ["perf", "process", "-b", &brokers, "--order", order, "--concurrency", "64", "--call-ms", "5"];
+        let mut args = args.to_vec();
+        args.extend(["--keys", "1000", "--messages", &count]);
+        let run = rill(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let report = rill_cli::perf::Report::from_json(stdout(&run).trim()).expect("one JSON line");
+        assert_eq!((report.scenario.as_str(), report.messages, report.partitions), ("process", messages, 6));
+        let label = |name: &str| report.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(label("order").as_deref(), Some(order), "{report:?}");
+        let topic = label("output_topic").expect("the report names the output topic");
+        let through = brokers.clone();
+        let records =
+            tokio::task::spawn_blocking(move || read_all_with_librdkafka(&through, &topic, messages)).await.unwrap();
+        let mut next: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        let mut partition_of: std::collections::HashMap<u64, i32> = std::collections::HashMap::new();
+        for (partition, key, value) in &records {
+            let (k, n) = value.split_once(':').expect("<k>:<n>");
+            let (k, n): (u64, u64) = (k.parse().unwrap(), n.parse().unwrap());
+            assert_eq!(key, &format!("key-{k}"), "an output keeps its input's key");
+            assert_eq!(*partition_of.entry(k).or_insert(*partition), *partition, "one key, one output partition");
+            let expected = next.entry(k).or_default();
+            assert_eq!(n, *expected, "{order}: key-{k}'s outputs out of order or repeated");
+            *expected += 1;
+        }
+        assert_eq!(next.len(), 1000, "every key came out");
+        assert!(next.values().all(|n| *n == messages / 1000), "each key's every record, once");
+    }
+    // The input topics were deleted; the outputs were kept.
+    let listed = stdout(&rill(&["topic", "list", "-b", &brokers]));
+    assert!(!listed.contains("rill-perf-in-"), "{listed}");
+    assert_eq!(listed.matches("rill-perf-out-").count(), 2, "{listed}");
+}
+
 /// A batch that arrives damaged (the Kafka-aware proxy flips a byte of the
 /// first batch of a Fetch answer; Tansu's copy is intact) is reported on
 /// stderr and skipped, as kcat does; the records after it are printed.

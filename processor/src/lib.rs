@@ -12,8 +12,8 @@ pub mod serde;
 pub mod tracker;
 
 pub use processor::{
-    BoxError, ErrorTolerance, Header, Input, IntoOutputs, Latency, LatencySnapshot, Metrics, MetricsSnapshot, Output,
-    PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, RunningProcessor,
+    BoxError, ErrorTolerance, Header, Input, IntoOutputs, Keyless, Latency, LatencySnapshot, Metrics, MetricsSnapshot,
+    Order, Output, PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, RunningProcessor,
 };
 pub use serde::{DefaultSerde, Ignore, Serde, SerdeError};
 pub use tracker::OffsetTracker;

@@ -9,8 +9,10 @@
 //! its watermark is the offset after the last record of that prefix, the
 //! offset a restart resumes from.
 //!
-//! Records are started in offset order (the consumer returns them so);
-//! offsets the consumer never returns (transaction markers, compacted
+//! Records are begun in offset order (the consumer returns them so), when
+//! they are taken; their outputs are known only when their call is done,
+//! and calls may finish in any order (per-key or unordered processing).
+//! Offsets the consumer never returns (transaction markers, compacted
 //! records) are gaps the watermark steps over.
 
 use std::collections::VecDeque;
@@ -18,8 +20,9 @@ use std::collections::VecDeque;
 /// The done-state of one input partition's records in flight.
 #[derive(Debug, Clone, Default)]
 pub struct OffsetTracker {
-    /// Started records not yet retired, in offset order, with the number of
-    /// outputs each still waits for (0: done, waiting for the ones before).
+    /// Begun records not yet retired, in offset order, with the number of
+    /// outputs each still waits for (0: done, waiting for the ones before;
+    /// [`RUNNING`]: its outputs are not known yet).
     pending: VecDeque<(i64, u32)>,
     /// The offset after the last record retired: what may be stored.
     watermark: Option<i64>,
@@ -41,7 +44,13 @@ pub enum TrackerError {
     /// A completion for an offset not in flight (or with no outputs left).
     #[error("offset {0} is not waiting for an output")]
     NotInFlight(i64),
+    /// Outputs given for an offset not begun, or given twice.
+    #[error("offset {0} is not running")]
+    NotRunning(i64),
 }
+
+/// The count of a record begun whose outputs are not known yet.
+const RUNNING: u32 = u32::MAX;
 
 impl OffsetTracker {
     /// A tracker for a partition with nothing in flight.
@@ -53,27 +62,54 @@ impl OffsetTracker {
     /// `outputs` outputs to wait for (0: done at once). Returns the new
     /// watermark when it moved.
     pub fn start(&mut self, offset: i64, outputs: u32) -> Result<Option<i64>, TrackerError> {
+        self.begin(offset)?;
+        self.emitted(offset, outputs)
+    }
+
+    /// Records that `offset` was taken: it holds the watermark back until
+    /// [`Self::emitted`] gives its outputs and they are delivered.
+    pub fn begin(&mut self, offset: i64) -> Result<(), TrackerError> {
         if let Some(last) = self.last_started
             && offset <= last
         {
             return Err(TrackerError::OutOfOrder { offset, last });
         }
         self.last_started = Some(offset);
-        self.pending.push_back((offset, outputs));
-        Ok(self.retire())
+        self.pending.push_back((offset, RUNNING));
+        Ok(())
+    }
+
+    /// The call of a begun `offset` is done and produced `outputs` outputs
+    /// to wait for (0: done now). Returns the new watermark when it moved.
+    pub fn emitted(&mut self, offset: i64, outputs: u32) -> Result<Option<i64>, TrackerError> {
+        let index = self.index(offset).ok_or(TrackerError::NotRunning(offset))?;
+        let remaining = &mut self.pending[index].1;
+        if *remaining != RUNNING {
+            return Err(TrackerError::NotRunning(offset));
+        }
+        *remaining = outputs.min(RUNNING - 1);
+        Ok(if index == 0 { self.retire() } else { None })
+    }
+
+    /// Where `offset` is among the pending records.
+    fn index(&self, offset: i64) -> Option<usize> {
+        // Mostly the oldest record (outputs delivered in order) or the
+        // newest (a plain function's record, just begun).
+        if self.pending.front().is_some_and(|(o, _)| *o == offset) {
+            return Some(0);
+        }
+        if self.pending.back().is_some_and(|(o, _)| *o == offset) {
+            return Some(self.pending.len() - 1);
+        }
+        self.pending.binary_search_by_key(&offset, |(o, _)| *o).ok()
     }
 
     /// One output of `offset` was delivered. Returns the new watermark when
     /// it moved.
     pub fn delivered(&mut self, offset: i64) -> Result<Option<i64>, TrackerError> {
-        // Outputs mostly complete in input order: the oldest record first.
-        let index = if self.pending.front().is_some_and(|(o, _)| *o == offset) {
-            0
-        } else {
-            self.pending.binary_search_by_key(&offset, |(o, _)| *o).map_err(|_| TrackerError::NotInFlight(offset))?
-        };
+        let index = self.index(offset).ok_or(TrackerError::NotInFlight(offset))?;
         let remaining = &mut self.pending[index].1;
-        if *remaining == 0 {
+        if *remaining == 0 || *remaining == RUNNING {
             return Err(TrackerError::NotInFlight(offset));
         }
         *remaining -= 1;
@@ -98,14 +134,19 @@ impl OffsetTracker {
         self.watermark
     }
 
-    /// Records started and not retired (done or not).
+    /// Records begun and not retired (done or not).
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }
 
-    /// Outputs still awaited.
+    /// Outputs still awaited (of records whose call is done).
     pub fn outputs_awaited(&self) -> u64 {
-        self.pending.iter().map(|(_, n)| u64::from(*n)).sum()
+        self.pending.iter().filter(|(_, n)| *n != RUNNING).map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    /// Records begun whose outputs are not known yet.
+    pub fn running(&self) -> usize {
+        self.pending.iter().filter(|(_, n)| *n == RUNNING).count()
     }
 
     /// The lowest offset not done, if any.
@@ -145,6 +186,23 @@ mod tests {
         t.delivered(108).unwrap();
         assert_eq!(t.delivered(108), Err(TrackerError::NotInFlight(108)), "only one output awaited");
         assert_eq!(t.outputs_awaited(), 1);
+    }
+
+    #[test]
+    fn a_record_begun_holds_the_watermark_until_its_outputs_are_known_and_delivered() {
+        let mut t = OffsetTracker::new();
+        t.begin(0).unwrap();
+        t.begin(1).unwrap();
+        t.begin(2).unwrap();
+        assert_eq!(t.delivered(1), Err(TrackerError::NotInFlight(1)), "1's outputs are not known yet");
+        assert_eq!(t.emitted(2, 0), Ok(None), "2 finished first (another key)");
+        assert_eq!(t.emitted(1, 1), Ok(None));
+        assert_eq!(t.emitted(1, 1), Err(TrackerError::NotRunning(1)), "outputs given twice");
+        assert_eq!(t.emitted(7, 1), Err(TrackerError::NotRunning(7)));
+        assert_eq!((t.running(), t.outputs_awaited()), (1, 1));
+        assert_eq!(t.emitted(0, 0), Ok(Some(1)), "0 done; 1 waits for its output");
+        assert_eq!(t.delivered(1), Ok(Some(3)), "1 and 2 retire together");
+        assert_eq!(t.in_flight(), 0);
     }
 
     proptest! {

@@ -268,6 +268,46 @@ pub(crate) struct PerfProcessArgs {
     /// Partitions of the input and output topics.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
     pub(crate) partitions: i32,
+    /// Instead of the web-log processor: keyed records (`key-<k>`,
+    /// `<k>:<n>`) through an async call of --call-ms, ordered this way;
+    /// each output keeps its input's key and value, and the output topic
+    /// is kept (its name is in the report).
+    #[arg(long, value_enum)]
+    pub(crate) order: Option<OrderArg>,
+    /// Calls at once (with --order).
+    #[arg(long, default_value_t = 64, requires = "order", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: u32,
+    /// How long each call takes, in milliseconds (with --order).
+    #[arg(long, default_value_t = 5, requires = "order")]
+    pub(crate) call_ms: u64,
+    /// Distinct keys (with --order).
+    #[arg(long, default_value_t = 1000, requires = "order", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) keys: u64,
+}
+
+/// `--order` of `rill perf process`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OrderArg {
+    /// Calls overlap; each partition's outputs leave in input order.
+    Input,
+    /// One call at a time per partition.
+    Partition,
+    /// One call at a time per key; keyless records one at a time per
+    /// partition.
+    Key,
+    /// Calls overlap; outputs leave as calls finish.
+    Unordered,
+}
+
+impl OrderArg {
+    pub(crate) fn order(self) -> rill::Order {
+        match self {
+            OrderArg::Input => rill::Order::Input,
+            OrderArg::Partition => rill::Order::Partition,
+            OrderArg::Key => rill::Order::Key(rill::Keyless::Partition),
+            OrderArg::Unordered => rill::Order::Unordered,
+        }
+    }
 }
 
 #[derive(Debug, ClapArgs)]

@@ -4,8 +4,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rill_cli::perf::ProcessLoad;
+use std::time::Duration;
+
 use rill_cli::perf::{ConsumeLoad, ProduceLoad, consume_with_rill, produce_with_rill};
+use rill_cli::perf::{ProcessLoad, Work};
 use rill_client::producer::ProducerConfig;
 use rill_client::{Client, NewTopic};
 
@@ -43,6 +45,15 @@ pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(
         .admin()
         .create_topics(&[NewTopic::new(&input, args.partitions), NewTopic::new(&output, args.partitions)])
         .await?;
+    let work = match args.order {
+        None => Work::WebLog,
+        Some(order) => Work::Keyed {
+            order: order.order(),
+            concurrency: args.concurrency as usize,
+            call: Duration::from_millis(args.call_ms),
+            keys: args.keys,
+        },
+    };
     let load = ProcessLoad {
         bootstrap,
         input: input.clone(),
@@ -51,19 +62,25 @@ pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(
         rate: args.rate,
         consumer_properties: properties.consumer,
         producer_properties: properties.producer,
+        work,
     };
     let result = async {
         if args.rate.is_none() {
-            eprintln!("loading {} lines into {input}...", args.messages);
+            eprintln!("loading {} records into {input}...", args.messages);
             let config = ProducerConfig::new(client_config.clone());
-            rill_cli::perf::feed(config, &input, (0, args.messages), None, Some(args.partitions)).await?;
+            rill_cli::perf::feed(config, &input, &load.work, (0, args.messages), None, Some(args.partitions)).await?;
         }
         Ok::<_, CliError>(rill_cli::perf::process_with_rill(&load).await?)
     }
     .await;
-    // The topics were made for this run.
-    if let Err(error) = client.admin().delete_topics(&[input.as_str(), output.as_str()]).await {
-        eprintln!("rill: could not delete {input} and {output}: {error}");
+    // The topics were made for this run; a keyed run's output is kept for
+    // a reader to check.
+    let made: Vec<&str> = match load.work {
+        Work::WebLog => vec![&input, &output],
+        Work::Keyed { .. } => vec![&input],
+    };
+    if let Err(error) = client.admin().delete_topics(&made).await {
+        eprintln!("rill: could not delete {}: {error}", made.join(" and "));
     }
     println!("{}", result?.to_json());
     Ok(())

@@ -10,7 +10,7 @@
 
 mod process;
 
-pub use process::{ProcessLoad, feed, process_with_rill};
+pub use process::{ProcessLoad, Work, feed, order_name, process_with_rill};
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write as _};
@@ -76,6 +76,7 @@ impl Meter {
             cpu_us_per_msg: (cpu_user_s + cpu_sys_s) * 1e6 / messages.max(1) as f64,
             max_rss_kb: max_rss_kb(),
             extra: Vec::new(),
+            labels: Vec::new(),
         }
     }
 }
@@ -109,6 +110,8 @@ pub struct Report {
     pub max_rss_kb: i64,
     /// Scenario-specific numbers (`first_record_s`, …).
     pub extra: Vec<(String, f64)>,
+    /// Scenario-specific words (`order`, `output_topic`, …).
+    pub labels: Vec<(String, String)>,
 }
 
 /// The fields every report has, in the order they are written.
@@ -151,6 +154,9 @@ impl Report {
         for (key, value) in &self.extra {
             object.insert(key.clone(), (*value).into());
         }
+        for (key, value) in &self.labels {
+            object.insert(key.clone(), value.as_str().into());
+        }
         Value::Object(object).to_string()
     }
 
@@ -169,6 +175,12 @@ impl Report {
             .filter_map(|(key, value)| Some((key.clone(), value.as_f64()?)))
             .collect();
         extra.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut labels: Vec<(String, String)> = fields
+            .iter()
+            .filter(|(key, _)| !FIELDS.contains(&key.as_str()))
+            .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+            .collect();
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
         Some(Report {
             client: text("client")?,
             scenario: text("scenario")?,
@@ -183,6 +195,7 @@ impl Report {
             cpu_us_per_msg: number("cpu_us_per_msg")?,
             max_rss_kb: fields.get("max_rss_kb").and_then(Value::as_i64)?,
             extra,
+            labels,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! The measured processing run behind `rill perf process` and the
 //! processing benchmark: generated web-log lines in, the web-log processor
-//! between the topics, throughput and end-to-end latency out.
+//! between the topics, throughput and end-to-end latency out; or keyed
+//! records through an async call that takes a set time, under an
+//! [`Order`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +13,44 @@ use rill_client::{ClientConfig, TopicScope};
 use tokio::time::Instant;
 
 use crate::weblog;
-use rill::Ignore;
-use rill::{Processor, ProcessorError};
+use rill::{Order, Output, Processor, ProcessorError};
+
+/// What the processor does.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// The web-log processor (a plain function) over generated log lines.
+    WebLog,
+    /// One async call per record that sleeps for `call` (as a remote
+    /// lookup would), up to `concurrency` at once, ordered by `order`.
+    /// Input record `i` has the key `key-<k>` and the value `<k>:<n>`,
+    /// with `k = i % keys` and `n = i / keys` (that key's count from 0);
+    /// each output keeps its input's key and value. The output topic is
+    /// kept, for a reader to check.
+    Keyed {
+        /// How calls are ordered.
+        order: Order,
+        /// Calls at once.
+        concurrency: usize,
+        /// How long each call takes.
+        call: Duration,
+        /// Distinct keys.
+        keys: u64,
+    },
+}
+
+impl Work {
+    /// The key and value of generated record `id`.
+    pub fn record(&self, id: u64) -> (Option<String>, String) {
+        match self {
+            Work::WebLog => (None, weblog::line(id)),
+            Work::Keyed { keys, .. } => {
+                let keys = (*keys).max(1);
+                let (k, n) = (id % keys, id / keys);
+                (Some(format!("key-{k}")), format!("{k}:{n}"))
+            }
+        }
+    }
+}
 
 /// What a processing run does.
 #[derive(Debug, Clone)]
@@ -33,16 +71,20 @@ pub struct ProcessLoad {
     pub consumer_properties: Vec<(String, String)>,
     /// Extra producer settings.
     pub producer_properties: Vec<(String, String)>,
+    /// What the processor does.
+    pub work: Work,
 }
 
-/// Writes generated lines with ids `from..from + count` to `topic`, as fast
-/// as the producer takes them or at `rate` per second, and waits for every
-/// delivery. With `partitions`, line `id` goes to partition `id %
-/// partitions` (even spread; the sticky partitioner can fill one partition
-/// with several times its share, more than the mock cluster keeps).
+/// Writes generated records of `work` with ids `from..from + count` to
+/// `topic`, as fast as the producer takes them or at `rate` per second, and
+/// waits for every delivery. With `partitions`, keyless record `id` goes to
+/// partition `id % partitions` (even spread; the sticky partitioner can
+/// fill one partition with several times its share, more than the mock
+/// cluster keeps); keyed records go by their key's hash.
 pub async fn feed(
     config: ProducerConfig,
     topic: &str,
+    work: &Work,
     (from, count): (u64, u64),
     rate: Option<u64>,
     partitions: Option<i32>,
@@ -56,9 +98,12 @@ pub async fn feed(
             let due = started + Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
             tokio::time::sleep_until(due).await;
         }
-        let line = weblog::line(id);
-        let mut record = Record::to(topic).value(&line);
-        record.partition = partitions.map(|n| (id % n.max(1) as u64) as i32);
+        let (key, value) = work.record(id);
+        let mut record = Record::to(topic).value(&value);
+        match &key {
+            Some(key) => record = record.key(key),
+            None => record.partition = partitions.map(|n| (id % n.max(1) as u64) as i32),
+        }
         pending.push_back(producer.send(record).await?);
         while pending.front().is_some_and(|d| d.try_result().is_some()) {
             pending.pop_front().expect("checked").await?;
@@ -84,7 +129,8 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
         .map(|t| t.partitions.len())
         .ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(load.input.clone()))?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let mut builder = Processor::<Ignore, String, String, String>::builder()
+    let calls = Arc::new(CallTimes::default());
+    let builder = Processor::<Option<String>, String, Option<String>, String>::builder()
         .name(format!("rill-perf-{stamp}"))
         .bootstrap_servers(&load.bootstrap)
         .input_topic(&load.input)
@@ -92,8 +138,27 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
         .auto_offset_reset("earliest")
         .static_membership(false)
         .consumer_property("session.timeout.ms", "6000")
-        .consumer_property("heartbeat.interval.ms", "500")
-        .function(|input| weblog::process(&input.value));
+        .consumer_property("heartbeat.interval.ms", "500");
+    let mut builder = match &load.work {
+        Work::WebLog => builder.function(|input| {
+            let output = weblog::process(&input.value)?;
+            Some(Output { key: Some(output.key), value: output.value, headers: output.headers, partition: None })
+        }),
+        Work::Keyed { order, concurrency, call, .. } => {
+            let (call, calls) = (*call, calls.clone());
+            builder
+                .async_function(*concurrency, move |input| {
+                    let calls = calls.clone();
+                    async move {
+                        let started = Instant::now();
+                        tokio::time::sleep(call).await;
+                        calls.took(started.elapsed());
+                        Output::new(input.key, input.value)
+                    }
+                })
+                .order(order.clone())
+        }
+    };
     for (key, value) in &load.consumer_properties {
         builder = builder.consumer_property(key, value);
     }
@@ -143,14 +208,29 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
     wait_for!("waiting for the partitions", |m: &rill::MetricsSnapshot| m.partitions.len() == partitions);
     let feeder = load.rate.map(|rate| {
         let config = rill_client::producer::ProducerConfig::new(ClientConfig::new(&load.bootstrap).expect("checked"));
-        let (topic, messages) = (load.input.clone(), load.messages);
+        let (topic, messages, work) = (load.input.clone(), load.messages, load.work.clone());
         let partitions = i32::try_from(partitions).ok();
-        tokio::spawn(async move { feed(config, &topic, (0, messages), Some(rate), partitions).await })
+        tokio::spawn(async move { feed(config, &topic, &work, (0, messages), Some(rate), partitions).await })
     });
     wait_for!("waiting for the first record", |m: &rill::MetricsSnapshot| m.consumed > 0);
     let meter = Meter::start();
     wait_for!("processing", |m: &rill::MetricsSnapshot| m.produced >= load.messages);
-    let mut report = meter.finish("rill", "process", load.messages, weblog::line(0).len(), partitions);
+    let value_bytes = load.work.record(load.messages.saturating_sub(1)).1.len();
+    let mut report = meter.finish("rill", "process", load.messages, value_bytes, partitions);
+    if let Work::Keyed { order, concurrency, call, keys } = &load.work {
+        report.labels.extend([
+            ("order".to_owned(), order_name(order).to_owned()),
+            ("output_topic".to_owned(), load.output.clone()),
+        ]);
+        report.extra.extend([
+            ("concurrency".to_owned(), *concurrency as f64),
+            ("call_ms".to_owned(), call.as_secs_f64() * 1e3),
+            ("keys".to_owned(), *keys as f64),
+            // A timer rounds up to its next millisecond tick: what a call
+            // really took bounds the throughput at concurrency / this.
+            ("call_actual_ms".to_owned(), calls.mean().as_secs_f64() * 1e3),
+        ]);
+    }
     let latency = metrics.snapshot().latency;
     report.extra.extend([
         ("p50_ms".to_owned(), latency.p50.as_secs_f64() * 1e3),
@@ -163,6 +243,37 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
         feeder.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     }
     Ok(report)
+}
+
+/// How long calls took, summed.
+#[derive(Debug, Default)]
+struct CallTimes {
+    micros: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl CallTimes {
+    fn took(&self, elapsed: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn mean(&self) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        Duration::from_micros(self.micros.load(Relaxed) / self.count.load(Relaxed).max(1))
+    }
+}
+
+/// The name of an order, as `rill perf process --order` takes it.
+pub fn order_name(order: &Order) -> &'static str {
+    match order {
+        Order::Partition => "partition",
+        Order::Key(rill::Keyless::Partition) => "key",
+        Order::Key(rill::Keyless::Unordered) => "key-unordered-keyless",
+        Order::Unordered => "unordered",
+        _ => "input",
+    }
 }
 
 /// A task's own result, or its panic carried on.

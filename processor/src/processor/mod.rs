@@ -36,7 +36,10 @@ use crate::serde::{DefaultSerde, Serde, SerdeError};
 mod deliveries;
 mod metrics;
 mod run;
+mod schedule;
 mod source;
+
+pub use schedule::{Keyless, Order};
 
 pub use metrics::{Latency, LatencySnapshot, Metrics, MetricsSnapshot, PartitionMetrics};
 
@@ -180,9 +183,8 @@ type SourceFn<OutK, OutV> = dyn Fn() -> BoxFuture<Outputs<OutK, OutV>> + Send + 
 enum Function<InK, InV, OutK, OutV> {
     /// Called inline, one record at a time.
     Sync(Arc<SyncFn<InK, InV, OutK, OutV>>),
-    /// Up to `concurrency` calls under way; outputs leave in input order
-    /// per partition.
-    Async { call: Arc<AsyncFn<InK, InV, OutK, OutV>>, concurrency: usize },
+    /// Up to `concurrency` calls under way, ordered by `order`.
+    Async { call: Arc<AsyncFn<InK, InV, OutK, OutV>>, concurrency: usize, order: Order },
     /// No input: called again and again.
     Source(Arc<SourceFn<OutK, OutV>>),
 }
@@ -191,7 +193,9 @@ impl<InK, InV, OutK, OutV> Clone for Function<InK, InV, OutK, OutV> {
     fn clone(&self) -> Self {
         match self {
             Function::Sync(f) => Function::Sync(f.clone()),
-            Function::Async { call, concurrency } => Function::Async { call: call.clone(), concurrency: *concurrency },
+            Function::Async { call, concurrency, order } => {
+                Function::Async { call: call.clone(), concurrency: *concurrency, order: order.clone() }
+            }
             Function::Source(f) => Function::Source(f.clone()),
         }
     }
@@ -318,6 +322,8 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     revoke_timeout: Duration,
     shutdown_timeout: Duration,
     startup_timeout: Duration,
+    order: Order,
+    max_buffer_bytes: usize,
 }
 
 impl<InK, InV, OutK, OutV> std::fmt::Debug for ProcessorBuilder<InK, InV, OutK, OutV> {
@@ -364,6 +370,8 @@ where
             revoke_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
+            order: Order::Input,
+            max_buffer_bytes: 64 << 20,
         }
     }
 
@@ -432,7 +440,22 @@ where
     {
         let call: Arc<AsyncFn<InK, InV, OutK, OutV>> =
             Arc::new(move |input| function(input).map(IntoOutputs::into_outputs).boxed());
-        self.function = Some(Function::Async { call, concurrency: concurrency.max(1) });
+        self.function = Some(Function::Async { call, concurrency: concurrency.max(1), order: Order::Input });
+        self
+    }
+
+    /// How the calls of an async or blocking function are ordered. The default, [`Order::Input`], overlaps calls
+    /// and sends each partition's outputs in input order;
+    /// [`Order::Key`] runs one call at a time per key, so a slow key holds
+    /// back only itself. Under `Partition` and `Key` the processor takes
+    /// records while those it holds are under
+    /// [`Self::max_buffer_bytes`], so that calls of other keys and
+    /// partitions start while one waits (the consumer hands records out a
+    /// fetched chunk at a time, one partition's, often thousands); under
+    /// `Input` and `Unordered` it holds at most the concurrency. The
+    /// stored offset stays the contiguous prefix of done records. No effect on [`Self::function`].
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
         self
     }
 
@@ -550,6 +573,13 @@ where
         self
     }
 
+    /// The bytes (keys, values, headers) of the input records an async
+    /// function's calls may hold, waiting or running (default 64 MiB).
+    pub fn max_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffer_bytes = bytes.max(1);
+        self
+    }
+
     /// How long shutting down may take in all (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -569,7 +599,10 @@ where
         let name = self.name.ok_or_else(|| missing("a name"))?;
         let bootstrap = self.bootstrap.ok_or_else(|| missing("bootstrap servers"))?;
         let output = self.output.ok_or_else(|| missing("an output topic"))?;
-        let function = self.function.ok_or_else(|| missing("a function"))?;
+        let mut function = self.function.ok_or_else(|| missing("a function"))?;
+        if let Function::Async { order, .. } = &mut function {
+            *order = self.order;
+        }
         let input = match (&function, self.input) {
             (Function::Source(_), Some(topic)) => {
                 return Err(ConfigError::Invalid(format!("a source has no input topic (got `{topic}`)")));
@@ -630,6 +663,7 @@ where
             revoke_timeout: self.revoke_timeout,
             shutdown_timeout: self.shutdown_timeout,
             startup_timeout: self.startup_timeout,
+            max_buffer_bytes: self.max_buffer_bytes,
             metrics: Arc::new(Metrics::default()),
         };
         // Every setting is checked now, not at `run`.
@@ -717,6 +751,7 @@ pub struct Processor<InK, InV, OutK, OutV> {
     revoke_timeout: Duration,
     shutdown_timeout: Duration,
     startup_timeout: Duration,
+    max_buffer_bytes: usize,
     metrics: Arc<Metrics>,
 }
 

@@ -3,13 +3,14 @@
 //!
 //! One task runs the loop: it takes the next event from the consumer, the
 //! next finished call of an async function, or the next delivery outcome,
-//! whichever comes first. Calls of an async function finish in any order;
-//! each input partition keeps a queue of its calls in offset order and
-//! only its finished head is emitted, so outputs leave (and offsets are
-//! tracked) in input order. Records are taken from the consumer only while
-//! fewer than `concurrency` calls are queued.
+//! whichever comes first. Calls of an async function are started and
+//! emitted as the [`Scheduler`] says (by the [`Order`](super::Order)); every
+//! record is begun in its partition's tracker when it is taken, so the
+//! stored offset stays the contiguous done prefix whatever order calls
+//! finish in. Records are taken from the consumer only while the scheduler
+//! has room.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::deliveries::{Deliveries, Origin, Outcome};
+use super::schedule::{Admit, Held, Id, Order, Scheduler};
 use super::{BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, Processor, ProcessorError};
 use crate::serde::SerdeError;
 use crate::tracker::OffsetTracker;
@@ -48,20 +50,11 @@ type Called<OutK, OutV> = Result<Vec<Output<OutK, OutV>>, Failure>;
 
 /// A call of an async function that finished.
 struct Finished<OutK, OutV> {
-    partition: i32,
-    generation: u64,
-    offset: i64,
+    id: Id,
     result: Called<OutK, OutV>,
 }
 
 type Call<OutK, OutV> = Pin<Box<dyn Future<Output = Finished<OutK, OutV>> + Send>>;
-
-/// A record whose call is under way or finished but not yet emitted.
-struct Slot<OutK, OutV> {
-    generation: u64,
-    record: ConsumerRecord,
-    result: Option<Called<OutK, OutV>>,
-}
 
 pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     pub(super) processor: &'p Processor<InK, InV, OutK, OutV>,
@@ -75,10 +68,9 @@ pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     trackers: HashMap<i32, Tracked>,
     generation: u64,
     pending: Deliveries,
-    /// Async form: each partition's records in call order.
-    queues: HashMap<i32, VecDeque<Slot<OutK, OutV>>>,
+    /// Async form: which calls run and which results leave.
+    schedule: Scheduler<ConsumerRecord, Input<InK, InV>, Called<OutK, OutV>>,
     calls: FuturesUnordered<Call<OutK, OutV>>,
-    queued: usize,
 }
 
 /// One input partition's tracker, and what of it was last stored and
@@ -105,6 +97,21 @@ where
     OutV: Send + 'static,
 {
     pub(super) fn new(processor: &'p Processor<InK, InV, OutK, OutV>, consumer: Consumer, producer: Producer) -> Self {
+        let schedule = match &processor.function {
+            Function::Async { concurrency, order, .. } => {
+                // Under per-partition or per-key order, records of other
+                // lanes are taken while a lane waits. The consumer hands
+                // records out a fetched chunk at a time (one partition's,
+                // often thousands): the window must reach past a chunk for
+                // the next partition's records to be seen.
+                let records = match order {
+                    Order::Partition | Order::Key(_) => usize::MAX,
+                    _ => *concurrency,
+                };
+                Scheduler::new(order.clone(), *concurrency, Held { records, bytes: processor.max_buffer_bytes })
+            }
+            _ => Scheduler::new(Order::Input, 1, Held { records: 1, bytes: usize::MAX }),
+        };
         Run {
             processor,
             handle: consumer.handle(),
@@ -114,9 +121,8 @@ where
             trackers: HashMap::new(),
             generation: 0,
             pending: Deliveries::default(),
-            queues: HashMap::new(),
+            schedule,
             calls: FuturesUnordered::new(),
-            queued: 0,
         }
     }
 
@@ -124,17 +130,16 @@ where
         &self.processor.metrics
     }
 
-    /// How many records may wait in calls before the loop stops taking more.
-    fn concurrency(&self) -> usize {
+    /// Whether the loop may take another record.
+    fn has_room(&self) -> bool {
         match &self.processor.function {
-            Function::Async { concurrency, .. } => *concurrency,
-            _ => usize::MAX,
+            Function::Async { .. } => self.schedule.has_room(),
+            _ => true,
         }
     }
 
     pub(super) async fn main_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ProcessorError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let concurrency = self.concurrency();
         let mut tick = tokio::time::interval(STORE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -147,12 +152,12 @@ where
                 _ = tick.tick() => self.store_and_publish(),
                 Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
                 Some(finished) = self.calls.next(), if !self.calls.is_empty() => self.finished(finished).await?,
-                event = self.consumer.next_event(), if self.queued < concurrency => {
+                event = self.consumer.next_event(), if self.has_room() => {
                     self.handle_event(event?).await?;
                     // What was fetched with it is taken in a burst, without
                     // a turn through the select per record.
                     for _ in 0..BURST {
-                        if self.queued >= concurrency {
+                        if !self.has_room() {
                             break;
                         }
                         let Some(record) = self.consumer.try_next_record() else { break };
@@ -248,6 +253,7 @@ where
         self.generation += 1;
         let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
         self.trackers.insert(partition, tracked);
+        self.schedule.assign(partition, self.generation);
         self.generation
     }
 
@@ -277,14 +283,16 @@ where
             leader_epoch: None,
         };
         let failure = Err(Failure::Unreadable { error, skip_to });
+        // The range is tracked as one record, by its last offset: done, the
+        // watermark passes it.
+        let id = Id { partition: tp.partition, generation, offset: skip_to - 1 };
+        self.begin(id);
         match &self.processor.function {
             Function::Async { .. } => {
-                self.queued += 1;
-                let slot = Slot { generation, record, result: Some(failure) };
-                self.queues.entry(tp.partition).or_default().push_back(slot);
-                self.emit_ready(tp.partition).await?;
+                self.schedule.admit(id, None, 0, record, Admit::Done(failure));
+                self.pump().await?;
             }
-            _ => self.emit(record, generation, failure).await?,
+            _ => self.emit(id, record, failure).await?,
         }
         self.handle.seek(&tp, skip_to)?;
         Ok(())
@@ -304,74 +312,77 @@ where
             }
         };
         let processor = self.processor;
+        let id = Id { partition, generation, offset: record.offset };
+        self.begin(id);
         let input = read(processor, &record);
         match &processor.function {
             Function::Sync(function) => {
                 let result = input.and_then(|input| function(input).map_err(Failure::Function));
-                self.emit(record, generation, result).await
+                self.emit(id, record, result).await
             }
-            Function::Async { call, .. } => {
-                let offset = record.offset;
-                let queue = self.queues.entry(partition).or_default();
-                self.queued += 1;
-                match input {
-                    Err(failure) => queue.push_back(Slot { generation, record, result: Some(Err(failure)) }),
-                    Ok(input) => {
-                        queue.push_back(Slot { generation, record, result: None });
-                        let future = call(input);
-                        self.calls.push(Box::pin(async move {
-                            let result = future.await.map_err(Failure::Function);
-                            Finished { partition, generation, offset, result }
-                        }));
-                    }
-                }
-                self.emit_ready(partition).await
+            Function::Async { .. } => {
+                let key = record.key.clone();
+                let bytes = size(&record);
+                let admit = match input {
+                    Err(failure) => Admit::Done(Err(failure)),
+                    Ok(input) => Admit::Call(input),
+                };
+                self.schedule.admit(id, key.as_ref(), bytes, record, admit);
+                self.pump().await
             }
             Function::Source(_) => unreachable!("a source has no input"),
         }
     }
 
-    /// An async call finished: emit what is ready in its partition.
-    async fn finished(&mut self, finished: Finished<OutK, OutV>) -> Result<(), ProcessorError> {
-        let Finished { partition, generation, offset, result } = finished;
-        let Some(queue) = self.queues.get_mut(&partition) else { return Ok(()) };
-        let Some(slot) = queue.iter_mut().find(|s| s.generation == generation && s.record.offset == offset) else {
-            return Ok(()); // its partition was given up meanwhile
-        };
-        slot.result = Some(result);
-        self.emit_ready(partition).await
+    /// Emits what the scheduler let finish, then starts the calls it lets
+    /// run: a key's next call starts only after the outputs of the one
+    /// before were handed to the producer.
+    async fn pump(&mut self) -> Result<(), ProcessorError> {
+        while let Some((id, record, result)) = self.schedule.next_emit() {
+            self.emit(id, record, result).await?;
+        }
+        let Function::Async { call, .. } = &self.processor.function else { return Ok(()) };
+        while let Some((id, input)) = self.schedule.next_start() {
+            let future = call(input);
+            self.calls.push(Box::pin(async move {
+                let result = future.await.map_err(Failure::Function);
+                Finished { id, result }
+            }));
+        }
+        Ok(())
     }
 
-    /// Emits the finished head of a partition's queue, in offset order.
-    async fn emit_ready(&mut self, partition: i32) -> Result<(), ProcessorError> {
-        loop {
-            let Some(queue) = self.queues.get_mut(&partition) else { return Ok(()) };
-            if queue.front().is_none_or(|slot| slot.result.is_none()) {
-                return Ok(());
-            }
-            let Some(Slot { generation, record, result: Some(result) }) = queue.pop_front() else { return Ok(()) };
-            self.queued -= 1;
-            self.emit(record, generation, result).await?;
+    /// An async call finished: emit what it lets leave, start what it lets
+    /// run.
+    async fn finished(&mut self, finished: Finished<OutK, OutV>) -> Result<(), ProcessorError> {
+        self.schedule.finished(finished.id, finished.result);
+        self.pump().await
+    }
+
+    /// Begins a record in its partition's tracker (when it is taken).
+    fn begin(&mut self, id: Id) {
+        let Some(tracked) = self.trackers.get_mut(&id.partition) else { return };
+        if tracked.generation != id.generation {
+            return;
+        }
+        if let Err(error) = tracked.tracker.begin(id.offset) {
+            warn!(target: "rill::processor", partition = id.partition, %error, "offset tracking");
         }
     }
 
     /// Sends a record's outputs and tracks its offset, or applies the
-    /// tolerance of its failure.
-    async fn emit(
-        &mut self,
-        record: ConsumerRecord,
-        generation: u64,
-        result: Called<OutK, OutV>,
-    ) -> Result<(), ProcessorError> {
+    /// tolerance of its failure. `id` is how the record is tracked.
+    async fn emit(&mut self, id: Id, record: ConsumerRecord, result: Called<OutK, OutV>) -> Result<(), ProcessorError> {
         let processor = self.processor;
-        let (partition, offset) = (record.partition, record.offset);
+        let Id { partition, generation, offset: mark } = id;
+        let offset = record.offset;
         let outputs = match result {
             Ok(outputs) => outputs,
             Err(Failure::Deserialize { what, error }) => {
                 let message = format!("{what}: {error}");
                 let topic = record.topic.to_string();
                 return self
-                    .tolerate(&processor.consume_tolerance, record, generation, "deserialization", &message, || {
+                    .tolerate(&processor.consume_tolerance, record, id, "deserialization", &message, || {
                         ProcessorError::Deserialize { what, topic, partition, offset, error }
                     })
                     .await;
@@ -380,7 +391,7 @@ where
                 let message = error.to_string();
                 let topic = record.topic.to_string();
                 return self
-                    .tolerate(&processor.function_tolerance, record, generation, "function", &message, || {
+                    .tolerate(&processor.function_tolerance, record, id, "function", &message, || {
                         ProcessorError::Function { topic, partition, offset, error }
                     })
                     .await;
@@ -388,15 +399,11 @@ where
             Err(Failure::Unreadable { error, skip_to }) => {
                 let message = format!("offsets {offset} to {} cannot be read: {error}", skip_to - 1);
                 let topic = record.topic.to_string();
-                self.tolerate(&processor.consume_tolerance, record, generation, "unreadable", &message, || {
-                    ProcessorError::Unreadable { topic, partition, offset, skip_to, error }
-                })
-                .await?;
-                // The rest of the range is done with the first offset.
-                if skip_to - 1 > offset {
-                    self.track(partition, generation, skip_to - 1, 0);
-                }
-                return Ok(());
+                return self
+                    .tolerate(&processor.consume_tolerance, record, id, "unreadable", &message, || {
+                        ProcessorError::Unreadable { topic, partition, offset, skip_to, error }
+                    })
+                    .await;
             }
         };
         if outputs.is_empty() {
@@ -411,11 +418,12 @@ where
         let count = serialized.len() as u32;
         // Tracked before the sends: an output may be delivered before the
         // last one is even queued.
-        self.track(partition, generation, offset, count);
+        self.track(id, count);
         for ((key, value), output) in serialized.iter().zip(&outputs) {
             let headers = header_views(output);
             let delivery = self.producer.send(output_record(&processor.output, key, value, output, &headers)).await?;
-            let origin = Origin { partition, generation, offset, timestamp: record.timestamp, dead_letter: false };
+            let origin =
+                Origin { partition, generation, offset: mark, timestamp: record.timestamp, dead_letter: false };
             self.await_delivery(delivery, origin);
         }
         Ok(())
@@ -426,19 +434,20 @@ where
         &mut self,
         tolerance: &ErrorTolerance,
         record: ConsumerRecord,
-        generation: u64,
+        id: Id,
         kind: &str,
         message: &str,
         stop: impl FnOnce() -> ProcessorError,
     ) -> Result<(), ProcessorError> {
         let (partition, offset) = (record.partition, record.offset);
+        let Id { generation, offset: mark, .. } = id;
         match tolerance {
             ErrorTolerance::Stop => Err(stop()),
             ErrorTolerance::Skip => {
                 warn!(target: "rill::processor", topic = %record.topic, partition, offset, kind, error = message,
                     "record skipped");
                 self.metrics().skipped.fetch_add(1, Ordering::Relaxed);
-                self.track(partition, generation, offset, 0);
+                self.track(id, 0);
                 Ok(())
             }
             ErrorTolerance::DeadLetter(topic) => {
@@ -460,22 +469,24 @@ where
                 let mut out = Record::to(topic).headers(&headers);
                 out.key = record.key.as_deref();
                 out.value = record.value.as_deref();
-                self.track(partition, generation, offset, 1);
+                self.track(id, 1);
                 let delivery = self.producer.send(out).await?;
-                let origin = Origin { partition, generation, offset, timestamp: record.timestamp, dead_letter: true };
+                let origin =
+                    Origin { partition, generation, offset: mark, timestamp: record.timestamp, dead_letter: true };
                 self.await_delivery(delivery, origin);
                 Ok(())
             }
         }
     }
 
-    fn track(&mut self, partition: i32, generation: u64, offset: i64, outputs: u32) {
-        let Some(tracked) = self.trackers.get_mut(&partition) else { return };
-        if tracked.generation != generation {
+    /// A begun record's outputs are known: `outputs` to wait for.
+    fn track(&mut self, id: Id, outputs: u32) {
+        let Some(tracked) = self.trackers.get_mut(&id.partition) else { return };
+        if tracked.generation != id.generation {
             return;
         }
-        if let Err(error) = tracked.tracker.start(offset, outputs) {
-            warn!(target: "rill::processor", partition, %error, "offset tracking");
+        if let Err(error) = tracked.tracker.emitted(id.offset, outputs) {
+            warn!(target: "rill::processor", partition = id.partition, %error, "offset tracking");
         }
     }
 
@@ -537,9 +548,8 @@ where
         for (&partition, tracked) in &self.trackers {
             let tp = TopicPartition::new(&self.topic, partition);
             let watermark = tracked.tracker.watermark();
-            let queued = self.queues.get(&partition).map_or(0, VecDeque::len);
             let lag = self.handle.high_watermark(&tp).zip(watermark).map(|(end, mark)| (end - mark).max(0));
-            published.insert(tp, PartitionMetrics { watermark, in_flight: tracked.tracker.in_flight() + queued, lag });
+            published.insert(tp, PartitionMetrics { watermark, in_flight: tracked.tracker.in_flight(), lag });
         }
     }
 
@@ -564,7 +574,7 @@ where
         let deadline = Instant::now() + timeout;
         let busy = |run: &Self| {
             partitions.iter().any(|p| {
-                run.queues.get(p).is_some_and(|q| !q.is_empty())
+                run.schedule.held_in(*p).records > 0
                     || run.trackers.get(p).is_some_and(|t| t.tracker.outputs_awaited() > 0)
             })
         };
@@ -587,9 +597,7 @@ where
     fn release(&mut self, partitions: &[i32], store: bool) {
         let mut last = Vec::new();
         for partition in partitions {
-            if let Some(queue) = self.queues.remove(partition) {
-                self.queued -= queue.len();
-            }
+            self.schedule.remove(*partition);
             if let Some(tracked) = self.trackers.remove(partition)
                 && store
                 && let Some(watermark) = tracked.tracker.watermark()
@@ -643,6 +651,13 @@ where
         }
         Ok(())
     }
+}
+
+/// The bytes a record holds: key, value and headers.
+fn size(record: &ConsumerRecord) -> usize {
+    let field = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    let headers: usize = record.headers.iter().map(|h| h.key.len() + field(&h.value)).sum();
+    field(&record.key) + field(&record.value) + headers
 }
 
 /// Deserializes a record's key and value and builds the function's input.

@@ -134,6 +134,11 @@ impl OffsetTracker {
         self.watermark
     }
 
+    /// The highest offset begun.
+    pub fn last_begun(&self) -> Option<i64> {
+        self.last_started
+    }
+
     /// Records begun and not retired (done or not).
     pub fn in_flight(&self) -> usize {
         self.pending.len()

@@ -215,6 +215,20 @@ pub enum Error {
         interval: Duration,
     },
 
+    /// An offset to store is below what this assignment of the partition
+    /// already stored (or started from): storing it would move the next
+    /// commit backwards. Only a position the consumer moved back (a seek,
+    /// a truncation, an offset reset) lowers the floor.
+    #[error("offset {offset} of {partition} is below {floor}, already stored or started from in this assignment")]
+    OffsetBehind {
+        /// The partition.
+        partition: crate::TopicPartition,
+        /// The offset refused.
+        offset: i64,
+        /// The lowest offset that may be stored.
+        floor: i64,
+    },
+
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -264,6 +278,7 @@ impl Error {
             | Error::ProducerFailed { .. }
             | Error::NoOffset(_)
             | Error::LogTruncated { .. }
+            | Error::OffsetBehind { .. }
             | Error::Closed => ErrorAction::Fatal,
             Error::MaxPollIntervalExceeded { .. } => ErrorAction::Retry,
         }

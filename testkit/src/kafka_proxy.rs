@@ -16,6 +16,8 @@
 //! - [`RequestFault::ReplaceAnswer`]: the broker acts on the request; the
 //!   client is told it failed (an acks=all leader that appended, then lost
 //!   leadership while waiting for its replicas, answers this way).
+//! - [`KafkaProxy::out_of_range_next_fetch`]: a Fetch answer says
+//!   OFFSET_OUT_OF_RANGE for a partition.
 //! - [`KafkaProxy::diverge_next_fetch`]: a Fetch answer says the leader's
 //!   log parts from what the client read (KIP-320), as a Kafka leader
 //!   answers after an unclean election.
@@ -104,8 +106,9 @@ struct Inner {
     connections_seen: AtomicU64,
     /// Record batches still to corrupt in Fetch answers.
     corrupt: AtomicU64,
-    /// A diverging epoch owed to the next Fetch answer for a partition.
-    diverge: Mutex<Option<Divergence>>,
+    /// A diverging epoch or an error owed to the next Fetch answer for a
+    /// partition.
+    diverge: Mutex<Option<Owed>>,
     /// Produce requests with a batch larger than this are refused
     /// (`usize::MAX`: no limit).
     max_batch: std::sync::atomic::AtomicUsize,
@@ -179,10 +182,22 @@ impl KafkaProxy {
     /// it is. Counted in [`Self::faults_applied`] when applied.
     pub fn diverge_next_fetch(&self, topic: &str, partition: i32, leader_epoch: i32, end_offset: i64) {
         *self.inner.diverge.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Divergence { topic: topic.to_owned(), partition, leader_epoch, end_offset });
+            Some(Owed { topic: topic.to_owned(), partition, fault: FetchFault::Diverge { leader_epoch, end_offset } });
     }
 
-    /// Whether the divergence of [`Self::diverge_next_fetch`] is still owed.
+    /// Makes the next Fetch answer that carries `topic`/`partition` say
+    /// OFFSET_OUT_OF_RANGE for it instead of its records, as a broker
+    /// answers a position past its log's end (a topic deleted and made
+    /// again, a log lost and rebuilt). An answer carries a partition of an
+    /// incremental fetch session only when it has records or news: write to
+    /// it after this. Counted in [`Self::faults_applied`] when applied.
+    pub fn out_of_range_next_fetch(&self, topic: &str, partition: i32) {
+        *self.inner.diverge.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Owed { topic: topic.to_owned(), partition, fault: FetchFault::OutOfRange });
+    }
+
+    /// Whether the fault of [`Self::diverge_next_fetch`] or
+    /// [`Self::out_of_range_next_fetch`] is still owed.
     pub fn divergence_pending(&self) -> bool {
         self.inner.diverge.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
@@ -484,18 +499,19 @@ impl Inner {
         self.diverge.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
-    /// Answers for the owed partition with a diverging epoch instead of
-    /// records, if this Fetch answer carries it at v12 or later.
+    /// Answers for the owed partition with a diverging epoch (at v12 or
+    /// later) or an error instead of records, if this Fetch answer
+    /// carries it.
     fn diverge(&self, request: &Request, frame: Bytes) -> Result<Bytes, Bytes> {
         let version = request.version;
-        if version < 12 {
+        let mut owed = self.diverge.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(divergence) = owed.as_ref() else { return Err(frame) };
+        if version < 12 && matches!(divergence.fault, FetchFault::Diverge { .. }) {
             return Err(frame);
         }
         let Some((header, mut response)) = decode_answer::<FetchResponse>(&frame, version) else {
             return Err(frame);
         };
-        let mut owed = self.diverge.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(divergence) = owed.as_ref() else { return Err(frame) };
         let Some(data) = response
             .responses
             .iter_mut()
@@ -506,8 +522,12 @@ impl Inner {
             return Err(frame);
         };
         data.records = None;
-        data.diverging_epoch =
-            EpochEndOffset::default().with_epoch(divergence.leader_epoch).with_end_offset(divergence.end_offset);
+        match divergence.fault {
+            FetchFault::Diverge { leader_epoch, end_offset } => {
+                data.diverging_epoch = EpochEndOffset::default().with_epoch(leader_epoch).with_end_offset(end_offset);
+            }
+            FetchFault::OutOfRange => data.error_code = 1, // OFFSET_OUT_OF_RANGE
+        }
         *owed = None;
         self.faults.fetch_add(1, Ordering::Relaxed);
         encode(&header, &response, version).ok_or(frame)
@@ -518,13 +538,18 @@ impl Inner {
     }
 }
 
-/// A diverging epoch owed to a Fetch answer.
+/// A diverging epoch or an error owed to a Fetch answer.
 #[derive(Debug)]
-struct Divergence {
+struct Owed {
     topic: String,
     partition: i32,
-    leader_epoch: i32,
-    end_offset: i64,
+    fault: FetchFault,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FetchFault {
+    Diverge { leader_epoch: i32, end_offset: i64 },
+    OutOfRange,
 }
 
 /// The rule's fault, if its schedule picks this request.

@@ -133,6 +133,47 @@ async fn a_second_consumer_resumes_from_committed_offsets() {
     .await;
 }
 
+/// Within one assignment the stored offset never goes back: an offset
+/// below where the assignment started (the group's commit) or below one
+/// already stored is refused, so a late store (a processor's tracker of a
+/// partition lost and assigned again) cannot move the group's commit back.
+/// A seek back lowers the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_offset_never_goes_back_within_an_assignment() {
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let topic = unique_topic("store-floor");
+        let group = unique_topic("store-floor-group");
+        cluster.create_topic(&topic, 1).await.unwrap();
+        write_with_librdkafka(cluster, &topic, 0, 20, "none").await;
+        let tp = TopicPartition::new(&topic, 0);
+        let config = consumer_config(cluster).group(&group).auto_commit(false, Duration::from_secs(5));
+        let first = Consumer::new(config.clone()).unwrap();
+        first.handle().commit_offsets(&[(tp.clone(), 10)]).await.unwrap();
+        first.close(Duration::from_secs(5)).await.unwrap();
+
+        let mut consumer = Consumer::new(config.auto_offset_store(false)).unwrap();
+        consumer.assign(std::slice::from_ref(&tp));
+        assert_eq!(recv_within(&mut consumer, "the record at the commit").await.offset, 10);
+        let behind = |result: rill_client::Result<()>, expected: i64| match result {
+            Err(rill_client::Error::OffsetBehind { floor, offset, .. }) => assert_eq!((floor, offset), (expected, 5)),
+            other => panic!("storing 5 with the floor at {expected}: {other:?}"),
+        };
+        let handle = consumer.handle();
+        behind(handle.store_offsets(&[(tp.clone(), 5)]), 10);
+        handle.store_offsets(&[(tp.clone(), 12)]).unwrap();
+        behind(handle.store_offsets(&[(tp.clone(), 5)]), 12);
+        handle.commit().await.unwrap();
+        assert_eq!(handle.committed(std::slice::from_ref(&tp)).await.unwrap()[&tp], Some(12));
+        // Seeking back moves the floor down with the position.
+        handle.seek(&tp, 3).unwrap();
+        handle.store_offsets(&[(tp.clone(), 5)]).unwrap();
+        handle.commit().await.unwrap();
+        assert_eq!(handle.committed(std::slice::from_ref(&tp)).await.unwrap()[&tp], Some(5));
+        consumer.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seek_pause_resume_and_partition_eof() {
     each_broker(ClusterOptions::default(), async |cluster| {

@@ -298,6 +298,54 @@ async fn a_truncated_input_is_processed_again_from_the_divergence() {
     .await;
 }
 
+/// A fetch answered OFFSET_OUT_OF_RANGE (through the proxy, as a broker
+/// answers a position past a log that was rebuilt) makes the consumer
+/// reset to the earliest offset: the records come again from 0. The
+/// processor starts the partition's ledger over there (counted as a
+/// rewind) and processes every record again, the async calls of the
+/// second pass included; the committed watermark ends at the log's end.
+/// Before, the tracker refused the records that came again as out of
+/// order and only logged it: none of them was tracked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_reset_back_starts_the_partition_over() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("proc-rewind-in"), unique_topic("proc-rewind-out"));
+        cluster.create_topic(&input, 1).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        write(cluster, &input, 1, &(0..10).map(line).collect::<Vec<_>>()).await;
+        let proxy = rill_testkit::KafkaProxy::start(cluster.bootstrap(), 97).await.unwrap();
+        let name = unique_topic("rewind");
+        let processor = builder::<Ignore, String, String, String>(cluster, &name, &input, &output)
+            .bootstrap_servers(proxy.bootstrap())
+            .async_function(4, |input| async move { Output::new(String::new(), input.value) })
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        let at = |m: &MetricsSnapshot| m.partitions.first().and_then(|(_, p)| p.watermark);
+        until("first pass", &metrics, |m| m.produced == 10 && at(m) == Some(10)).await;
+        proxy.out_of_range_next_fetch(&input, 0);
+        // The answer that carries the partition again is the one refused.
+        write(cluster, &input, 1, &(10..15).map(line).collect::<Vec<_>>()).await;
+        until("second pass", &metrics, |m| m.produced == 25 && at(m) == Some(15) && m.in_flight == 0).await;
+        let snapshot = metrics.snapshot();
+        running.stop().await.unwrap();
+        assert_eq!(proxy.faults_applied(), 1);
+        assert_eq!((snapshot.consumed, snapshot.rewound), (25, 1), "{snapshot:?}");
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(15));
+        let outputs = read_all(cluster, &output, 1, 25).await;
+        let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        for (_, value, _) in outputs {
+            *counts.entry(value.unwrap()).or_default() += 1;
+        }
+        for i in 0..15 {
+            assert_eq!(counts.get(&line(i)), Some(&if i < 10 { 2 } else { 1 }), "line {i}");
+        }
+    })
+    .await;
+}
+
 /// A batch that arrives damaged (the Kafka-aware proxy flips a byte of the
 /// first batch in a Fetch answer; the broker's copy is intact) is an
 /// unreadable range, and the consume-error tolerance decides: skip past

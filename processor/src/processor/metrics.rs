@@ -16,6 +16,7 @@ pub struct Metrics {
     pub(super) skipped: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) in_flight: AtomicU64,
+    pub(super) rewound: AtomicU64,
     pub(super) partitions: Mutex<HashMap<TopicPartition, PartitionMetrics>>,
     /// Input timestamp → output delivered, per output.
     pub(super) latency: Latency,
@@ -48,6 +49,10 @@ pub struct MetricsSnapshot {
     pub dead_lettered: u64,
     /// Outputs awaiting delivery.
     pub in_flight: u64,
+    /// Times an input partition's records went back to an offset already
+    /// taken (the consumer reset an out-of-range position to an earlier
+    /// one) and its ledger started over from there.
+    pub rewound: u64,
     /// Per input partition.
     pub partitions: Vec<(TopicPartition, PartitionMetrics)>,
     /// End-to-end latency: input timestamp (CreateTime) → output delivered.
@@ -67,6 +72,7 @@ impl Metrics {
             skipped: self.skipped.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            rewound: self.rewound.load(Ordering::Relaxed),
             partitions,
             latency: self.latency.snapshot(),
         }

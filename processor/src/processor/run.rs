@@ -305,6 +305,21 @@ where
         self.metrics().consumed.fetch_add(1, Ordering::Relaxed);
         let partition = record.partition;
         let generation = match self.trackers.get(&partition) {
+            // The consumer went back without a truncation event: an
+            // out-of-range position reset to an earlier offset (a topic
+            // recreated, `auto.offset.reset=earliest`). What it gives from
+            // here on is what is processed and stored: the ledger starts
+            // over at this offset. What the old one had in flight settles
+            // into nothing; its records come again.
+            Some(tracked) if tracked.tracker.last_begun().is_some_and(|last| record.offset <= last) => {
+                warn!(target: "rill::processor", topic = %self.topic, partition, offset = record.offset,
+                    last = tracked.tracker.last_begun(), "the input went back (an offset reset); the partition \
+                    starts over from there");
+                self.metrics().rewound.fetch_add(1, Ordering::Relaxed);
+                self.release(&[partition], false);
+                self.store(&[(TopicPartition::new(&self.topic, partition), record.offset)]);
+                self.new_ledger(partition)
+            }
             Some(tracked) => tracked.generation,
             None => {
                 // Records come only after their assignment; be safe anyway.

@@ -328,6 +328,7 @@ fn resolved(
         Ok(Some((offset, leader_epoch))) => {
             ps.fetch_offset = Some(offset);
             ps.position = Some(offset);
+            ps.moved_to(offset);
             ps.fetch_epoch = leader_epoch;
             ps.position_epoch = leader_epoch;
             ps.validated_for = -1;

@@ -392,18 +392,24 @@ impl ConsumerHandle {
         let mut state = self.shared.lock();
         let ps = state.assigned_mut(&record.topic_partition())?;
         ps.sync(self.shared.config.auto_offset_store);
-        ps.store(record.offset + 1, record.leader_epoch);
-        Ok(())
+        ps.try_store(&record.topic_partition(), record.offset + 1, record.leader_epoch)
     }
 
-    /// Stores offsets (the next offset to consume) for the next commit.
-    /// A partition not assigned is an error.
+    /// Stores offsets (the next offset to consume) for the next commit,
+    /// in order; the first that fails stops the call. A partition not
+    /// assigned is an error, and so is an offset below what this
+    /// assignment of the partition already stored or started from
+    /// ([`Error::OffsetBehind`]): within an assignment the stored offset
+    /// never goes back, unless the consumer moved the position back (a
+    /// seek, a truncation, an offset reset). That keeps a late store (of
+    /// a partition lost and assigned again meanwhile) from moving the
+    /// next commit below what the group already committed.
     pub fn store_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         let mut state = self.shared.lock();
         for (tp, offset) in offsets {
             let ps = state.assigned_mut(tp)?;
             ps.sync(self.shared.config.auto_offset_store);
-            ps.store(*offset, None);
+            ps.try_store(tp, *offset, None)?;
         }
         Ok(())
     }
@@ -471,6 +477,7 @@ impl ConsumerHandle {
         let ps = state.assigned_mut(partition)?;
         ps.sync(self.shared.config.auto_offset_store);
         ps.restart(Some(offset), leader_epoch, Lookup::Done);
+        ps.moved_to(offset);
         // A position from elsewhere: validated before it is fetched from
         // (`restart` keeps the epoch the old position was validated for).
         ps.validated_for = -1;

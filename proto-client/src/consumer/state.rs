@@ -191,6 +191,10 @@ pub(crate) struct PartitionState {
     /// leader epoch of the record before it when known.
     pub(crate) stored: Option<i64>,
     pub(crate) stored_epoch: Option<i32>,
+    /// The lowest offset that may be stored in this assignment: where it
+    /// started, raised by every store, lowered only when the consumer
+    /// moves the position back (seek, truncation, reset).
+    pub(crate) store_floor: Option<i64>,
     /// Last committed offset, as far as this consumer knows.
     pub(crate) committed: Option<i64>,
     pub(crate) high_watermark: i64,
@@ -220,6 +224,7 @@ impl PartitionState {
             in_flight: false,
             stored: None,
             stored_epoch: None,
+            store_floor: None,
             committed: None,
             high_watermark: -1,
             eof_at: None,
@@ -255,15 +260,39 @@ impl PartitionState {
         self.position = Some(next);
         self.position_epoch = leader_epoch.or(self.position_epoch);
         if auto_store {
-            self.stored = Some(next);
-            self.stored_epoch = self.position_epoch;
+            self.store(next, self.position_epoch);
         }
     }
 
     /// Stores `offset` for the next commit, with the leader epoch of the
     /// record before it: as given, else the position's when `offset` is
-    /// the position.
-    pub(crate) fn store(&mut self, offset: i64, leader_epoch: Option<i32>) {
+    /// the position. An offset below the floor is refused: it would move
+    /// the next commit back.
+    pub(crate) fn try_store(
+        &mut self,
+        tp: &TopicPartition,
+        offset: i64,
+        leader_epoch: Option<i32>,
+    ) -> Result<(), Error> {
+        if let Some(floor) = self.store_floor
+            && offset < floor
+        {
+            return Err(Error::OffsetBehind { partition: tp.clone(), offset, floor });
+        }
+        self.store(offset, leader_epoch);
+        Ok(())
+    }
+
+    /// The position was moved to `offset` on purpose (the assignment's
+    /// start, a seek, a truncation, a reset): offsets from there on may be
+    /// stored. The floor only goes down: a seek forward leaves the records
+    /// before it storable.
+    pub(crate) fn moved_to(&mut self, offset: i64) {
+        self.store_floor = Some(self.store_floor.map_or(offset, |floor| floor.min(offset)));
+    }
+
+    fn store(&mut self, offset: i64, leader_epoch: Option<i32>) {
+        self.store_floor = Some(self.store_floor.map_or(offset, |floor| floor.max(offset)));
         self.stored = Some(offset);
         self.stored_epoch = leader_epoch.or(self.position_epoch.filter(|_| self.position == Some(offset)));
     }
@@ -294,6 +323,7 @@ impl PartitionState {
         match resolution.resume {
             Resume::At(offset) => {
                 self.restart(Some(offset), resolution.leader_epoch, Lookup::Done);
+                self.moved_to(offset);
                 self.validated_for = leader_epoch;
                 // Offsets past the divergence now hold other records: a
                 // commit of one would skip them.

@@ -754,10 +754,18 @@ async fn a_source_produces_until_stopped_and_its_errors_follow_the_tolerance() {
         cluster.create_topic(&output, 2).await.unwrap();
         let next = Arc::new(AtomicI64::new(0));
         let counter = next.clone();
+        // Each acknowledgement, with the outputs delivered when it came.
+        let acks: Arc<std::sync::Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let watched: Arc<std::sync::OnceLock<Arc<rill::Metrics>>> = Arc::default();
+        let (acked, watching) = (acks.clone(), watched.clone());
         let processor = Processor::<(), (), String, i64>::builder()
             .name(unique_topic("source"))
             .bootstrap_servers(cluster.bootstrap())
             .output_topic(&output)
+            .acknowledge(move |calls| {
+                let produced = watching.get().map_or(0, |m| m.snapshot().produced);
+                acked.lock().unwrap().push((calls, produced));
+            })
             .source(move || {
                 let call = counter.fetch_add(10, Ordering::SeqCst);
                 async move {
@@ -771,6 +779,7 @@ async fn a_source_produces_until_stopped_and_its_errors_follow_the_tolerance() {
             .build()
             .unwrap();
         let metrics = processor.metrics();
+        watched.set(metrics.clone()).unwrap();
         let running = start(processor, "one");
         until("two thousand outputs", &metrics, |m| m.produced >= 2000).await;
         running.stop().await.unwrap();
@@ -780,6 +789,17 @@ async fn a_source_produces_until_stopped_and_its_errors_follow_the_tolerance() {
         let calls = next.load(Ordering::SeqCst) / 10;
         let expected: Vec<i64> = (0..calls).filter(|c| c % 7 != 6).flat_map(|c| c * 10..c * 10 + 10).collect();
         assert_eq!(snapshot.produced, expected.len() as u64, "every output returned was delivered");
+        // Acknowledgements grow, never run ahead of the deliveries, and
+        // reach every call that finished (the one under way at the stop is
+        // dropped).
+        let acks = acks.lock().unwrap().clone();
+        let outputs_before = |n: u64| (0..n as i64).filter(|c| c % 7 != 6).count() as u64 * 10;
+        assert!(acks.windows(2).all(|w| w[0].0 < w[1].0), "{acks:?}");
+        for &(n, produced) in &acks {
+            assert!(produced >= outputs_before(n), "calls before {n} acknowledged with {produced} delivered");
+        }
+        let last = acks.last().expect("acknowledgements").0 as i64;
+        assert!(last == calls || last == calls - 1, "last acknowledged {last} of {calls} calls");
         let mut got: Vec<i64> = read_all(cluster, &output, 2, expected.len())
             .await
             .into_iter()

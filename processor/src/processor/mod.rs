@@ -324,6 +324,7 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     startup_timeout: Duration,
     order: Order,
     max_buffer_bytes: usize,
+    acknowledge: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl<InK, InV, OutK, OutV> std::fmt::Debug for ProcessorBuilder<InK, InV, OutK, OutV> {
@@ -372,6 +373,7 @@ where
             startup_timeout: Duration::from_secs(30),
             order: Order::Input,
             max_buffer_bytes: 64 << 20,
+            acknowledge: None,
         }
     }
 
@@ -502,6 +504,19 @@ where
         self
     }
 
+    /// Source mode: tells the source which of its outputs were delivered.
+    /// Calls of the source are numbered from 0 in the order they are made;
+    /// `acknowledge(n)` says that every output of every call before `n` was
+    /// delivered (a call that returned nothing or whose error was skipped
+    /// is done at once; one dead-lettered, when its dead letter is). `n`
+    /// only grows, and comes from the processor's task: keep it short (a
+    /// channel send, an atomic store). A source that reads from elsewhere
+    /// acknowledges there what is now safe in Kafka.
+    pub fn acknowledge(mut self, acknowledge: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.acknowledge = Some(Arc::new(acknowledge));
+        self
+    }
+
     /// Reads input keys with this serde instead of the type's default.
     pub fn input_key_serde(mut self, serde: Arc<dyn Serde<InK>>) -> Self {
         self.in_key = serde;
@@ -611,6 +626,11 @@ where
             (_, None) => return Err(missing("an input topic (or a source)")),
             (_, input) => input,
         };
+        if self.acknowledge.is_some() && input.is_some() {
+            return Err(ConfigError::Invalid(
+                "acknowledge is for a source; a processor's input is acknowledged by its committed offsets".into(),
+            ));
+        }
         if let ErrorTolerance::DeadLetter(topic) = &self.consume_tolerance
             && input.is_none()
         {
@@ -664,6 +684,7 @@ where
             shutdown_timeout: self.shutdown_timeout,
             startup_timeout: self.startup_timeout,
             max_buffer_bytes: self.max_buffer_bytes,
+            acknowledge: self.acknowledge,
             metrics: Arc::new(Metrics::default()),
         };
         // Every setting is checked now, not at `run`.
@@ -752,6 +773,7 @@ pub struct Processor<InK, InV, OutK, OutV> {
     shutdown_timeout: Duration,
     startup_timeout: Duration,
     max_buffer_bytes: usize,
+    acknowledge: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     metrics: Arc<Metrics>,
 }
 
@@ -958,6 +980,7 @@ mod tests {
             refused(builder().producer_property("enable.idempotence", "false")).contains("is set by the processor")
         );
         assert!(refused(builder().consumer_property("linger.msec", "1")).contains("linger.msec"), "unknown keys");
+        assert!(refused(builder().acknowledge(|_| {})).contains("acknowledge is for a source"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Source mode: no input topic; the function is called again and again
 //! and its outputs are produced. There are no input offsets: a delivery
 //! error stops the loop, a shutdown flushes and waits for what was sent.
+//! Calls are numbered from 0 and tracked as offsets are: the contiguous
+//! prefix of calls whose outputs were all delivered is acknowledged to the
+//! source, if it asked ([`ProcessorBuilder::acknowledge`](super::ProcessorBuilder::acknowledge)).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +17,34 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ErrorTolerance, Processor, ProcessorError, SourceFn, run};
+use crate::tracker::OffsetTracker;
+
+/// Which calls are delivered, and the acknowledgement of the prefix.
+struct Acks<'a> {
+    tracker: OffsetTracker,
+    acknowledge: Option<&'a (dyn Fn(u64) + Send + Sync)>,
+}
+
+impl Acks<'_> {
+    fn moved(&self, watermark: Option<i64>) {
+        if let (Some(acknowledge), Some(calls)) = (self.acknowledge, watermark) {
+            acknowledge(calls as u64);
+        }
+    }
+
+    /// Call `call` sent `outputs` outputs.
+    fn called(&mut self, call: i64, outputs: u32) {
+        let moved = self.tracker.start(call, outputs).unwrap_or_else(|error| unreachable!("calls in order: {error}"));
+        self.moved(moved);
+    }
+
+    fn delivered(&mut self, call: i64) {
+        match self.tracker.delivered(call) {
+            Ok(moved) => self.moved(moved),
+            Err(error) => warn!(target: "rill::processor", %error, "source call tracking"),
+        }
+    }
+}
 
 /// After a call that returned nothing, the next one waits this long.
 const SOURCE_IDLE: Duration = Duration::from_millis(10);
@@ -38,6 +69,8 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
         .boxed()
     };
     let mut call = next_call(false);
+    let mut number: i64 = 0;
+    let mut acks = Acks { tracker: OffsetTracker::new(), acknowledge: processor.acknowledge.as_deref() };
     let result: Result<(), ProcessorError> = async {
         loop {
             tokio::select! {
@@ -48,12 +81,15 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
                 }
                 Some(result) = pending.next(), if !pending.is_empty() => {
                     metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    let (result, dead_letter): (Result<_, rill_client::Error>, bool) = result;
+                    let (result, dead_letter, of): (Result<_, rill_client::Error>, bool, i64) = result;
                     result.map_err(ProcessorError::SourceDelivery)?;
                     let counter = if dead_letter { &metrics.dead_lettered } else { &metrics.produced };
                     counter.fetch_add(1, Ordering::Relaxed);
+                    acks.delivered(of);
                 }
                 result = &mut call => {
+                    let this = number;
+                    number += 1;
                     let outputs = match result {
                         Ok(outputs) => outputs,
                         Err(error) => match &processor.function_tolerance {
@@ -71,7 +107,8 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
                                 ];
                                 let delivery = producer.send(Record::to(topic).headers(&headers)).await?;
                                 metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                                pending.push(delivery.map(|r| (r, true)).boxed());
+                                acks.called(this, 1);
+                                pending.push(delivery.map(move |r| (r, true, this)).boxed());
                                 call = next_call(false);
                                 continue;
                             }
@@ -81,12 +118,15 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
                         metrics.filtered.fetch_add(1, Ordering::Relaxed);
                     }
                     let serialized = run::serialize(processor, &outputs).map_err(ProcessorError::SourceOutput)?;
+                    // Tracked before the sends: an output may be delivered
+                    // before the last one is even queued.
+                    acks.called(this, serialized.len() as u32);
                     for ((key, value), output) in serialized.iter().zip(&outputs) {
                         let headers = run::header_views(output);
                         let record = run::output_record(&processor.output, key, value, output, &headers);
                         let delivery = producer.send(record).await?;
                         metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                        pending.push(delivery.map(|r| (r, false)).boxed());
+                        pending.push(delivery.map(move |r| (r, false, this)).boxed());
                     }
                     call = next_call(outputs.is_empty());
                 }
@@ -99,7 +139,7 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
     let deadline = Instant::now() + processor.shutdown_timeout;
     if result.is_ok() {
         let _ = tokio::time::timeout_at(deadline, producer.flush()).await;
-        while let Ok(Some((outcome, dead_letter))) = tokio::time::timeout_at(deadline, pending.next()).await {
+        while let Ok(Some((outcome, dead_letter, of))) = tokio::time::timeout_at(deadline, pending.next()).await {
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             match outcome {
                 Ok(_) if dead_letter => metrics.dead_lettered.fetch_add(1, Ordering::Relaxed),
@@ -109,6 +149,7 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
                     return Err(ProcessorError::SourceDelivery(error));
                 }
             };
+            acks.delivered(of);
         }
     }
     let closed =

@@ -13,7 +13,8 @@ pub mod tracker;
 
 pub use processor::{
     BoxError, ErrorTolerance, Header, Input, IntoOutputs, Keyless, Latency, LatencySnapshot, Metrics, MetricsSnapshot,
-    Order, Output, PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, RunningProcessor,
+    Order, Output, PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, Retry, RunningProcessor, Stage,
+    TimedOut,
 };
 pub use serde::{DefaultSerde, Ignore, Serde, SerdeError};
 pub use tracker::OffsetTracker;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rill::{
-    DefaultSerde, ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError, RunningProcessor,
+    DefaultSerde, ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError, Retry, RunningProcessor,
+    Stage,
 };
 use rill_client::TopicPartition;
 use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
@@ -988,6 +989,262 @@ async fn out_of_order_completion_never_stores_past_an_undelivered_input() {
         let duplicates: u32 = seen.values().map(|n| n - 1).sum();
         eprintln!("out of order: {count} ids, {duplicates} duplicates after 3 crashes");
         assert_eq!(seen.len() as u64, count);
+    })
+    .await;
+}
+
+/// The function stage's retries come before its tolerance: a call that
+/// fails twice succeeds on its third try; one that always fails, and one
+/// that hangs (each try cut at 300 ms), are dead-lettered after three
+/// tries with the stage and the attempts in their headers; the others are
+/// processed meanwhile and the committed watermark passes them all. A
+/// plain function is retried too, and with `Stop` its last error stops
+/// the processor with the input not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_retries_and_timeouts_come_before_the_tolerance() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output, dead) = (unique_topic("retry-in"), unique_topic("retry-out"), unique_topic("retry-dead"));
+        for topic in [&input, &output, &dead] {
+            cluster.create_topic(topic, 1).await.unwrap();
+        }
+        write(cluster, &input, 1, &(0..5).map(|i| format!("r{i}").into_bytes()).collect::<Vec<_>>()).await;
+        let tries: Arc<std::sync::Mutex<BTreeMap<i64, u32>>> = Arc::default();
+        let counted = tries.clone();
+        let name = unique_topic("retry");
+        let processor = builder::<Ignore, String, String, String>(cluster, &name, &input, &output)
+            .async_function(4, move |input| {
+                let tried = {
+                    let mut tries = counted.lock().unwrap();
+                    let n = tries.entry(input.offset).or_default();
+                    *n += 1;
+                    *n
+                };
+                async move {
+                    match input.offset {
+                        1 if tried < 3 => Err("flaky".to_owned()),
+                        2 => Err("always broken".to_owned()),
+                        3 => std::future::pending().await,
+                        _ => Ok(Output::new(String::new(), input.value)),
+                    }
+                }
+            })
+            .function_retry(
+                Retry::attempts(3)
+                    .backoff(Duration::from_millis(10), Duration::from_millis(40))
+                    .timeout(Duration::from_millis(300)),
+            )
+            .function_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        let at = |m: &MetricsSnapshot| m.partitions.first().and_then(|(_, p)| p.watermark);
+        until("every record", &metrics, |m| m.produced == 3 && m.dead_lettered == 2 && at(m) == Some(5)).await;
+        running.stop().await.unwrap();
+        assert_eq!(*tries.lock().unwrap(), BTreeMap::from([(0, 1), (1, 3), (2, 3), (3, 3), (4, 1)]));
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(5));
+        let header = |headers: &[(String, Option<Vec<u8>>)], key: &str| {
+            headers.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v).unwrap())
+        };
+        let letters = read_all(cluster, &dead, 1, 2).await;
+        assert_eq!(letters.len(), 2);
+        for (_, value, headers) in &letters {
+            assert_eq!(header(headers, "rill.error.stage").as_deref(), Some("function"));
+            assert_eq!(header(headers, "rill.error.attempts").as_deref(), Some("3"));
+            let message = header(headers, "rill.error.message").unwrap();
+            match value.as_deref() {
+                Some(b"r2") => assert!(message.contains("always broken"), "{message}"),
+                Some(b"r3") => assert!(message.contains("did not finish within 300ms"), "{message}"),
+                other => panic!("a dead letter of {other:?}"),
+            }
+        }
+
+        // A plain function: one failure, retried; then one that stays.
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = tries.clone();
+        let name = unique_topic("retry-plain");
+        let error = builder::<Ignore, String, String, String>(cluster, &name, &input, &output)
+            .function(move |input| {
+                let tried = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                match input.offset {
+                    0 if tried == 1 => Err("once".to_owned()),
+                    1 => Err("stays".to_owned()),
+                    _ => Ok(Output::new(String::new(), input.value)),
+                }
+            })
+            .function_retry(Retry::attempts(2).backoff(Duration::from_millis(10), Duration::from_millis(10)))
+            .build()
+            .unwrap()
+            .run("one", std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ProcessorError::Function { offset: 1, .. }), "{error}");
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 4, "0 twice, 1 twice");
+        let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
+        assert!(stored.is_none_or(|o| o <= 1), "stored past the failed record: {stored:?}");
+    })
+    .await;
+}
+
+/// An output value serde that refuses values starting with `bad`.
+struct Picky;
+
+impl rill::Serde<String> for Picky {
+    fn serialize(&self, value: &String) -> Result<Option<bytes::Bytes>, rill::SerdeError> {
+        if value.starts_with("bad") {
+            return Err(rill::SerdeError::new(format!("`{value}` is not allowed out")));
+        }
+        Ok(Some(bytes::Bytes::copy_from_slice(value.as_bytes())))
+    }
+
+    fn deserialize(&self, data: Option<&bytes::Bytes>) -> Result<String, rill::SerdeError> {
+        String::serde().deserialize(data)
+    }
+}
+
+/// The serialize and produce stages take their tolerances: an output the
+/// serde refuses, and one the producer refuses (over `message.max.bytes`),
+/// are skipped, or dead-lettered as their inputs with the stage named; by
+/// default the serialize error stops the processor. A dead letter that
+/// cannot be delivered (its input is itself too large) stops it with
+/// `ProcessorError::DeadLetter` and the input not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialize_and_produce_errors_follow_their_stage_tolerance() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let input = unique_topic("stage-in");
+        cluster.create_topic(&input, 1).await.unwrap();
+        let values = ["ok-0", "bad-1", "huge-2", "ok-3"];
+        write(cluster, &input, 1, &values.iter().map(|v| v.as_bytes().to_vec()).collect::<Vec<_>>()).await;
+        let processor = |name: &str, output: &str, serialize: ErrorTolerance, produce: ErrorTolerance| {
+            builder::<Ignore, String, String, String>(cluster, name, &input, output)
+                .output_value_serde(Arc::new(Picky))
+                .producer_property("message.max.bytes", "2000")
+                .producer_property("batch.size", "2000")
+                .function(|input| {
+                    // `huge` grows past what the producer takes.
+                    let value = if input.value.starts_with("huge") { "x".repeat(5000) } else { input.value };
+                    Output::new(String::new(), value)
+                })
+                .error_tolerance(Stage::Serialize, serialize)
+                .error_tolerance(Stage::Produce, produce)
+                .build()
+                .unwrap()
+        };
+        let done = |m: &MetricsSnapshot| {
+            m.consumed == 4 && m.in_flight == 0 && m.partitions.first().and_then(|(_, p)| p.watermark) == Some(4)
+        };
+
+        // Skip: counted, the watermark passes them.
+        let (output, name) = (unique_topic("stage-out"), unique_topic("stage-skip"));
+        cluster.create_topic(&output, 1).await.unwrap();
+        let skipping = processor(&name, &output, ErrorTolerance::Skip, ErrorTolerance::Skip);
+        let metrics = skipping.metrics();
+        let running = start(skipping, "one");
+        until("skipped", &metrics, done).await;
+        running.stop().await.unwrap();
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.produced, snapshot.skipped), (2, 2), "{snapshot:?}");
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(4));
+
+        // Dead letters: the inputs, with their stage.
+        let (output, dead, name) = (unique_topic("stage-out"), unique_topic("stage-dead"), unique_topic("stage-dlq"));
+        cluster.create_topic(&output, 1).await.unwrap();
+        cluster.create_topic(&dead, 1).await.unwrap();
+        let lettering =
+            processor(&name, &output, ErrorTolerance::DeadLetter(dead.clone()), ErrorTolerance::DeadLetter(dead.clone()));
+        let metrics = lettering.metrics();
+        let running = start(lettering, "one");
+        until("dead-lettered", &metrics, |m| done(m) && m.dead_lettered == 2).await;
+        running.stop().await.unwrap();
+        assert_eq!(metrics.snapshot().produced, 2);
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(4));
+        let mut letters: Vec<(String, String)> = read_all(cluster, &dead, 1, 2)
+            .await
+            .into_iter()
+            .map(|(_, value, headers)| {
+                let stage = headers.iter().find(|(k, _)| k == "rill.error.stage").and_then(|(_, v)| v.clone());
+                (String::from_utf8(value.unwrap()).unwrap(), String::from_utf8(stage.unwrap()).unwrap())
+            })
+            .collect();
+        letters.sort();
+        assert_eq!(letters, [("bad-1".to_owned(), "serialize".to_owned()), ("huge-2".into(), "produce".into())]);
+
+        // Stop, the default: the serialize error stops it.
+        let (output, name) = (unique_topic("stage-out"), unique_topic("stage-stop"));
+        cluster.create_topic(&output, 1).await.unwrap();
+        let stopping = processor(&name, &output, ErrorTolerance::Stop, ErrorTolerance::Stop);
+        let error = stopping.run("one", std::future::pending()).await.unwrap_err();
+        assert!(matches!(error, ProcessorError::Serialize { offset: 1, .. }), "{error}");
+        let stored = committed(cluster, &format!("{name}-group"), &input, 1).await[&0];
+        assert!(stored.is_none_or(|o| o <= 1), "{stored:?}");
+
+        // A dead letter that cannot be delivered: the input itself is over
+        // the producer's limit.
+        let big_input = unique_topic("stage-big-in");
+        cluster.create_topic(&big_input, 1).await.unwrap();
+        write(cluster, &big_input, 1, &[b"ok".to_vec(), vec![b'y'; 3000], b"ok".to_vec()]).await;
+        let (output, dead, name) = (unique_topic("stage-out"), unique_topic("stage-dead"), unique_topic("stage-undl"));
+        cluster.create_topic(&output, 1).await.unwrap();
+        cluster.create_topic(&dead, 1).await.unwrap();
+        let error = builder::<Ignore, String, String, String>(cluster, &name, &big_input, &output)
+            .producer_property("message.max.bytes", "2000")
+            .producer_property("batch.size", "2000")
+            .function(|input| {
+                if input.value.len() > 2000 { Err("too much".to_owned()) } else { Ok(Output::new(String::new(), input.value)) }
+            })
+            .function_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
+            .build()
+            .unwrap()
+            .run("one", std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ProcessorError::DeadLetter { offset: 1, dead_letter_topic, .. } if **dead_letter_topic == *dead),
+            "{error}"
+        );
+        let stored = committed(cluster, &format!("{name}-group"), &big_input, 1).await[&0];
+        assert!(stored.is_none_or(|o| o <= 1), "stored past the record whose dead letter failed: {stored:?}");
+    })
+    .await;
+}
+
+/// An output the broker refuses after it was sent (the mock answers its
+/// Produce with INVALID_RECORD) takes the produce stage's tolerance too:
+/// its input is dead-lettered, and the watermark passes it once the dead
+/// letter is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_broker_refuses_is_dead_lettered_by_the_produce_tolerance() {
+    use rill_testkit::mock::{RDKafkaApiKey, RDKafkaRespErr};
+    common::logs();
+    rill_testkit::cluster::on_mock(ClusterOptions::default(), async |cluster, mock| {
+        let (input, output, dead) =
+            (unique_topic("refused-in"), unique_topic("refused-out"), unique_topic("refused-dlq"));
+        for topic in [&input, &output, &dead] {
+            mock.create_topic(topic, 1, 1).unwrap();
+        }
+        write(cluster, &input, 1, &[b"one".to_vec()]).await;
+        mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD]).unwrap();
+        let name = unique_topic("refused");
+        let processor = builder::<Ignore, String, String, String>(cluster, &name, &input, &output)
+            .function(|input| Output::new(String::new(), input.value))
+            .error_tolerance(Stage::Produce, ErrorTolerance::DeadLetter(dead.clone()))
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("dead-lettered", &metrics, |m| {
+            m.dead_lettered == 1 && m.in_flight == 0 && m.partitions.first().and_then(|(_, p)| p.watermark) == Some(1)
+        })
+        .await;
+        running.stop().await.unwrap();
+        assert_eq!(metrics.snapshot().produced, 0);
+        let letters = read_all(cluster, &dead, 1, 1).await;
+        assert_eq!(letters[0].1.as_deref(), Some(&b"one"[..]));
+        let stage = letters[0].2.iter().find(|(k, _)| k == "rill.error.stage").and_then(|(_, v)| v.clone());
+        assert_eq!(stage.as_deref(), Some(&b"produce"[..]));
+        assert_eq!(committed(cluster, &format!("{name}-group"), &input, 1).await[&0], Some(1));
     })
     .await;
 }

@@ -10,11 +10,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use rill_client::consumer::ConsumerRecord;
 use rill_client::producer::DeliveryFuture;
 
 /// The input an output belongs to.
@@ -25,7 +27,11 @@ pub(super) struct Origin {
     pub(super) offset: i64,
     /// The input's timestamp, for the end-to-end latency.
     pub(super) timestamp: i64,
-    pub(super) dead_letter: bool,
+    /// A dead letter: the topic it was sent to.
+    pub(super) dead_letter: Option<Arc<str>>,
+    /// The input record, kept while its output is in flight when a failed
+    /// output is to be dead-lettered.
+    pub(super) input: Option<Box<ConsumerRecord>>,
 }
 
 /// One output's outcome.
@@ -82,7 +88,7 @@ impl Deliveries {
 
     pub(super) fn push(&mut self, delivery: DeliveryFuture, origin: Origin) {
         self.len += 1;
-        let kind = usize::from(origin.dead_letter);
+        let kind = usize::from(origin.dead_letter.is_some());
         let partition = usize::try_from(delivery.partition()).unwrap_or(0);
         let slots = &mut self.open[kind];
         if slots.len() <= partition {

@@ -60,6 +60,96 @@ pub enum ErrorTolerance {
     DeadLetter(String),
 }
 
+/// The stages a record goes through, each with its own
+/// [`ErrorTolerance`] ([`ProcessorBuilder::error_tolerance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Reading the input's key and value (and input that cannot be read
+    /// at all: a corrupt batch, one too large to fetch).
+    Deserialize,
+    /// The user's function, after its retries ([`Retry`]).
+    Function,
+    /// Writing an output's key and value.
+    Serialize,
+    /// Sending an output: refused by the producer, or not delivered after
+    /// the producer's retries.
+    Produce,
+}
+
+impl Stage {
+    /// Its name, as the `rill.error.stage` header of a dead letter says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Deserialize => "deserialize",
+            Stage::Function => "function",
+            Stage::Serialize => "serialize",
+            Stage::Produce => "produce",
+        }
+    }
+}
+
+/// How often the function is tried on a record before its error goes to
+/// the function stage's [`ErrorTolerance`], how long to wait between
+/// tries, and how long one try may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    timeout: Option<Duration>,
+}
+
+impl Default for Retry {
+    /// One attempt, no timeout.
+    fn default() -> Self {
+        Retry {
+            attempts: 1,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            timeout: None,
+        }
+    }
+}
+
+impl Retry {
+    /// Up to `attempts` tries (at least 1), 100 ms after the first failure,
+    /// doubling up to 10 s, each spread by ±20 %.
+    pub fn attempts(attempts: u32) -> Self {
+        Retry { attempts: attempts.max(1), ..Retry::default() }
+    }
+
+    /// The wait after the first failure, doubling per failure up to `max`.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max.max(initial);
+        self
+    }
+
+    /// A try of an async or blocking function that takes longer fails with
+    /// a timeout (a blocking call's thread runs on: it cannot be stopped).
+    /// A plain function is not timed.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How many tries.
+    pub fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The wait after `failures` failed tries (1 or more), with `jitter`
+    /// uniform in `[0, 1)`.
+    pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
+        rill_client::net::backoff::delay(self.initial_backoff, self.max_backoff, failures.saturating_sub(1), jitter)
+    }
+}
+
+/// A try of the function took longer than [`Retry::timeout`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the call did not finish within {0:?}")]
+pub struct TimedOut(pub Duration);
+
 /// A record header: a key (keys may repeat within a record) and a value
 /// that may be null. Input and output records carry the same type; an
 /// input's headers share the fetched bytes (nothing is copied per record).
@@ -285,8 +375,24 @@ pub enum ProcessorError {
         /// The last error.
         error: rill_client::Error,
     },
-    /// An output (or dead letter) was not delivered, retries included.
-    /// Its input and everything after it in that partition stay unstored.
+    /// A dead letter was not delivered (or refused by the producer): its
+    /// input and everything after it in that partition stay unstored.
+    #[error("the dead letter of {topic}/{partition}@{offset} was not delivered to {dead_letter_topic}: {error}")]
+    DeadLetter {
+        /// The input topic.
+        topic: Box<str>,
+        /// The input partition.
+        partition: i32,
+        /// The input offset.
+        offset: i64,
+        /// Where it was sent.
+        dead_letter_topic: Box<str>,
+        /// The producer's error.
+        error: rill_client::Error,
+    },
+    /// An output was not delivered, retries included, and the produce
+    /// stage's tolerance is `Stop`. Its input and everything after it in
+    /// that partition stay unstored.
     #[error("an output of {topic}/{partition}@{offset} was not delivered: {error}")]
     Delivery {
         /// The input topic.
@@ -309,6 +415,9 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     output: Option<String>,
     consume_tolerance: ErrorTolerance,
     function_tolerance: ErrorTolerance,
+    serialize_tolerance: ErrorTolerance,
+    produce_tolerance: ErrorTolerance,
+    retry: Retry,
     function: Option<Function<InK, InV, OutK, OutV>>,
     in_key: Arc<dyn Serde<InK>>,
     in_value: Arc<dyn Serde<InV>>,
@@ -358,6 +467,9 @@ where
             output: None,
             consume_tolerance: ErrorTolerance::Stop,
             function_tolerance: ErrorTolerance::Stop,
+            serialize_tolerance: ErrorTolerance::Stop,
+            produce_tolerance: ErrorTolerance::Stop,
+            retry: Retry::default(),
             function: None,
             in_key,
             in_value,
@@ -402,15 +514,46 @@ where
         self
     }
 
-    /// What to do with input that cannot be deserialized. Default `None`.
-    pub fn consume_error_tolerance(mut self, tolerance: ErrorTolerance) -> Self {
-        self.consume_tolerance = tolerance;
+    /// What to do with a record that fails at `stage` (default
+    /// [`ErrorTolerance::Stop`] for every stage): stop the processor with
+    /// the record's input not stored, skip it (logged and counted; the
+    /// input counts as done), or dead-letter it: the raw input record goes
+    /// to the topic with headers naming the stage, the error, the attempts
+    /// and the source (`rill.error.stage`, `rill.error.kind`,
+    /// `rill.error.message`, `rill.error.attempts`, `rill.source.topic`,
+    /// `.partition`, `.offset`, `.timestamp`), and the input is done once
+    /// its dead letter is delivered. A dead letter that cannot be delivered
+    /// stops the processor with its input not stored
+    /// ([`ProcessorError::DeadLetter`]). At the produce stage each output
+    /// that fails is a dead letter of its input.
+    pub fn error_tolerance(mut self, stage: Stage, tolerance: ErrorTolerance) -> Self {
+        *match stage {
+            Stage::Deserialize => &mut self.consume_tolerance,
+            Stage::Function => &mut self.function_tolerance,
+            Stage::Serialize => &mut self.serialize_tolerance,
+            Stage::Produce => &mut self.produce_tolerance,
+        } = tolerance;
         self
     }
 
-    /// What to do when the function returns an error. Default `None`.
-    pub fn function_error_tolerance(mut self, tolerance: ErrorTolerance) -> Self {
-        self.function_tolerance = tolerance;
+    /// What to do with input that cannot be deserialized: the tolerance of
+    /// [`Stage::Deserialize`].
+    pub fn consume_error_tolerance(self, tolerance: ErrorTolerance) -> Self {
+        self.error_tolerance(Stage::Deserialize, tolerance)
+    }
+
+    /// What to do when the function returns an error (after its retries):
+    /// the tolerance of [`Stage::Function`].
+    pub fn function_error_tolerance(self, tolerance: ErrorTolerance) -> Self {
+        self.error_tolerance(Stage::Function, tolerance)
+    }
+
+    /// Tries the function again on an error or a timeout, as `retry` says,
+    /// before the function stage's tolerance applies. A plain function's
+    /// retries wait on the processor's task (every partition waits); an
+    /// async function's wait in its call, other calls going on.
+    pub fn function_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
         self
     }
 
@@ -670,6 +813,9 @@ where
             output,
             consume_tolerance: self.consume_tolerance,
             function_tolerance: self.function_tolerance,
+            serialize_tolerance: self.serialize_tolerance,
+            produce_tolerance: self.produce_tolerance,
+            retry: self.retry,
             function,
             in_key: self.in_key,
             in_value: self.in_value,
@@ -759,6 +905,9 @@ pub struct Processor<InK, InV, OutK, OutV> {
     output: String,
     consume_tolerance: ErrorTolerance,
     function_tolerance: ErrorTolerance,
+    serialize_tolerance: ErrorTolerance,
+    produce_tolerance: ErrorTolerance,
+    retry: Retry,
     function: Function<InK, InV, OutK, OutV>,
     in_key: Arc<dyn Serde<InK>>,
     in_value: Arc<dyn Serde<InV>>,

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -27,7 +28,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::deliveries::{Deliveries, Origin, Outcome};
 use super::schedule::{Admit, Held, Id, Order, Scheduler};
-use super::{BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, Processor, ProcessorError};
+use super::{
+    AsyncFn, BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, Processor, ProcessorError,
+    Retry, Stage, TimedOut,
+};
 use crate::serde::SerdeError;
 use crate::tracker::OffsetTracker;
 
@@ -37,7 +41,11 @@ enum Failure {
         what: &'static str,
         error: SerdeError,
     },
-    Function(BoxError),
+    Function {
+        error: BoxError,
+        /// Tries made.
+        attempts: u32,
+    },
     /// Not a record: offsets from the record's up to `skip_to` could not
     /// be read at all.
     Unreadable {
@@ -56,6 +64,10 @@ struct Finished<OutK, OutV> {
 
 type Call<OutK, OutV> = Pin<Box<dyn Future<Output = Finished<OutK, OutV>> + Send>>;
 
+/// What a call starts from: the input, and the raw record again when the
+/// function may be retried (each try reads it anew).
+type Start<InK, InV> = (Input<InK, InV>, Option<ConsumerRecord>);
+
 pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     pub(super) processor: &'p Processor<InK, InV, OutK, OutV>,
     pub(super) consumer: Consumer,
@@ -69,7 +81,7 @@ pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     generation: u64,
     pending: Deliveries,
     /// Async form: which calls run and which results leave.
-    schedule: Scheduler<ConsumerRecord, Input<InK, InV>, Called<OutK, OutV>>,
+    schedule: Scheduler<ConsumerRecord, Start<InK, InV>, Called<OutK, OutV>>,
     calls: FuturesUnordered<Call<OutK, OutV>>,
 }
 
@@ -150,7 +162,7 @@ where
                     return Ok(());
                 }
                 _ = tick.tick() => self.store_and_publish(),
-                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
+                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome).await?,
                 Some(finished) = self.calls.next(), if !self.calls.is_empty() => self.finished(finished).await?,
                 event = self.consumer.next_event(), if self.has_room() => {
                     self.handle_event(event?).await?;
@@ -271,17 +283,7 @@ where
     ) -> Result<(), ProcessorError> {
         let Some(generation) = self.trackers.get(&tp.partition).map(|t| t.generation) else { return Ok(()) };
         warn!(target: "rill::processor", partition = %tp, offset, skip_to, %error, "unreadable input");
-        let record = ConsumerRecord {
-            topic: std::sync::Arc::from(tp.topic.as_str()),
-            partition: tp.partition,
-            offset,
-            timestamp: -1,
-            timestamp_type: rill_client::consumer::TimestampType::CreateTime,
-            key: None,
-            value: None,
-            headers: Vec::new(),
-            leader_epoch: None,
-        };
+        let record = placeholder(&tp.topic, tp.partition, offset);
         let failure = Err(Failure::Unreadable { error, skip_to });
         // The range is tracked as one record, by its last offset: done, the
         // watermark passes it.
@@ -332,15 +334,19 @@ where
         let input = read(processor, &record);
         match &processor.function {
             Function::Sync(function) => {
-                let result = input.and_then(|input| function(input).map_err(Failure::Function));
+                let result = match input {
+                    Err(failure) => Err(failure),
+                    Ok(input) => call_plain(processor, function.as_ref(), &record, input).await,
+                };
                 self.emit(id, record, result).await
             }
             Function::Async { .. } => {
                 let key = record.key.clone();
                 let bytes = size(&record);
+                let again = (processor.retry.max_attempts() > 1).then(|| record.clone());
                 let admit = match input {
                     Err(failure) => Admit::Done(Err(failure)),
-                    Ok(input) => Admit::Call(input),
+                    Ok(input) => Admit::Call((input, again)),
                 };
                 self.schedule.admit(id, key.as_ref(), bytes, record, admit);
                 self.pump().await
@@ -356,13 +362,12 @@ where
         while let Some((id, record, result)) = self.schedule.next_emit() {
             self.emit(id, record, result).await?;
         }
-        let Function::Async { call, .. } = &self.processor.function else { return Ok(()) };
-        while let Some((id, input)) = self.schedule.next_start() {
-            let future = call(input);
-            self.calls.push(Box::pin(async move {
-                let result = future.await.map_err(Failure::Function);
-                Finished { id, result }
-            }));
+        let processor = self.processor;
+        let Function::Async { call, .. } = &processor.function else { return Ok(()) };
+        while let Some((id, (input, again))) = self.schedule.next_start() {
+            let again = again.map(|record| (Reader::of(processor), record));
+            let future = call_async(call.clone(), processor.retry.clone(), input, again);
+            self.calls.push(Box::pin(async move { Finished { id, result: future.await } }));
         }
         Ok(())
     }
@@ -396,27 +401,41 @@ where
             Err(Failure::Deserialize { what, error }) => {
                 let message = format!("{what}: {error}");
                 let topic = record.topic.to_string();
+                let failed = Failed { stage: Stage::Deserialize, kind: "deserialization", message, attempts: 1 };
                 return self
-                    .tolerate(&processor.consume_tolerance, record, id, "deserialization", &message, || {
-                        ProcessorError::Deserialize { what, topic, partition, offset, error }
+                    .tolerate(&processor.consume_tolerance, record, id, failed, || ProcessorError::Deserialize {
+                        what,
+                        topic,
+                        partition,
+                        offset,
+                        error,
                     })
                     .await;
             }
-            Err(Failure::Function(error)) => {
+            Err(Failure::Function { error, attempts }) => {
                 let message = error.to_string();
                 let topic = record.topic.to_string();
+                let failed = Failed { stage: Stage::Function, kind: "function", message, attempts };
                 return self
-                    .tolerate(&processor.function_tolerance, record, id, "function", &message, || {
-                        ProcessorError::Function { topic, partition, offset, error }
+                    .tolerate(&processor.function_tolerance, record, id, failed, || ProcessorError::Function {
+                        topic,
+                        partition,
+                        offset,
+                        error,
                     })
                     .await;
             }
             Err(Failure::Unreadable { error, skip_to }) => {
                 let message = format!("offsets {offset} to {} cannot be read: {error}", skip_to - 1);
                 let topic = record.topic.to_string();
+                let failed = Failed { stage: Stage::Deserialize, kind: "unreadable", message, attempts: 1 };
                 return self
-                    .tolerate(&processor.consume_tolerance, record, id, "unreadable", &message, || {
-                        ProcessorError::Unreadable { topic, partition, offset, skip_to, error }
+                    .tolerate(&processor.consume_tolerance, record, id, failed, || ProcessorError::Unreadable {
+                        topic,
+                        partition,
+                        offset,
+                        skip_to,
+                        error,
                     })
                     .await;
             }
@@ -424,73 +443,174 @@ where
         if outputs.is_empty() {
             self.metrics().filtered.fetch_add(1, Ordering::Relaxed);
         }
-        let serialized = serialize(processor, &outputs).map_err(|error| ProcessorError::Serialize {
-            topic: record.topic.to_string(),
-            partition,
-            offset,
-            error,
-        })?;
+        let serialized = match serialize(processor, &outputs) {
+            Ok(serialized) => serialized,
+            Err(error) => {
+                let topic = record.topic.to_string();
+                let failed =
+                    Failed { stage: Stage::Serialize, kind: "serialization", message: error.to_string(), attempts: 1 };
+                return self
+                    .tolerate(&processor.serialize_tolerance, record, id, failed, || ProcessorError::Serialize {
+                        topic,
+                        partition,
+                        offset,
+                        error,
+                    })
+                    .await;
+            }
+        };
         let count = serialized.len() as u32;
         // Tracked before the sends: an output may be delivered before the
         // last one is even queued.
         self.track(id, count);
+        let keep = matches!(processor.produce_tolerance, ErrorTolerance::DeadLetter(_));
         for ((key, value), output) in serialized.iter().zip(&outputs) {
             let headers = header_views(output);
-            let delivery = self.producer.send(output_record(&processor.output, key, value, output, &headers)).await?;
-            let origin =
-                Origin { partition, generation, offset: mark, timestamp: record.timestamp, dead_letter: false };
-            self.await_delivery(delivery, origin);
+            let sent = self.producer.send(output_record(&processor.output, key, value, output, &headers)).await;
+            match sent {
+                Ok(delivery) => {
+                    let input = keep.then(|| Box::new(record.clone()));
+                    let origin = Origin {
+                        partition,
+                        generation,
+                        offset: mark,
+                        timestamp: record.timestamp,
+                        dead_letter: None,
+                        input,
+                    };
+                    self.await_delivery(delivery, origin);
+                }
+                // The producer refused this output (too large): the
+                // produce stage's tolerance decides, as for one not
+                // delivered.
+                Err(error @ rill_client::Error::RecordTooLarge { .. }) => {
+                    self.failed_output(id, &record, error).await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(())
     }
 
-    /// Applies an error tolerance to a record that cannot be processed.
+    /// Applies a stage's error tolerance to a record that cannot be
+    /// processed (its outputs are not known yet).
     async fn tolerate(
         &mut self,
         tolerance: &ErrorTolerance,
         record: ConsumerRecord,
         id: Id,
-        kind: &str,
-        message: &str,
+        failed: Failed,
         stop: impl FnOnce() -> ProcessorError,
     ) -> Result<(), ProcessorError> {
-        let (partition, offset) = (record.partition, record.offset);
-        let Id { generation, offset: mark, .. } = id;
         match tolerance {
             ErrorTolerance::Stop => Err(stop()),
             ErrorTolerance::Skip => {
-                warn!(target: "rill::processor", topic = %record.topic, partition, offset, kind, error = message,
-                    "record skipped");
-                self.metrics().skipped.fetch_add(1, Ordering::Relaxed);
+                self.skipped(&record, &failed);
                 self.track(id, 0);
                 Ok(())
             }
             ErrorTolerance::DeadLetter(topic) => {
-                debug!(target: "rill::processor", topic = %record.topic, partition, offset, kind, error = message,
-                    "record dead-lettered");
-                let partition_text = partition.to_string();
-                let offset_text = offset.to_string();
-                let timestamp = record.timestamp.to_string();
-                let mut headers: Vec<Header<'_>> =
-                    record.headers.iter().map(|h| Header::new(&h.key, h.value.as_deref())).collect();
-                headers.extend([
-                    Header::new("rill.error.kind", Some(kind.as_bytes())),
-                    Header::new("rill.error.message", Some(message.as_bytes())),
-                    Header::new("rill.source.topic", Some(record.topic.as_bytes())),
-                    Header::new("rill.source.partition", Some(partition_text.as_bytes())),
-                    Header::new("rill.source.offset", Some(offset_text.as_bytes())),
-                    Header::new("rill.source.timestamp", Some(timestamp.as_bytes())),
-                ]);
-                let mut out = Record::to(topic).headers(&headers);
-                out.key = record.key.as_deref();
-                out.value = record.value.as_deref();
+                // One output to wait for: the dead letter.
                 self.track(id, 1);
-                let delivery = self.producer.send(out).await?;
-                let origin =
-                    Origin { partition, generation, offset: mark, timestamp: record.timestamp, dead_letter: true };
-                self.await_delivery(delivery, origin);
+                self.dead_letter(topic, &record, id, &failed).await
+            }
+        }
+    }
+
+    fn skipped(&self, record: &ConsumerRecord, failed: &Failed) {
+        warn!(target: "rill::processor", topic = %record.topic, partition = record.partition, offset = record.offset,
+            stage = failed.stage.as_str(), attempts = failed.attempts, error = %failed.message, "record skipped");
+        self.metrics().skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends the raw input `record` to `topic` with headers naming the
+    /// failure and the source; `id`'s tracker counts its delivery as one
+    /// of the record's outputs.
+    async fn dead_letter(
+        &mut self,
+        topic: &str,
+        record: &ConsumerRecord,
+        id: Id,
+        failed: &Failed,
+    ) -> Result<(), ProcessorError> {
+        let (partition, offset) = (record.partition, record.offset);
+        debug!(target: "rill::processor", topic = %record.topic, partition, offset, stage = failed.stage.as_str(),
+            error = %failed.message, "record dead-lettered");
+        let partition_text = partition.to_string();
+        let offset_text = offset.to_string();
+        let timestamp = record.timestamp.to_string();
+        let attempts = failed.attempts.to_string();
+        let mut headers: Vec<Header<'_>> =
+            record.headers.iter().map(|h| Header::new(&h.key, h.value.as_deref())).collect();
+        headers.extend([
+            Header::new("rill.error.stage", Some(failed.stage.as_str().as_bytes())),
+            Header::new("rill.error.kind", Some(failed.kind.as_bytes())),
+            Header::new("rill.error.message", Some(failed.message.as_bytes())),
+            Header::new("rill.error.attempts", Some(attempts.as_bytes())),
+            Header::new("rill.source.topic", Some(record.topic.as_bytes())),
+            Header::new("rill.source.partition", Some(partition_text.as_bytes())),
+            Header::new("rill.source.offset", Some(offset_text.as_bytes())),
+            Header::new("rill.source.timestamp", Some(timestamp.as_bytes())),
+        ]);
+        let mut out = Record::to(topic).headers(&headers);
+        out.key = record.key.as_deref();
+        out.value = record.value.as_deref();
+        let delivery = self.producer.send(out).await.map_err(|error| ProcessorError::DeadLetter {
+            topic: Box::from(&*record.topic),
+            partition,
+            offset,
+            dead_letter_topic: topic.into(),
+            error,
+        })?;
+        let origin = Origin {
+            partition,
+            generation: id.generation,
+            offset: id.offset,
+            timestamp: record.timestamp,
+            dead_letter: Some(Arc::from(topic)),
+            input: None,
+        };
+        self.await_delivery(delivery, origin);
+        Ok(())
+    }
+
+    /// An output of `record` (tracked under `id`) was refused or not
+    /// delivered: the produce stage's tolerance decides. Skipped, it counts
+    /// as delivered; dead-lettered, its dead letter's delivery counts.
+    async fn failed_output(
+        &mut self,
+        id: Id,
+        record: &ConsumerRecord,
+        error: rill_client::Error,
+    ) -> Result<(), ProcessorError> {
+        let failed = Failed { stage: Stage::Produce, kind: "produce", message: error.to_string(), attempts: 1 };
+        match &self.processor.produce_tolerance {
+            ErrorTolerance::Stop => Err(ProcessorError::Delivery {
+                topic: record.topic.to_string(),
+                partition: record.partition,
+                offset: record.offset,
+                error,
+            }),
+            ErrorTolerance::Skip => {
+                self.skipped(record, &failed);
+                self.delivered(id);
                 Ok(())
             }
+            ErrorTolerance::DeadLetter(topic) => {
+                let topic = topic.clone();
+                self.dead_letter(&topic, record, id, &failed).await
+            }
+        }
+    }
+
+    /// One output of `id` is done.
+    fn delivered(&mut self, id: Id) {
+        let Some(tracked) = self.trackers.get_mut(&id.partition) else { return };
+        if tracked.generation != id.generation {
+            return;
+        }
+        if let Err(error) = tracked.tracker.delivered(id.offset) {
+            warn!(target: "rill::processor", partition = id.partition, %error, "offset tracking");
         }
     }
 
@@ -510,10 +630,12 @@ where
         self.pending.push(delivery, origin);
     }
 
-    /// A delivery outcome: the input's tracker moves, or the processor stops.
-    fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
+    /// A delivery outcome: the input's tracker moves, the produce stage's
+    /// tolerance takes a failed output, or the processor stops.
+    async fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
         self.metrics().in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Outcome { origin: Origin { partition, generation, offset, timestamp, dead_letter }, result, at } = outcome;
+        let Outcome { origin: Origin { partition, generation, offset, timestamp, dead_letter, input }, result, at } =
+            outcome;
         let current = self.trackers.get(&partition).is_some_and(|tracked| tracked.generation == generation);
         match result {
             // The partition was given up (revoked, lost, truncated) while
@@ -525,11 +647,25 @@ where
                 return Ok(());
             }
             Err(error) => {
-                return Err(ProcessorError::Delivery { topic: self.topic.clone(), partition, offset, error });
+                let topic = self.topic.clone();
+                if let Some(dead_letter_topic) = dead_letter {
+                    let dead_letter_topic = Box::from(&*dead_letter_topic);
+                    let topic = topic.into_boxed_str();
+                    return Err(ProcessorError::DeadLetter { topic, partition, offset, dead_letter_topic, error });
+                }
+                let id = Id { partition, generation, offset };
+                return match input {
+                    Some(record) => self.failed_output(id, &record, error).await,
+                    None if self.processor.produce_tolerance == ErrorTolerance::Skip => {
+                        let record = placeholder(&topic, partition, offset);
+                        self.failed_output(id, &record, error).await
+                    }
+                    None => Err(ProcessorError::Delivery { topic, partition, offset, error }),
+                };
             }
             Ok(_) => {}
         }
-        if dead_letter {
+        if dead_letter.is_some() {
             self.metrics().dead_lettered.fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics().produced.fetch_add(1, Ordering::Relaxed);
@@ -538,10 +674,7 @@ where
         if !current {
             return Ok(()); // an outcome of a partition we gave up meanwhile
         }
-        let tracked = self.trackers.get_mut(&partition).expect("current: tracked");
-        if let Err(error) = tracked.tracker.delivered(offset) {
-            warn!(target: "rill::processor", partition, %error, "offset tracking");
-        }
+        self.delivered(Id { partition, generation, offset });
         Ok(())
     }
 
@@ -595,7 +728,7 @@ where
         };
         while busy(self) && !(self.pending.is_empty() && self.calls.is_empty()) {
             tokio::select! {
-                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
+                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome).await?,
                 Some(finished) = self.calls.next(), if !self.calls.is_empty() => self.finished(finished).await?,
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(target: "rill::processor", topic = %self.topic, ?partitions,
@@ -639,7 +772,7 @@ where
             self.drain(&all, left(Instant::now())).await?;
         } else {
             while let Some(Some(outcome)) = self.pending.next().now_or_never() {
-                if self.settle(outcome).is_err() {
+                if self.settle(outcome).await.is_err() {
                     break;
                 }
             }
@@ -659,7 +792,7 @@ where
     async fn drain_calls(&mut self, deadline: Instant) -> Result<(), ProcessorError> {
         while !self.calls.is_empty() {
             tokio::select! {
-                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome)?,
+                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome).await?,
                 Some(finished) = self.calls.next() => self.finished(finished).await?,
                 () = tokio::time::sleep_until(deadline) => break,
             }
@@ -675,19 +808,124 @@ fn size(record: &ConsumerRecord) -> usize {
     field(&record.key) + field(&record.value) + headers
 }
 
+/// A record with nothing but its place: what stands for input that cannot
+/// be read, or whose outputs were not kept.
+fn placeholder(topic: &str, partition: i32, offset: i64) -> ConsumerRecord {
+    ConsumerRecord {
+        topic: Arc::from(topic),
+        partition,
+        offset,
+        timestamp: -1,
+        timestamp_type: rill_client::consumer::TimestampType::CreateTime,
+        key: None,
+        value: None,
+        headers: Vec::new(),
+        leader_epoch: None,
+    }
+}
+
+/// How a record failed, for the log and its dead letter.
+struct Failed {
+    stage: Stage,
+    kind: &'static str,
+    message: String,
+    attempts: u32,
+}
+
+/// Calls a plain function on `input`, tried again as the processor's
+/// [`Retry`] says (each try reads the record anew). Not timed: it runs on
+/// the processor's task and cannot be interrupted.
+async fn call_plain<InK, InV, OutK, OutV>(
+    processor: &Processor<InK, InV, OutK, OutV>,
+    function: &super::SyncFn<InK, InV, OutK, OutV>,
+    record: &ConsumerRecord,
+    input: Input<InK, InV>,
+) -> Called<OutK, OutV> {
+    let retry = &processor.retry;
+    let mut input = Some(input);
+    let mut attempt = 1;
+    loop {
+        let this = match input.take() {
+            Some(input) => input,
+            None => read(processor, record)?,
+        };
+        match function(this) {
+            Ok(outputs) => return Ok(outputs),
+            Err(error) if attempt < retry.max_attempts() => {
+                debug!(target: "rill::processor", partition = record.partition, offset = record.offset, attempt,
+                    %error, "the function failed; trying again");
+                tokio::time::sleep(retry.delay(attempt, rill_client::net::backoff::jitter())).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(Failure::Function { error, attempts: attempt }),
+        }
+    }
+}
+
+/// The serdes that read an input record, for a call that reads it again.
+struct Reader<InK, InV> {
+    key: Arc<dyn crate::serde::Serde<InK>>,
+    value: Arc<dyn crate::serde::Serde<InV>>,
+}
+
+impl<InK, InV> Reader<InK, InV> {
+    fn of<OutK, OutV>(processor: &Processor<InK, InV, OutK, OutV>) -> Self {
+        Reader { key: processor.in_key.clone(), value: processor.in_value.clone() }
+    }
+}
+
+/// A call of an async function, each try bounded by the retry's timeout,
+/// tried again as it says; `again` reads the record for a later try.
+async fn call_async<InK, InV, OutK, OutV>(
+    call: Arc<AsyncFn<InK, InV, OutK, OutV>>,
+    retry: Retry,
+    input: Input<InK, InV>,
+    again: Option<(Reader<InK, InV>, ConsumerRecord)>,
+) -> Called<OutK, OutV> {
+    {
+        let mut input = Some(input);
+        let mut attempt = 1;
+        loop {
+            let this = match (input.take(), &again) {
+                (Some(input), _) => input,
+                (None, Some((reader, record))) => read_with(&*reader.key, &*reader.value, record)?,
+                (None, None) => unreachable!("a retried call keeps its record"),
+            };
+            let result = match retry.timeout {
+                Some(limit) => tokio::time::timeout(limit, call(this))
+                    .await
+                    .unwrap_or_else(|_| Err(Box::new(TimedOut(limit)) as BoxError)),
+                None => call(this).await,
+            };
+            match result {
+                Ok(outputs) => return Ok(outputs),
+                Err(error) if attempt < retry.max_attempts() => {
+                    debug!(target: "rill::processor", attempt, %error, "the call failed; trying again");
+                    tokio::time::sleep(retry.delay(attempt, rill_client::net::backoff::jitter())).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(Failure::Function { error, attempts: attempt }),
+            }
+        }
+    }
+}
+
 /// Deserializes a record's key and value and builds the function's input.
 fn read<InK, InV, OutK, OutV>(
     processor: &Processor<InK, InV, OutK, OutV>,
     record: &ConsumerRecord,
 ) -> Result<Input<InK, InV>, Failure> {
-    let key = processor
-        .in_key
-        .deserialize(record.key.as_ref())
-        .map_err(|error| Failure::Deserialize { what: "key", error })?;
-    let value = processor
-        .in_value
-        .deserialize(record.value.as_ref())
-        .map_err(|error| Failure::Deserialize { what: "value", error })?;
+    read_with(&*processor.in_key, &*processor.in_value, record)
+}
+
+fn read_with<InK, InV>(
+    key: &dyn crate::serde::Serde<InK>,
+    value: &dyn crate::serde::Serde<InV>,
+    record: &ConsumerRecord,
+) -> Result<Input<InK, InV>, Failure> {
+    let key = key.deserialize(record.key.as_ref()).map_err(|error| Failure::Deserialize { what: "key", error })?;
+    let value =
+        value.deserialize(record.value.as_ref()).map_err(|error| Failure::Deserialize { what: "value", error })?;
     Ok(Input {
         key,
         value,

@@ -40,7 +40,7 @@ impl Backoff {
 
 /// The delay after `failures` earlier failures: `initial × 2^failures`,
 /// capped at `max`, spread by ±20 % (`jitter` uniform in `[0, 1)`).
-pub(crate) fn delay(initial: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
+pub fn delay(initial: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
     let base = initial.saturating_mul(1u32 << failures.min(31)).min(max);
     base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(max)
 }
@@ -51,7 +51,7 @@ thread_local! {
 
 /// A uniform value in `[0, 1)` from a per-thread xorshift generator, seeded
 /// from the standard library's per-process random keys. Jitter needs no more.
-pub(crate) fn jitter() -> f64 {
+pub fn jitter() -> f64 {
     STATE.with(|state| {
         let mut x = state.get();
         x ^= x << 13;

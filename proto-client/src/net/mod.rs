@@ -10,7 +10,7 @@
 //! - [`security`]: `security.protocol` and the TLS settings (rustls on ring).
 //! - [`sasl`]: the `sasl.*` settings and each mechanism's exchange (pure).
 
-pub(crate) mod backoff;
+pub mod backoff;
 pub(crate) mod broker;
 mod connection;
 mod probe;

@@ -1248,3 +1248,52 @@ async fn an_output_the_broker_refuses_is_dead_lettered_by_the_produce_tolerance(
     })
     .await;
 }
+
+/// One input fans out to two topics (`Output::to`): both receive every
+/// output, and the watermark waits for the deliveries to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_may_name_their_topic_and_every_topic_counts_for_the_watermark() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output, audit) = (unique_topic("route-in"), unique_topic("route-out"), unique_topic("route-audit"));
+        cluster.create_topic(&input, 2).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        cluster.create_topic(&audit, 1).await.unwrap();
+        write(cluster, &input, 2, &(0..20).map(line).collect::<Vec<_>>()).await;
+        let name = unique_topic("route");
+        let audit_topic: Arc<str> = Arc::from(audit.as_str());
+        let processor = builder::<Ignore, String, String, String>(cluster, &name, &input, &output)
+            .function(move |input| {
+                vec![
+                    Output::new("main".to_owned(), input.value.clone()),
+                    Output::to(
+                        audit_topic.clone(),
+                        "audit".to_owned(),
+                        format!("{}@{}", input.partition, input.offset),
+                    ),
+                ]
+            })
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("every output", &metrics, |m| m.produced == 40 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        assert_eq!(
+            committed(cluster, &format!("{name}-group"), &input, 2).await.values().copied().collect::<Vec<_>>(),
+            [Some(10); 2]
+        );
+        let main = read_all(cluster, &output, 1, 20).await;
+        assert!(main.iter().all(|(k, _, _)| k.as_deref() == Some("main")) && main.len() == 20);
+        let mut audited: Vec<String> = read_all(cluster, &audit, 1, 20)
+            .await
+            .into_iter()
+            .map(|(_, v, _)| String::from_utf8(v.unwrap()).unwrap())
+            .collect();
+        audited.sort();
+        let mut expected: Vec<String> = (0..2).flat_map(|p| (0..10).map(move |o| format!("{p}@{o}"))).collect();
+        expected.sort();
+        assert_eq!(audited, expected);
+    })
+    .await;
+}

@@ -142,7 +142,7 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
     let mut builder = match &load.work {
         Work::WebLog => builder.function(|input| {
             let output = weblog::process(&input.value)?;
-            Some(Output { key: Some(output.key), value: output.value, headers: output.headers, partition: None })
+            Some(Output { key: Some(output.key), ..Output::new(None, output.value) })
         }),
         Work::Keyed { order, concurrency, call, .. } => {
             let (call, calls) = (*call, calls.clone());

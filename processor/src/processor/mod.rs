@@ -211,12 +211,21 @@ pub struct Output<K, V> {
     pub headers: Vec<Header>,
     /// A partition, instead of the partitioner's choice.
     pub partition: Option<i32>,
+    /// A topic, instead of the processor's output topic: one input may
+    /// fan out to several topics. Every output's delivery counts before
+    /// its input's offset is stored, whichever topic it went to.
+    pub topic: Option<Arc<str>>,
 }
 
 impl<K, V> Output<K, V> {
     /// An output with this key and value.
     pub fn new(key: K, value: V) -> Self {
-        Output { key, value, headers: Vec::new(), partition: None }
+        Output { key, value, headers: Vec::new(), partition: None, topic: None }
+    }
+
+    /// An output to `topic` rather than the output topic.
+    pub fn to(topic: impl Into<Arc<str>>, key: K, value: V) -> Self {
+        Output { topic: Some(topic.into()), ..Output::new(key, value) }
     }
 
     /// Adds a header.

@@ -961,9 +961,10 @@ pub(super) fn output_record<'a, K, V>(
     topic: &'a str,
     key: &'a Option<Bytes>,
     value: &'a Option<Bytes>,
-    output: &Output<K, V>,
+    output: &'a Output<K, V>,
     headers: &'a [Header<'a>],
 ) -> Record<'a> {
+    let topic = output.topic.as_deref().unwrap_or(topic);
     let mut record = Record::to(topic).headers(headers);
     record.key = key.as_deref();
     record.value = value.as_deref();

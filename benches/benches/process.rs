@@ -161,6 +161,7 @@ fn child(args: &[String]) {
                 rate,
                 consumer_properties: latency_settings(rate),
                 producer_properties: Vec::new(),
+                processor_properties: Vec::new(),
                 work: Work::WebLog,
             };
             let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -1297,3 +1297,60 @@ async fn outputs_may_name_their_topic_and_every_topic_counts_for_the_watermark()
     })
     .await;
 }
+
+/// A call that hangs (no timeout) keeps its record unfinished: once that
+/// has lasted the stuck timeout, `health()` names the partition and the
+/// offset, the count goes up once, and the other records go on (unordered
+/// calls). When the call returns, the partition is healthy again and its
+/// watermark passes the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_partition_is_reported_by_health_within_the_threshold() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("stuck-in"), unique_topic("stuck-out"));
+        cluster.create_topic(&input, 1).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        write(cluster, &input, 1, &(0..6).map(line).collect::<Vec<_>>()).await;
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let hold = release.clone();
+        let name = unique_topic("stuck");
+        let threshold = Duration::from_secs(1);
+        let processor = builder::<Ignore, String, String, String>(cluster, &name, &input, &output)
+            .async_function(4, move |input| {
+                let hold = hold.clone();
+                async move {
+                    if input.offset == 3 {
+                        let _ = hold.acquire().await;
+                    }
+                    Output::new(String::new(), input.value)
+                }
+            })
+            .order(rill::Order::Unordered)
+            .property("processor.stuck.timeout.ms", "1000")
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("all but the held record", &metrics, |m| m.produced == 5).await;
+        assert_eq!(running.0.health(), rill::Health::Healthy, "not stuck yet");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stuck = loop {
+            if let rill::Health::Stuck(stuck) = running.0.health() {
+                break stuck;
+            }
+            assert!(Instant::now() < deadline, "never reported stuck: {:?}", metrics.snapshot());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(stuck.len(), 1, "{stuck:?}");
+        assert_eq!((stuck[0].partition.partition, stuck[0].offset), (0, 3));
+        assert!(stuck[0].stuck_for >= threshold, "{stuck:?}");
+        assert_eq!(metrics.snapshot().stuck, 1);
+        release.add_permits(1);
+        let at = |m: &MetricsSnapshot| m.partitions.first().and_then(|(_, p)| p.watermark);
+        until("the held record done", &metrics, |m| m.produced == 6 && at(m) == Some(6)).await;
+        until("healthy again", &metrics, |_| running.0.health() == rill::Health::Healthy).await;
+        assert_eq!(metrics.snapshot().stuck, 1, "counted once");
+        running.stop().await.unwrap();
+    })
+    .await;
+}

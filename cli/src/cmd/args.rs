@@ -361,9 +361,34 @@ pub(crate) struct ProcessorProperties {
     pub(crate) bootstrap: Option<String>,
     pub(crate) consumer: Vec<(String, String)>,
     pub(crate) producer: Vec<(String, String)>,
+    /// `processor.*` keys, the processor's own.
+    pub(crate) processor: Vec<(String, String)>,
 }
 
 impl ProcessorProperties {
+    /// Hands every setting to the client (or processor) that takes it.
+    pub(crate) fn apply<K, V, OK, OV>(
+        &self,
+        mut builder: rill::ProcessorBuilder<K, V, OK, OV>,
+    ) -> rill::ProcessorBuilder<K, V, OK, OV>
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+        OK: Send + 'static,
+        OV: Send + 'static,
+    {
+        for (key, value) in &self.consumer {
+            builder = builder.consumer_property(key, value);
+        }
+        for (key, value) in &self.producer {
+            builder = builder.producer_property(key, value);
+        }
+        for (key, value) in &self.processor {
+            builder = builder.property(key, value);
+        }
+        builder
+    }
+
     /// The bootstrap servers, which a processor cannot do without.
     pub(crate) fn bootstrap(&self) -> Result<String, ConfigError> {
         self.bootstrap
@@ -432,6 +457,11 @@ impl Common {
         for (key, value) in properties {
             if key == "bootstrap.servers" || key == "metadata.broker.list" {
                 split.bootstrap = Some(value);
+                continue;
+            }
+            if key.starts_with("processor.") {
+                // Checked by the processor's build.
+                split.processor.push((key, value));
                 continue;
             }
             let consumer = ConsumerConfig::new(ClientConfig::default()).set_property(&key, &value)?;

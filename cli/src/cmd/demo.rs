@@ -112,12 +112,7 @@ async fn demo(
             .consumer_property("session.timeout.ms", "6000")
             .consumer_property("heartbeat.interval.ms", "500")
             .function(|input| weblog::process(&input.value));
-        for (key, value) in &properties.consumer {
-            builder = builder.consumer_property(key, value);
-        }
-        for (key, value) in &properties.producer {
-            builder = builder.producer_property(key, value);
-        }
+        builder = properties.apply(builder);
         instances.push(Instance::start(builder.build()?, id));
     }
     eprintln!("two processor instances are joining group {name}-group...");

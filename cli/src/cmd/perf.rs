@@ -62,6 +62,7 @@ pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(
         rate: args.rate,
         consumer_properties: properties.consumer,
         producer_properties: properties.producer,
+        processor_properties: properties.processor,
         work,
     };
     let result = async {

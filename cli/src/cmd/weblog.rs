@@ -19,13 +19,7 @@ pub(crate) async fn run(common: &Common, args: &WeblogArgs) -> Result<(), CliErr
         .function(|input| weblog::process(&input.value));
     // -X keys go to whichever client takes them (client keys to both).
     let properties = common.processor_properties(None)?;
-    builder = builder.bootstrap_servers(properties.bootstrap()?);
-    for (key, value) in &properties.consumer {
-        builder = builder.consumer_property(key, value);
-    }
-    for (key, value) in &properties.producer {
-        builder = builder.producer_property(key, value);
-    }
+    builder = properties.apply(builder.bootstrap_servers(properties.bootstrap()?));
     let processor = builder.build()?;
     let metrics = processor.metrics();
     processor.run(&args.instance, super::stop_signal()?).await?;

@@ -71,6 +71,8 @@ pub struct ProcessLoad {
     pub consumer_properties: Vec<(String, String)>,
     /// Extra producer settings.
     pub producer_properties: Vec<(String, String)>,
+    /// Processor settings (`processor.*`).
+    pub processor_properties: Vec<(String, String)>,
     /// What the processor does.
     pub work: Work,
 }
@@ -164,6 +166,9 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
     }
     for (key, value) in &load.producer_properties {
         builder = builder.producer_property(key, value);
+    }
+    for (key, value) in &load.processor_properties {
+        builder = builder.property(key, value);
     }
     let processor = Arc::new(builder.build()?);
     let metrics = processor.metrics();

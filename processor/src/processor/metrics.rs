@@ -17,6 +17,9 @@ pub struct Metrics {
     pub(super) dead_lettered: AtomicU64,
     pub(super) in_flight: AtomicU64,
     pub(super) rewound: AtomicU64,
+    pub(super) stuck: AtomicU64,
+    /// The partitions stuck at the last look.
+    pub(super) stuck_now: Mutex<Vec<Stuck>>,
     pub(super) partitions: Mutex<HashMap<TopicPartition, PartitionMetrics>>,
     /// Input timestamp → output delivered, per output.
     pub(super) latency: Latency,
@@ -53,13 +56,47 @@ pub struct MetricsSnapshot {
     /// taken (the consumer reset an out-of-range position to an earlier
     /// one) and its ledger started over from there.
     pub rewound: u64,
+    /// Times an input record was found unfinished for longer than the
+    /// stuck timeout (each such record counted once).
+    pub stuck: u64,
     /// Per input partition.
     pub partitions: Vec<(TopicPartition, PartitionMetrics)>,
     /// End-to-end latency: input timestamp (CreateTime) → output delivered.
     pub latency: LatencySnapshot,
 }
 
+/// Whether the processor makes progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// No input record has been unfinished for longer than the stuck
+    /// timeout.
+    Healthy,
+    /// These partitions' oldest unfinished records have been so for longer
+    /// than the stuck timeout (a hung call, an output that is not
+    /// delivered): their stored offsets do not move.
+    Stuck(Vec<Stuck>),
+}
+
+/// A partition whose oldest unfinished input has been so too long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// The input partition.
+    pub partition: TopicPartition,
+    /// Its oldest unfinished record.
+    pub offset: i64,
+    /// How long it has been unfinished, at least (the processor looks every
+    /// 50 ms).
+    pub stuck_for: Duration,
+}
+
 impl Metrics {
+    /// Whether the processor makes progress, as of its last look (every
+    /// 50 ms while it runs).
+    pub fn health(&self) -> Health {
+        let stuck = self.stuck_now.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if stuck.is_empty() { Health::Healthy } else { Health::Stuck(stuck) }
+    }
+
     /// The numbers now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let mut partitions: Vec<(TopicPartition, PartitionMetrics)> =
@@ -73,6 +110,7 @@ impl Metrics {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             rewound: self.rewound.load(Ordering::Relaxed),
+            stuck: self.stuck.load(Ordering::Relaxed),
             partitions,
             latency: self.latency.snapshot(),
         }

@@ -34,6 +34,7 @@ use tracing::info;
 use crate::serde::{DefaultSerde, Serde, SerdeError};
 
 mod deliveries;
+mod liveness;
 mod metrics;
 mod run;
 mod schedule;
@@ -41,7 +42,7 @@ mod source;
 
 pub use schedule::{Keyless, Order};
 
-pub use metrics::{Latency, LatencySnapshot, Metrics, MetricsSnapshot, PartitionMetrics};
+pub use metrics::{Health, Latency, LatencySnapshot, Metrics, MetricsSnapshot, PartitionMetrics, Stuck};
 
 /// An error from the user's function.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -443,6 +444,8 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     order: Order,
     max_buffer_bytes: usize,
     acknowledge: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    stuck_timeout: Duration,
+    properties: Vec<(String, String)>,
 }
 
 impl<InK, InV, OutK, OutV> std::fmt::Debug for ProcessorBuilder<InK, InV, OutK, OutV> {
@@ -495,6 +498,8 @@ where
             order: Order::Input,
             max_buffer_bytes: 64 << 20,
             acknowledge: None,
+            stuck_timeout: Duration::from_secs(60),
+            properties: Vec::new(),
         }
     }
 
@@ -747,6 +752,23 @@ where
         self
     }
 
+    /// A partition whose oldest unfinished input has been so for longer
+    /// than this is reported by [`Processor::health`] as stuck, logged at
+    /// warn and counted (default 60 s).
+    pub fn stuck_timeout(mut self, timeout: Duration) -> Self {
+        self.stuck_timeout = timeout;
+        self
+    }
+
+    /// A processor setting by name, as a configuration file holds it:
+    /// `processor.stuck.timeout.ms` ([`Self::stuck_timeout`]) and
+    /// `processor.max.buffer.bytes` ([`Self::max_buffer_bytes`]). An
+    /// unknown key or a bad value is refused at `build`.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((key.into(), value.into()));
+        self
+    }
+
     /// How long shutting down may take in all (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -761,7 +783,23 @@ where
     }
 
     /// Checks the settings.
-    pub fn build(self) -> Result<Processor<InK, InV, OutK, OutV>, ConfigError> {
+    pub fn build(mut self) -> Result<Processor<InK, InV, OutK, OutV>, ConfigError> {
+        for (key, value) in std::mem::take(&mut self.properties) {
+            let number = || {
+                value.trim().parse::<u64>().map_err(|_| ConfigError::InvalidValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    reason: "expected a whole number".into(),
+                })
+            };
+            match key.as_str() {
+                "processor.stuck.timeout.ms" => self.stuck_timeout = Duration::from_millis(number()?),
+                "processor.max.buffer.bytes" => {
+                    self.max_buffer_bytes = usize::try_from(number()?).unwrap_or(usize::MAX).max(1);
+                }
+                _ => return Err(ConfigError::UnknownKey { key }),
+            }
+        }
         let missing = |what: &str| ConfigError::Invalid(format!("the processor needs {what}"));
         let name = self.name.ok_or_else(|| missing("a name"))?;
         let bootstrap = self.bootstrap.ok_or_else(|| missing("bootstrap servers"))?;
@@ -840,6 +878,7 @@ where
             startup_timeout: self.startup_timeout,
             max_buffer_bytes: self.max_buffer_bytes,
             acknowledge: self.acknowledge,
+            stuck_timeout: self.stuck_timeout,
             metrics: Arc::new(Metrics::default()),
         };
         // Every setting is checked now, not at `run`.
@@ -883,6 +922,11 @@ impl RunningProcessor {
     /// Its numbers.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Whether it makes progress (see [`Metrics::health`]).
+    pub fn health(&self) -> Health {
+        self.metrics.health()
     }
 
     /// Whether `run` ended (on an error: [`Self::stop`] returns it).
@@ -932,6 +976,7 @@ pub struct Processor<InK, InV, OutK, OutV> {
     startup_timeout: Duration,
     max_buffer_bytes: usize,
     acknowledge: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    stuck_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -978,6 +1023,11 @@ where
     /// The running numbers (shared: read them while `run` runs).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// Whether it makes progress (see [`Metrics::health`]).
+    pub fn health(&self) -> Health {
+        self.metrics.health()
     }
 
     fn consumer_config(&self, instance: &str) -> Result<ConsumerConfig, ConfigError> {
@@ -1139,6 +1189,12 @@ mod tests {
         );
         assert!(refused(builder().consumer_property("linger.msec", "1")).contains("linger.msec"), "unknown keys");
         assert!(refused(builder().acknowledge(|_| {})).contains("acknowledge is for a source"));
+        assert!(refused(builder().property("processor.stuck.timeout", "1")).contains("processor.stuck.timeout"));
+        assert!(refused(builder().property("processor.max.buffer.bytes", "lots")).contains("whole number"));
+        assert_eq!(
+            builder().property("processor.stuck.timeout.ms", "1500").build().unwrap().stuck_timeout,
+            Duration::from_millis(1500)
+        );
     }
 
     #[test]

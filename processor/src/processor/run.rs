@@ -27,6 +27,8 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::deliveries::{Deliveries, Origin, Outcome};
+use super::liveness::{Liveness, Seen};
+use super::metrics::Stuck;
 use super::schedule::{Admit, Held, Id, Order, Scheduler};
 use super::{
     AsyncFn, BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, Processor, ProcessorError,
@@ -91,6 +93,7 @@ struct Tracked {
     generation: u64,
     tracker: OffsetTracker,
     stored: Option<i64>,
+    liveness: Liveness,
 }
 
 /// How often watermarks are stored in the consumer and the per-partition
@@ -263,7 +266,12 @@ where
     /// (outcomes of an older one move nothing); returns the generation.
     fn new_ledger(&mut self, partition: i32) -> u64 {
         self.generation += 1;
-        let tracked = Tracked { generation: self.generation, tracker: OffsetTracker::new(), stored: None };
+        let tracked = Tracked {
+            generation: self.generation,
+            tracker: OffsetTracker::new(),
+            stored: None,
+            liveness: Liveness::default(),
+        };
         self.trackers.insert(partition, tracked);
         self.schedule.assign(partition, self.generation);
         self.generation
@@ -678,10 +686,13 @@ where
         Ok(())
     }
 
-    /// Stores every watermark that moved since it was last stored, and
-    /// publishes the per-partition numbers.
+    /// Stores every watermark that moved since it was last stored, looks
+    /// for partitions stuck, and publishes the per-partition numbers.
     fn store_and_publish(&mut self) {
         let mut moved = Vec::new();
+        let mut stuck = Vec::new();
+        let now = Instant::now();
+        let threshold = self.processor.stuck_timeout;
         for (&partition, tracked) in &mut self.trackers {
             if let Some(watermark) = tracked.tracker.watermark()
                 && tracked.stored != Some(watermark)
@@ -689,7 +700,19 @@ where
                 tracked.stored = Some(watermark);
                 moved.push((TopicPartition::new(&self.topic, partition), watermark));
             }
+            if let Seen::Stuck { offset, age, new } =
+                tracked.liveness.observe(tracked.tracker.lowest_undone(), now, threshold)
+            {
+                if new {
+                    warn!(target: "rill::processor", topic = %self.topic, partition, offset, unfinished_for = ?age,
+                        "stuck: the oldest unfinished input of the partition has not finished");
+                    self.processor.metrics.stuck.fetch_add(1, Ordering::Relaxed);
+                }
+                stuck.push(Stuck { partition: TopicPartition::new(&self.topic, partition), offset, stuck_for: age });
+            }
         }
+        stuck.sort_by(|a, b| a.partition.cmp(&b.partition));
+        *self.processor.metrics.stuck_now.lock().unwrap_or_else(|p| p.into_inner()) = stuck;
         self.store(&moved);
         let mut published = self.metrics().partitions.lock().unwrap_or_else(|p| p.into_inner());
         published.clear();

@@ -16,5 +16,5 @@ pub use processor::{
     MetricsSnapshot, Order, Output, PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, Retry,
     RunningProcessor, Stage, Stuck, TimedOut,
 };
-pub use serde::{DefaultSerde, Ignore, Serde, SerdeError};
+pub use serde::{DefaultSerde, Ignore, Json, Preparation, Serde, SerdeError};
 pub use tracker::OffsetTracker;

@@ -5,12 +5,23 @@
 //! gives the types the processor handles out of the box their serde:
 //! `String` (UTF-8), `i32`, `i64`, `f32`, `f64` (big-endian, as Java's
 //! serializers), `()` (null; data present is an error), [`Ignore`] (any
-//! data, nothing kept), `Vec<u8>` and `Bytes` (as they are).
+//! data, nothing kept), `Vec<u8>` and `Bytes` (as they are). [`Json`]
+//! reads and writes any serde type as JSON text.
+//!
+//! A serde that must look something up before it can read a record (a
+//! schema registry's schema for the id the record names) does so in
+//! [`Serde::prepare`], which the processor awaits: the lookup runs
+//! asynchronously and, cached, once per schema.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+/// Work a serde wants done before it reads a record.
+pub type Preparation = Pin<Box<dyn Future<Output = Result<(), SerdeError>> + Send>>;
 
 /// Why a key or value could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +41,54 @@ pub trait Serde<T>: Send + Sync {
     fn serialize(&self, value: &T) -> Result<Option<Bytes>, SerdeError>;
     /// The value of `data` (`None`: null).
     fn deserialize(&self, data: Option<&Bytes>) -> Result<T, SerdeError>;
+
+    /// What to await before [`Self::deserialize`] reads `data`, if
+    /// anything: a serde that looks something up (a schema registry's
+    /// schema for the id at the start of `data`) does it here, and caches
+    /// it, so that `deserialize` never blocks. The processor awaits it on
+    /// its task: the thread is not blocked, and a cached lookup should
+    /// return `None`. An error is the record's deserialization error.
+    /// Default: nothing.
+    fn prepare(&self, data: Option<&Bytes>) -> Option<Preparation> {
+        let _ = data;
+        None
+    }
+}
+
+/// JSON text of any serde type, UTF-8. A null record is JSON `null` both
+/// ways: `Json<Option<T>>` reads it as `None` and writes `None` as a null
+/// record; any other `T` refuses a null record.
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Click { page: String }
+/// let serde = rill::Json::<Click>::serde(); // for input_value_serde / output_value_serde
+/// ```
+pub struct Json<T>(PhantomData<fn() -> T>);
+
+impl<T> std::fmt::Debug for Json<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Json<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> Json<T> {
+    /// The serde, for a builder's `*_serde` methods.
+    pub fn serde() -> Arc<dyn Serde<T>> {
+        Arc::new(Json(PhantomData))
+    }
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> Serde<T> for Json<T> {
+    fn serialize(&self, value: &T) -> Result<Option<Bytes>, SerdeError> {
+        let text = serde_json::to_vec(value)
+            .map_err(|e| SerdeError::new(format!("cannot write {} as JSON: {e}", std::any::type_name::<T>())))?;
+        Ok((text != b"null").then(|| Bytes::from(text)))
+    }
+
+    fn deserialize(&self, data: Option<&Bytes>) -> Result<T, SerdeError> {
+        serde_json::from_slice(data.map_or(&b"null"[..], |d| &d[..]))
+            .map_err(|e| SerdeError::new(format!("not the JSON of {}: {e}", std::any::type_name::<T>())))
+    }
 }
 
 /// Types with a serde of their own.
@@ -199,5 +258,26 @@ mod tests {
         assert!(String::serde().deserialize(Some(&Bytes::from_static(&[0xff]))).unwrap_err().0.contains("UTF-8"));
         assert_eq!(Ignore::serde().deserialize(Some(&data)), Ok(Ignore));
         assert_eq!(Ignore::serde().deserialize(None), Ok(Ignore));
+    }
+
+    #[test]
+    fn json_round_trips_and_says_what_is_wrong() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Click {
+            page: String,
+            ms: u32,
+        }
+        let serde = Json::<Click>::serde();
+        let click = Click { page: "/a".into(), ms: 7 };
+        let bytes = serde.serialize(&click).unwrap().unwrap();
+        assert_eq!(&bytes[..], br#"{"page":"/a","ms":7}"#);
+        assert_eq!(serde.deserialize(Some(&bytes)).unwrap(), click);
+        let error = serde.deserialize(Some(&Bytes::from_static(b"{\"page\":3}"))).unwrap_err();
+        assert!(error.0.contains("not the JSON of") && error.0.contains("Click"), "{error}");
+        assert!(serde.deserialize(None).is_err(), "a null record is not a Click");
+        let optional = Json::<Option<Click>>::serde();
+        assert_eq!(optional.deserialize(None).unwrap(), None);
+        assert_eq!(optional.serialize(&None).unwrap(), None, "None is a null record");
+        assert!(serde.prepare(Some(&bytes)).is_none(), "nothing to look up");
     }
 }

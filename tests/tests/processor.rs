@@ -1354,3 +1354,125 @@ async fn a_stuck_partition_is_reported_by_health_within_the_threshold() {
     })
     .await;
 }
+
+/// A click, as the JSON tests write and read it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Click {
+    page: String,
+    ms: u32,
+}
+
+/// A click's default serde is JSON (the builder's types need one).
+impl DefaultSerde for Click {
+    fn serde() -> Arc<dyn rill::Serde<Self>> {
+        rill::Json::serde()
+    }
+}
+
+/// JSON values read with a schema lookup first: each value starts with a
+/// schema id byte; the first record of each id waits for a (slow,
+/// asynchronous) lookup in `prepare`, the rest find it cached. Counts the
+/// lookups.
+struct RegistryJson {
+    known: std::sync::Mutex<std::collections::HashSet<u8>>,
+    lookups: Arc<std::sync::atomic::AtomicU32>,
+    known_after: Arc<std::sync::Mutex<std::collections::HashSet<u8>>>,
+}
+
+impl rill::Serde<Click> for RegistryJson {
+    fn serialize(&self, value: &Click) -> Result<Option<bytes::Bytes>, rill::SerdeError> {
+        rill::Json::<Click>::serde().serialize(value)
+    }
+
+    fn deserialize(&self, data: Option<&bytes::Bytes>) -> Result<Click, rill::SerdeError> {
+        let data = data.ok_or_else(|| rill::SerdeError::new("null"))?;
+        let id = data[0];
+        if !self.known_after.lock().unwrap().contains(&id) {
+            return Err(rill::SerdeError::new(format!("schema {id} was not looked up first")));
+        }
+        self.known.lock().unwrap().insert(id);
+        rill::Json::<Click>::serde().deserialize(Some(&data.slice(1..)))
+    }
+
+    fn prepare(&self, data: Option<&bytes::Bytes>) -> Option<rill::Preparation> {
+        let id = *data?.first()?;
+        if self.known_after.lock().unwrap().contains(&id) {
+            return None;
+        }
+        let (lookups, known) = (self.lookups.clone(), self.known_after.clone());
+        Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            known.lock().unwrap().insert(id);
+            Ok(())
+        }))
+    }
+}
+
+/// JSON values with serde: typed in, typed out; a value that is not a
+/// click's JSON is dead-lettered at the deserialize stage. A serde that
+/// looks a schema up first does it in `prepare`, once per schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_values_are_read_and_written_with_serde() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output, dead) = (unique_topic("json-in"), unique_topic("json-out"), unique_topic("json-dead"));
+        for topic in [&input, &output, &dead] {
+            cluster.create_topic(topic, 1).await.unwrap();
+        }
+        let mut values: Vec<Vec<u8>> =
+            (0..6).map(|i| format!(r#"{{"page":"/p{i}","ms":{}}}"#, i * 10).into_bytes()).collect();
+        values[4] = b"{\"page\": 4}".to_vec();
+        write(cluster, &input, 1, &values).await;
+        let name = unique_topic("json");
+        let processor = builder::<Ignore, Click, String, Click>(cluster, &name, &input, &output)
+            .input_value_serde(rill::Json::<Click>::serde())
+            .output_value_serde(rill::Json::<Click>::serde())
+            .consume_error_tolerance(ErrorTolerance::DeadLetter(dead.clone()))
+            .function(|input| Output::new(input.value.page.clone(), Click { ms: input.value.ms + 1, ..input.value }))
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("every record", &metrics, |m| m.produced == 5 && m.dead_lettered == 1 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        let got: Vec<(String, String)> = read_all(cluster, &output, 1, 5)
+            .await
+            .into_iter()
+            .map(|(k, v, _)| (k.unwrap(), String::from_utf8(v.unwrap()).unwrap()))
+            .collect();
+        let expected: Vec<(String, String)> = [0, 1, 2, 3, 5]
+            .iter()
+            .map(|i| (format!("/p{i}"), format!(r#"{{"page":"/p{i}","ms":{}}}"#, i * 10 + 1)))
+            .collect();
+        assert_eq!(got, expected);
+        let letters = read_all(cluster, &dead, 1, 1).await;
+        let stage = letters[0].2.iter().find(|(k, _)| k == "rill.error.stage").and_then(|(_, v)| v.clone());
+        assert_eq!(stage.as_deref(), Some(&b"deserialize"[..]));
+
+        // A schema lookup first, asynchronously, once per schema.
+        let input = unique_topic("json-schema-in");
+        let output = unique_topic("json-schema-out");
+        cluster.create_topic(&input, 1).await.unwrap();
+        cluster.create_topic(&output, 1).await.unwrap();
+        let framed: Vec<Vec<u8>> =
+            (0..10u8).map(|i| [vec![i % 2], format!(r#"{{"page":"/s{i}","ms":{i}}}"#).into_bytes()].concat()).collect();
+        write(cluster, &input, 1, &framed).await;
+        let lookups = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let registry =
+            RegistryJson { known: Default::default(), lookups: lookups.clone(), known_after: Default::default() };
+        let name = unique_topic("json-schema");
+        let processor = builder::<Ignore, Click, String, Click>(cluster, &name, &input, &output)
+            .input_value_serde(Arc::new(registry))
+            .output_value_serde(rill::Json::<Click>::serde())
+            .function(|input| Output::new(input.value.page.clone(), input.value))
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("every record", &metrics, |m| m.produced == 10 && m.in_flight == 0).await;
+        running.stop().await.unwrap();
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 2, "one lookup per schema");
+    })
+    .await;
+}

@@ -339,7 +339,10 @@ where
         let processor = self.processor;
         let id = Id { partition, generation, offset: record.offset };
         self.begin(id);
-        let input = read(processor, &record);
+        let input = match prepare(processor, &record).await {
+            Ok(()) => read(processor, &record),
+            Err(failure) => Err(failure),
+        };
         match &processor.function {
             Function::Sync(function) => {
                 let result = match input {
@@ -931,6 +934,21 @@ async fn call_async<InK, InV, OutK, OutV>(
             }
         }
     }
+}
+
+/// Awaits what the input serdes want done before they read `record` (a
+/// schema lookup); most want nothing.
+async fn prepare<InK, InV, OutK, OutV>(
+    processor: &Processor<InK, InV, OutK, OutV>,
+    record: &ConsumerRecord,
+) -> Result<(), Failure> {
+    if let Some(preparation) = processor.in_key.prepare(record.key.as_ref()) {
+        preparation.await.map_err(|error| Failure::Deserialize { what: "key", error })?;
+    }
+    if let Some(preparation) = processor.in_value.prepare(record.value.as_ref()) {
+        preparation.await.map_err(|error| Failure::Deserialize { what: "value", error })?;
+    }
+    Ok(())
 }
 
 /// Deserializes a record's key and value and builds the function's input.

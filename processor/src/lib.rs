@@ -13,7 +13,7 @@ pub mod tracker;
 
 pub use processor::{
     BoxError, ErrorTolerance, Header, Health, Input, IntoOutputs, Keyless, Latency, LatencySnapshot, Metrics,
-    MetricsSnapshot, Order, Output, PartitionMetrics, Processor, ProcessorBuilder, ProcessorError, Retry,
+    MetricsSnapshot, Order, Output, PartitionMetrics, PassHeaders, Processor, ProcessorBuilder, ProcessorError, Retry,
     RunningProcessor, Stage, Stuck, TimedOut,
 };
 pub use serde::{DefaultSerde, Ignore, Json, Preparation, Serde, SerdeError};

@@ -39,6 +39,7 @@ mod metrics;
 mod run;
 mod schedule;
 mod source;
+mod trace;
 
 pub use schedule::{Keyless, Order};
 
@@ -150,6 +151,23 @@ impl Retry {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the call did not finish within {0:?}")]
 pub struct TimedOut(pub Duration);
+
+/// Which input headers an output carries on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PassHeaders {
+    /// The W3C trace context: an input's `traceparent` is the remote
+    /// parent of the record's span, and each output gets a `traceparent`
+    /// naming that span, and the input's `tracestate`, unless the function
+    /// set them. The default.
+    #[default]
+    Trace,
+    /// Every input header (the trace context as for `Trace`), before the
+    /// output's own.
+    All,
+    /// None: outputs carry only their own headers, and no trace context
+    /// is read.
+    None,
+}
 
 /// A record header: a key (keys may repeat within a record) and a value
 /// that may be null. Input and output records carry the same type; an
@@ -446,6 +464,7 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     acknowledge: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     stuck_timeout: Duration,
     properties: Vec<(String, String)>,
+    pass_headers: PassHeaders,
 }
 
 impl<InK, InV, OutK, OutV> std::fmt::Debug for ProcessorBuilder<InK, InV, OutK, OutV> {
@@ -500,6 +519,7 @@ where
             acknowledge: None,
             stuck_timeout: Duration::from_secs(60),
             properties: Vec::new(),
+            pass_headers: PassHeaders::Trace,
         }
     }
 
@@ -760,6 +780,13 @@ where
         self
     }
 
+    /// Which input headers outputs carry on (default
+    /// [`PassHeaders::Trace`]: the W3C trace context).
+    pub fn pass_headers(mut self, pass: PassHeaders) -> Self {
+        self.pass_headers = pass;
+        self
+    }
+
     /// A processor setting by name, as a configuration file holds it:
     /// `processor.stuck.timeout.ms` ([`Self::stuck_timeout`]) and
     /// `processor.max.buffer.bytes` ([`Self::max_buffer_bytes`]). An
@@ -879,6 +906,7 @@ where
             max_buffer_bytes: self.max_buffer_bytes,
             acknowledge: self.acknowledge,
             stuck_timeout: self.stuck_timeout,
+            pass_headers: self.pass_headers,
             metrics: Arc::new(Metrics::default()),
         };
         // Every setting is checked now, not at `run`.
@@ -977,6 +1005,7 @@ pub struct Processor<InK, InV, OutK, OutV> {
     max_buffer_bytes: usize,
     acknowledge: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     stuck_timeout: Duration,
+    pass_headers: PassHeaders,
     metrics: Arc<Metrics>,
 }
 

@@ -30,9 +30,10 @@ use super::deliveries::{Deliveries, Origin, Outcome};
 use super::liveness::{Liveness, Seen};
 use super::metrics::Stuck;
 use super::schedule::{Admit, Held, Id, Order, Scheduler};
+use super::trace::{self, TraceParent};
 use super::{
-    AsyncFn, BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, Processor, ProcessorError,
-    Retry, Stage, TimedOut,
+    AsyncFn, BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, PassHeaders, Processor,
+    ProcessorError, Retry, Stage, TimedOut,
 };
 use crate::serde::SerdeError;
 use crate::tracker::OffsetTracker;
@@ -68,7 +69,17 @@ type Call<OutK, OutV> = Pin<Box<dyn Future<Output = Finished<OutK, OutV>> + Send
 
 /// What a call starts from: the input, and the raw record again when the
 /// function may be retried (each try reads it anew).
-type Start<InK, InV> = (Input<InK, InV>, Option<ConsumerRecord>);
+type Start<InK, InV> = (Input<InK, InV>, Option<ConsumerRecord>, tracing::Span);
+
+/// A record taken, and the trace context its outputs carry on.
+type Taken = (ConsumerRecord, Option<Trace>);
+
+/// The trace an input named, and this hop's span in it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Trace {
+    parent: TraceParent,
+    span_id: [u8; 8],
+}
 
 pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     pub(super) processor: &'p Processor<InK, InV, OutK, OutV>,
@@ -83,7 +94,7 @@ pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     generation: u64,
     pending: Deliveries,
     /// Async form: which calls run and which results leave.
-    schedule: Scheduler<ConsumerRecord, Start<InK, InV>, Called<OutK, OutV>>,
+    schedule: Scheduler<Taken, Start<InK, InV>, Called<OutK, OutV>>,
     calls: FuturesUnordered<Call<OutK, OutV>>,
 }
 
@@ -183,10 +194,30 @@ where
         }
     }
 
+    /// One record, in its span: a messaging `process` span (OpenTelemetry
+    /// conventions) whose remote parent is the input's `traceparent`.
     async fn record(&mut self, record: ConsumerRecord) -> Result<(), ProcessorError> {
-        let span = tracing::debug_span!(target: "rill::processor", "record", topic = %record.topic,
-            partition = record.partition, offset = record.offset);
-        self.process(record).instrument(span).await
+        let span = tracing::debug_span!(target: "rill::processor", "record",
+            messaging.system = "kafka", messaging.operation.type = "process",
+            messaging.destination.name = %record.topic, messaging.destination.partition.id = record.partition,
+            messaging.kafka.offset = record.offset, trace_id = tracing::field::Empty,
+            parent_id = tracing::field::Empty, span_id = tracing::field::Empty);
+        let trace = match self.processor.pass_headers {
+            PassHeaders::None => None,
+            _ => record
+                .headers
+                .iter()
+                .rev()
+                .find(|h| h.key.as_str() == trace::TRACEPARENT)
+                .and_then(|h| TraceParent::parse(h.value.as_deref()?))
+                .map(|parent| Trace { parent, span_id: trace::new_span_id() }),
+        };
+        if let Some(trace) = &trace {
+            span.record("trace_id", trace.parent.trace_id_hex());
+            span.record("parent_id", trace.parent.parent_id_hex());
+            span.record("span_id", trace::span_id_hex(trace.span_id));
+        }
+        self.process(record, trace).instrument(span).await
     }
 
     /// The input partitions among `partitions`.
@@ -299,10 +330,10 @@ where
         self.begin(id);
         match &self.processor.function {
             Function::Async { .. } => {
-                self.schedule.admit(id, None, 0, record, Admit::Done(failure));
+                self.schedule.admit(id, None, 0, (record, None), Admit::Done(failure));
                 self.pump().await?;
             }
-            _ => self.emit(id, record, failure).await?,
+            _ => self.emit(id, (record, None), failure).await?,
         }
         self.handle.seek(&tp, skip_to)?;
         Ok(())
@@ -311,7 +342,7 @@ where
     /// One input record: read and handed to the function; its outputs are
     /// emitted now (plain function) or when its call and every call before
     /// it in its partition are done (async function).
-    async fn process(&mut self, record: ConsumerRecord) -> Result<(), ProcessorError> {
+    async fn process(&mut self, record: ConsumerRecord, trace: Option<Trace>) -> Result<(), ProcessorError> {
         self.metrics().consumed.fetch_add(1, Ordering::Relaxed);
         let partition = record.partition;
         let generation = match self.trackers.get(&partition) {
@@ -349,7 +380,7 @@ where
                     Err(failure) => Err(failure),
                     Ok(input) => call_plain(processor, function.as_ref(), &record, input).await,
                 };
-                self.emit(id, record, result).await
+                self.emit(id, (record, trace), result).await
             }
             Function::Async { .. } => {
                 let key = record.key.clone();
@@ -357,9 +388,9 @@ where
                 let again = (processor.retry.max_attempts() > 1).then(|| record.clone());
                 let admit = match input {
                     Err(failure) => Admit::Done(Err(failure)),
-                    Ok(input) => Admit::Call((input, again)),
+                    Ok(input) => Admit::Call((input, again, tracing::Span::current())),
                 };
-                self.schedule.admit(id, key.as_ref(), bytes, record, admit);
+                self.schedule.admit(id, key.as_ref(), bytes, (record, trace), admit);
                 self.pump().await
             }
             Function::Source(_) => unreachable!("a source has no input"),
@@ -375,9 +406,9 @@ where
         }
         let processor = self.processor;
         let Function::Async { call, .. } = &processor.function else { return Ok(()) };
-        while let Some((id, (input, again))) = self.schedule.next_start() {
+        while let Some((id, (input, again, span))) = self.schedule.next_start() {
             let again = again.map(|record| (Reader::of(processor), record));
-            let future = call_async(call.clone(), processor.retry.clone(), input, again);
+            let future = call_async(call.clone(), processor.retry.clone(), input, again).instrument(span);
             self.calls.push(Box::pin(async move { Finished { id, result: future.await } }));
         }
         Ok(())
@@ -403,7 +434,8 @@ where
 
     /// Sends a record's outputs and tracks its offset, or applies the
     /// tolerance of its failure. `id` is how the record is tracked.
-    async fn emit(&mut self, id: Id, record: ConsumerRecord, result: Called<OutK, OutV>) -> Result<(), ProcessorError> {
+    async fn emit(&mut self, id: Id, taken: Taken, result: Called<OutK, OutV>) -> Result<(), ProcessorError> {
+        let (record, trace) = taken;
         let processor = self.processor;
         let Id { partition, generation, offset: mark } = id;
         let offset = record.offset;
@@ -475,8 +507,10 @@ where
         // last one is even queued.
         self.track(id, count);
         let keep = matches!(processor.produce_tolerance, ErrorTolerance::DeadLetter(_));
+        let child = trace.map(|trace| trace.parent.child(trace.span_id));
         for ((key, value), output) in serialized.iter().zip(&outputs) {
-            let headers = header_views(output);
+            let mut headers = header_views(output);
+            inherit(&mut headers, &record, processor.pass_headers, child.as_deref());
             let sent = self.producer.send(output_record(&processor.output, key, value, output, &headers)).await;
             match sent {
                 Ok(delivery) => {
@@ -990,6 +1024,33 @@ pub(super) fn serialize<InK, InV, OutK, OutV>(
         .iter()
         .map(|output| Ok((processor.out_key.serialize(&output.key)?, processor.out_value.serialize(&output.value)?)))
         .collect()
+}
+
+/// Adds to an output's headers what it carries on from its input, as
+/// `pass` says: the trace context (this hop's `traceparent`, the input's
+/// `tracestate`) unless the output set its own, and under
+/// [`PassHeaders::All`] every other input header first.
+fn inherit<'a>(headers: &mut Vec<Header<'a>>, input: &'a ConsumerRecord, pass: PassHeaders, child: Option<&'a str>) {
+    if pass == PassHeaders::None {
+        return;
+    }
+    let has = |headers: &[Header<'_>], key: &str| headers.iter().any(|h| h.key == key);
+    let is_trace = |key: &str| key == trace::TRACEPARENT || key == trace::TRACESTATE;
+    if pass == PassHeaders::All {
+        headers.extend(
+            input.headers.iter().filter(|h| !is_trace(&h.key)).map(|h| Header::new(&h.key, h.value.as_deref())),
+        );
+    }
+    if let Some(child) = child
+        && !has(headers, trace::TRACEPARENT)
+    {
+        headers.push(Header::new(trace::TRACEPARENT, Some(child.as_bytes())));
+        if !has(headers, trace::TRACESTATE)
+            && let Some(state) = input.headers.iter().rev().find(|h| h.key.as_str() == trace::TRACESTATE)
+        {
+            headers.push(Header::new(trace::TRACESTATE, state.value.as_deref()));
+        }
+    }
 }
 
 /// Header views of an output, for its producer record.

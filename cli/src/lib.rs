@@ -14,5 +14,7 @@
 //! The command line itself is the `rill` binary of this package.
 
 pub mod local;
+#[cfg(feature = "prometheus")]
+pub mod metrics_http;
 pub mod perf;
 pub mod weblog;

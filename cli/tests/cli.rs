@@ -457,3 +457,86 @@ async fn consume_reports_and_skips_an_unreadable_batch() {
     let text = stderr(&consumed);
     assert!(text.contains("offsets 0 to 3 cannot be read, skipped") && text.contains("CRC"), "{text}");
 }
+
+/// One scrape of `http://addr/metrics`: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the metrics endpoint listens");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: rill\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// `rill weblog --metrics-addr 127.0.0.1:0` serves Prometheus text that
+/// parses, with the processor's numbers (the per-partition lag among them)
+/// and the client's (request durations, the consumer's lag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weblog_serves_prometheus_text_with_the_lag_per_partition() {
+    use std::io::BufRead;
+    let tansu = tansu().await;
+    let brokers = tansu.bootstrap();
+    let (input, output) = (rill_testkit::unique_topic("prom-in"), rill_testkit::unique_topic("prom-out"));
+    for (topic, partitions) in [(&input, "2"), (&output, "1")] {
+        assert!(rill(&["topic", "create", "-b", &brokers, "--partitions", partitions, topic]).status.success());
+    }
+    let lines: String = (0..40).map(|i| format!("{}\n", rill_cli::weblog::line(i))).collect();
+    assert!(rill_with_input(&["produce", "-b", &brokers, "-t", &input], lines.as_bytes()).status.success());
+    let mut child = common::command()
+        .args(["weblog", "-b", &brokers, "-i", &input, "-o", &output, "--instance", "prom-1", "--from", "earliest"])
+        .args(["--metrics-addr", "127.0.0.1:0", "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = stderr.lines();
+    let addr = loop {
+        let line = said.next().expect("rill weblog says where its metrics are").unwrap();
+        if let Some(url) = line.strip_prefix("rill: metrics at http://") {
+            break url.trim_end_matches("/metrics").to_owned();
+        }
+    };
+    std::thread::spawn(move || said.for_each(drop));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let metrics = loop {
+        let text = scrape(&addr);
+        let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            parsed
+                .samples
+                .iter()
+                .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        let done = value("rill_processor_consumed_total", &[("processor", "weblog")]) == Some(40.0)
+            && (0..2)
+                .all(|p| value("rill_processor_lag", &[("topic", &input), ("partition", &p.to_string())]) == Some(0.0));
+        if done {
+            break parsed;
+        }
+        assert!(std::time::Instant::now() < deadline, "not every record processed or no lag: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let names: std::collections::BTreeSet<&str> = metrics.samples.iter().map(|s| s.metric.as_str()).collect();
+    for name in [
+        "rill_processor_produced_total",
+        "rill_processor_watermark",
+        "rill_processor_in_flight",
+        "rill_client_request_duration_seconds",
+        "rill_client_requests_in_flight",
+        "rill_consumer_lag",
+        "rill_producer_batch_bytes",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    common::sigterm(&child);
+    assert!(common::exit_status(&mut child, std::time::Duration::from_secs(40)).success());
+}

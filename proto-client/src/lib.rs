@@ -40,6 +40,7 @@ pub mod net;
 pub mod producer;
 pub mod records;
 pub(crate) mod retry;
+pub mod telemetry;
 pub mod wire;
 
 use std::fmt;

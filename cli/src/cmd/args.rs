@@ -177,6 +177,12 @@ pub(crate) struct WeblogArgs {
     /// Static membership (the instance id as group.instance.id): on or off.
     #[arg(long, default_value = "on")]
     pub(crate) static_membership: OnOff,
+    /// Serve the client's and the processor's metrics as Prometheus text
+    /// at http://ADDR/metrics (port 0 picks one; the address is printed on
+    /// stderr).
+    #[cfg(feature = "prometheus")]
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// An error tolerance as the CLI spells it.

@@ -9,6 +9,11 @@ use super::CliError;
 use super::args::{Common, WeblogArgs};
 
 pub(crate) async fn run(common: &Common, args: &WeblogArgs) -> Result<(), CliError> {
+    #[cfg(feature = "prometheus")]
+    if let Some(addr) = args.metrics_addr {
+        let bound = rill_cli::metrics_http::serve(addr).await?;
+        eprintln!("rill: metrics at http://{bound}/metrics");
+    }
     let mut builder = Processor::<Ignore, String, String, String>::builder()
         .name(&args.name)
         .input_topic(&args.input)

@@ -32,8 +32,9 @@ pub struct PartitionMetrics {
     pub watermark: Option<i64>,
     /// Records handed to the function and not yet stored.
     pub in_flight: usize,
-    /// Records between the watermark and the end of the partition, as
-    /// last fetched.
+    /// Records between the watermark (before one: the oldest record taken,
+    /// or the consumer's position) and the end of the partition, as last
+    /// fetched.
     pub lag: Option<i64>,
 }
 
@@ -90,6 +91,42 @@ pub struct Stuck {
 }
 
 impl Metrics {
+    /// Hands the numbers to the [`metrics`] facade (a no-op without a
+    /// recorder), labelled with the processor's name: counters
+    /// `rill_processor_{consumed,produced,filtered,skipped,dead_lettered,
+    /// rewound,stuck}_total`, gauges `rill_processor_in_flight` and, per
+    /// input partition, `rill_processor_lag` and
+    /// `rill_processor_watermark` (labels `topic`, `partition`). The
+    /// end-to-end latency is the histogram
+    /// `rill_processor_latency_seconds`, recorded per output.
+    pub(super) fn export(&self, name: &str) {
+        let counters = [
+            ("rill_processor_consumed_total", &self.consumed),
+            ("rill_processor_produced_total", &self.produced),
+            ("rill_processor_filtered_total", &self.filtered),
+            ("rill_processor_skipped_total", &self.skipped),
+            ("rill_processor_dead_lettered_total", &self.dead_lettered),
+            ("rill_processor_rewound_total", &self.rewound),
+            ("rill_processor_stuck_total", &self.stuck),
+        ];
+        for (metric, value) in counters {
+            metrics::counter!(metric, "processor" => name.to_owned()).absolute(value.load(Ordering::Relaxed));
+        }
+        metrics::gauge!("rill_processor_in_flight", "processor" => name.to_owned())
+            .set(self.in_flight.load(Ordering::Relaxed) as f64);
+        let partitions = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        for (tp, numbers) in partitions.iter() {
+            let labels =
+                [("processor", name.to_owned()), ("topic", tp.topic.clone()), ("partition", tp.partition.to_string())];
+            if let Some(lag) = numbers.lag {
+                metrics::gauge!("rill_processor_lag", &labels).set(lag as f64);
+            }
+            if let Some(watermark) = numbers.watermark {
+                metrics::gauge!("rill_processor_watermark", &labels).set(watermark as f64);
+            }
+        }
+    }
+
     /// Whether the processor makes progress, as of its last look (every
     /// 50 ms while it runs).
     pub fn health(&self) -> Health {
@@ -185,9 +222,11 @@ impl Latency {
 
     /// Records the time from `timestamp` (milliseconds since the epoch, as
     /// a record's CreateTime) to `now`; zero if it lies ahead.
-    pub fn record_since(&self, timestamp: i64, now: SystemTime) {
+    pub fn record_since(&self, timestamp: i64, now: SystemTime) -> Duration {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        self.record(now.saturating_sub(Duration::from_millis(u64::try_from(timestamp).unwrap_or(0))));
+        let latency = now.saturating_sub(Duration::from_millis(u64::try_from(timestamp).unwrap_or(0)));
+        self.record(latency);
+        latency
     }
 
     /// The `q` quantile (0.0–1.0), within a bucket's width; zero when

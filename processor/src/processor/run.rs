@@ -96,6 +96,8 @@ pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     /// Async form: which calls run and which results leave.
     schedule: Scheduler<Taken, Start<InK, InV>, Called<OutK, OutV>>,
     calls: FuturesUnordered<Call<OutK, OutV>>,
+    /// The end-to-end latency, for the metrics facade.
+    latency: metrics::Histogram,
 }
 
 /// One input partition's tracker, and what of it was last stored and
@@ -149,6 +151,7 @@ where
             pending: Deliveries::default(),
             schedule,
             calls: FuturesUnordered::new(),
+            latency: metrics::histogram!("rill_processor_latency_seconds", "processor" => processor.name.clone()),
         }
     }
 
@@ -714,7 +717,8 @@ where
             self.metrics().dead_lettered.fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics().produced.fetch_add(1, Ordering::Relaxed);
-            self.metrics().latency.record_since(timestamp, at);
+            let latency = self.metrics().latency.record_since(timestamp, at);
+            self.latency.record(latency.as_secs_f64());
         }
         if !current {
             return Ok(()); // an outcome of a partition we gave up meanwhile
@@ -756,9 +760,14 @@ where
         for (&partition, tracked) in &self.trackers {
             let tp = TopicPartition::new(&self.topic, partition);
             let watermark = tracked.tracker.watermark();
-            let lag = self.handle.high_watermark(&tp).zip(watermark).map(|(end, mark)| (end - mark).max(0));
+            // Before anything is stored: from the oldest record taken, or
+            // the consumer's position when none is.
+            let done_to = watermark.or_else(|| tracked.tracker.lowest_undone()).or_else(|| self.consumer.position(&tp));
+            let lag = self.handle.high_watermark(&tp).zip(done_to).map(|(end, mark)| (end - mark).max(0));
             published.insert(tp, PartitionMetrics { watermark, in_flight: tracked.tracker.in_flight(), lag });
         }
+        drop(published);
+        self.metrics().export(&self.processor.name);
     }
 
     fn store(&self, offsets: &[(TopicPartition, i64)]) {

@@ -361,6 +361,9 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                     if let Some(next) = decoded.next_offset {
                         ps.fetch_offset = Some(next);
                     }
+                    if let Some(next) = ps.fetch_offset {
+                        crate::telemetry::consumer_lag(tp, (high_watermark - next).max(0));
+                    }
                     if !decoded.records.is_empty() {
                         total += decoded.bytes;
                         if let Some(last) = decoded.records.back() {

@@ -36,6 +36,8 @@ struct LinkState {
     /// A failure no retry can mend (an untrusted certificate, a refused
     /// client certificate): every later use fails with it at once.
     fatal: Option<Error>,
+    /// A connection was made before: the next one is a reconnect.
+    connected_before: bool,
 }
 
 impl BrokerLink {
@@ -130,10 +132,17 @@ impl BrokerLink {
             Ok(connection) => {
                 backoff.reset();
                 let mut state = self.state();
+                if state.connected_before {
+                    metrics::counter!("rill_client_reconnects_total").increment(1);
+                }
+                state.connected_before = true;
                 if state.down {
                     warn!(target: "rill::broker", broker = %self.address, id = self.id, "broker is reachable again");
                 }
-                *state = LinkState { connection: Some(connection.clone()), retry_at: None, down: false, fatal: None };
+                state.connection = Some(connection.clone());
+                state.retry_at = None;
+                state.down = false;
+                state.fatal = None;
                 Ok(connection)
             }
             Err(error @ Error::Security { .. }) => {

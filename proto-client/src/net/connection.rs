@@ -267,8 +267,10 @@ impl Connection {
         let answer = self.inner.pipe.enqueue(request, version, &self.inner.client_id, timeout, true).await?;
         let broker = self.inner.pipe.broker.clone();
         let closed = self.inner.pipe.closed.clone();
+        let timing = crate::telemetry::RequestTiming::start(R::KEY as i16);
         Ok(async move {
             let frame = answer.expect("a reply was asked for").await.map_err(|_| closed_error(&closed, &broker))??;
+            timing.answered();
             frame::decode_response::<R>(frame, version).map_err(|message| Error::protocol(&broker, message))
         })
     }

@@ -481,6 +481,8 @@ fn produce_request(config: &super::ProducerConfig, batches: &mut [ProducerBatch]
             super::accumulator::Payload::Sealed(sealed) => sealed.bytes(),
             super::accumulator::Payload::Closed(_) => unreachable!("dispatch seals every batch first"),
         };
+        metrics::histogram!("rill_producer_batch_bytes").record(records.len() as f64);
+        metrics::histogram!("rill_producer_batch_records").record(f64::from(batch.records));
         topics
             .entry(batch.topic.clone())
             .or_default()

@@ -32,6 +32,9 @@ pub(super) struct Origin {
     /// The input record, kept while its output is in flight when a failed
     /// output is to be dead-lettered.
     pub(super) input: Option<Box<ConsumerRecord>>,
+    /// The output's bytes, counted against the buffer budget until its
+    /// outcome is known.
+    pub(super) bytes: usize,
 }
 
 /// One output's outcome.

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub(super) in_flight: AtomicU64,
     pub(super) rewound: AtomicU64,
     pub(super) stuck: AtomicU64,
+    pub(super) paused: AtomicU64,
+    pub(super) resumed: AtomicU64,
+    pub(super) buffered_bytes: AtomicU64,
     /// The partitions stuck at the last look.
     pub(super) stuck_now: Mutex<Vec<Stuck>>,
     pub(super) partitions: Mutex<HashMap<TopicPartition, PartitionMetrics>>,
@@ -32,6 +35,8 @@ pub struct PartitionMetrics {
     pub watermark: Option<i64>,
     /// Records handed to the function and not yet stored.
     pub in_flight: usize,
+    /// Paused by the buffer budget.
+    pub paused: bool,
     /// Records between the watermark (before one: the oldest record taken,
     /// or the consumer's position) and the end of the partition, as last
     /// fetched.
@@ -60,6 +65,14 @@ pub struct MetricsSnapshot {
     /// Times an input record was found unfinished for longer than the
     /// stuck timeout (each such record counted once).
     pub stuck: u64,
+    /// Times an input partition was paused because the processor held more
+    /// than its buffer budget.
+    pub paused: u64,
+    /// Times the budget resumed a paused partition.
+    pub resumed: u64,
+    /// Bytes held at the last look: records taken and not done, outputs
+    /// not delivered (the consumer's prefetch apart).
+    pub buffered_bytes: u64,
     /// Per input partition.
     pub partitions: Vec<(TopicPartition, PartitionMetrics)>,
     /// End-to-end latency: input timestamp (CreateTime) → output delivered.
@@ -108,12 +121,16 @@ impl Metrics {
             ("rill_processor_dead_lettered_total", &self.dead_lettered),
             ("rill_processor_rewound_total", &self.rewound),
             ("rill_processor_stuck_total", &self.stuck),
+            ("rill_processor_paused_total", &self.paused),
+            ("rill_processor_resumed_total", &self.resumed),
         ];
         for (metric, value) in counters {
             metrics::counter!(metric, "processor" => name.to_owned()).absolute(value.load(Ordering::Relaxed));
         }
         metrics::gauge!("rill_processor_in_flight", "processor" => name.to_owned())
             .set(self.in_flight.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("rill_processor_buffered_bytes", "processor" => name.to_owned())
+            .set(self.buffered_bytes.load(Ordering::Relaxed) as f64);
         let partitions = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         for (tp, numbers) in partitions.iter() {
             let labels =
@@ -148,6 +165,9 @@ impl Metrics {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             rewound: self.rewound.load(Ordering::Relaxed),
             stuck: self.stuck.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
+            resumed: self.resumed.load(Ordering::Relaxed),
+            buffered_bytes: self.buffered_bytes.load(Ordering::Relaxed),
             partitions,
             latency: self.latency.snapshot(),
         }

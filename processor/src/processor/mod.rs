@@ -33,6 +33,7 @@ use tracing::info;
 
 use crate::serde::{DefaultSerde, Serde, SerdeError};
 
+mod budget;
 mod deliveries;
 mod liveness;
 mod metrics;
@@ -765,8 +766,16 @@ where
         self
     }
 
-    /// The bytes (keys, values, headers) of the input records an async
-    /// function's calls may hold, waiting or running (default 64 MiB).
+    /// One budget for the bytes (keys, values, headers) the processor
+    /// holds (default 64 MiB): records fetched (a quarter of it is the
+    /// consumer's prefetch, `queued.max.messages.kbytes`, unless set),
+    /// records taken and not done, and outputs sent and not delivered.
+    /// Over it, the input partitions holding the most are paused (the
+    /// consumer stops fetching them) until what is held is back under
+    /// three quarters of it; the loop never blocks waiting for room (the
+    /// producer's `buffer.memory` is the budget unless set). Checked every
+    /// 50 ms, so it can be passed by what arrives in between. Under
+    /// `Partition` and `Key` order it also bounds the records taken.
     pub fn max_buffer_bytes(mut self, bytes: usize) -> Self {
         self.max_buffer_bytes = bytes.max(1);
         self
@@ -1068,6 +1077,9 @@ where
             ("enable.auto.offset.store".into(), "false".into()),
             ("auto.offset.reset".into(), self.offset_reset.clone()),
             ("max.poll.interval.ms".into(), self.max_poll_interval.as_millis().to_string()),
+            // Fetched records count against the buffer budget: a quarter
+            // of it (at least one partition's fetch) unless set.
+            ("queued.max.messages.kbytes".into(), self.prefetch_kbytes().to_string()),
         ];
         if self.static_membership {
             properties.push(("group.instance.id".into(), instance.to_owned()));
@@ -1076,12 +1088,29 @@ where
         ConsumerConfig::from_properties(properties)
     }
 
+    /// The consumer's prefetch: a quarter of the buffer budget, at least
+    /// one partition's fetch (1 MiB unless set).
+    fn prefetch_kbytes(&self) -> usize {
+        let fetch = self
+            .consumer_properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "max.partition.fetch.bytes")
+            .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+            .unwrap_or(1 << 20);
+        (self.max_buffer_bytes / 4).max(fetch).div_ceil(1024)
+    }
+
     fn producer_config(&self, instance: &str) -> Result<ProducerConfig, ConfigError> {
         let mut properties: Vec<(String, String)> = vec![
             ("bootstrap.servers".into(), self.bootstrap.clone()),
             ("client.id".into(), format!("{}-{instance}", self.name)),
             ("enable.idempotence".into(), "true".into()),
             ("linger.ms".into(), "5".into()),
+            // Outputs in flight are bounded by the buffer budget (partitions
+            // pause over it): the producer's own buffer must not fill first
+            // and block the loop.
+            ("buffer.memory".into(), self.max_buffer_bytes.max(1 << 20).to_string()),
         ];
         properties.extend(self.producer_properties.iter().cloned());
         ProducerConfig::from_properties(properties)

@@ -26,6 +26,7 @@ use rill_client::producer::{DeliveryFuture, Header, Producer, Record};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
+use super::budget::Budget;
 use super::deliveries::{Deliveries, Origin, Outcome};
 use super::liveness::{Liveness, Seen};
 use super::metrics::Stuck;
@@ -98,6 +99,9 @@ pub(super) struct Run<'p, InK, InV, OutK, OutV> {
     calls: FuturesUnordered<Call<OutK, OutV>>,
     /// The end-to-end latency, for the metrics facade.
     latency: metrics::Histogram,
+    budget: Budget,
+    /// Bytes of outputs sent and not settled, in all partitions.
+    out_total: usize,
 }
 
 /// One input partition's tracker, and what of it was last stored and
@@ -107,6 +111,8 @@ struct Tracked {
     tracker: OffsetTracker,
     stored: Option<i64>,
     liveness: Liveness,
+    /// Bytes of its outputs sent and not yet settled.
+    out_bytes: usize,
 }
 
 /// How often watermarks are stored in the consumer and the per-partition
@@ -152,6 +158,8 @@ where
             schedule,
             calls: FuturesUnordered::new(),
             latency: metrics::histogram!("rill_processor_latency_seconds", "processor" => processor.name.clone()),
+            budget: Budget::new(processor.max_buffer_bytes),
+            out_total: 0,
         }
     }
 
@@ -191,6 +199,10 @@ where
                         }
                         let Some(record) = self.consumer.try_next_record() else { break };
                         self.record(record).await?;
+                    }
+                    // Over the budget: pause now, not at the next tick.
+                    if self.out_total + self.schedule.held().bytes > self.processor.max_buffer_bytes {
+                        self.keep_to_budget();
                     }
                 }
             }
@@ -305,8 +317,11 @@ where
             tracker: OffsetTracker::new(),
             stored: None,
             liveness: Liveness::default(),
+            out_bytes: 0,
         };
-        self.trackers.insert(partition, tracked);
+        if let Some(old) = self.trackers.insert(partition, tracked) {
+            self.out_total = self.out_total.saturating_sub(old.out_bytes);
+        }
         self.schedule.assign(partition, self.generation);
         self.generation
     }
@@ -518,6 +533,19 @@ where
             match sent {
                 Ok(delivery) => {
                     let input = keep.then(|| Box::new(record.clone()));
+                    let bytes = key.as_ref().map_or(0, Bytes::len)
+                        + value.as_ref().map_or(0, Bytes::len)
+                        + output
+                            .headers
+                            .iter()
+                            .map(|h| h.key().len() + h.value().map_or(0, <[u8]>::len))
+                            .sum::<usize>();
+                    if let Some(tracked) = self.trackers.get_mut(&partition)
+                        && tracked.generation == generation
+                    {
+                        tracked.out_bytes += bytes;
+                        self.out_total += bytes;
+                    }
                     let origin = Origin {
                         partition,
                         generation,
@@ -525,6 +553,7 @@ where
                         timestamp: record.timestamp,
                         dead_letter: None,
                         input,
+                        bytes,
                     };
                     self.await_delivery(delivery, origin);
                 }
@@ -617,6 +646,7 @@ where
             timestamp: record.timestamp,
             dead_letter: Some(Arc::from(topic)),
             input: None,
+            bytes: 0,
         };
         self.await_delivery(delivery, origin);
         Ok(())
@@ -682,9 +712,16 @@ where
     /// tolerance takes a failed output, or the processor stops.
     async fn settle(&mut self, outcome: Outcome) -> Result<(), ProcessorError> {
         self.metrics().in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Outcome { origin: Origin { partition, generation, offset, timestamp, dead_letter, input }, result, at } =
-            outcome;
+        let Outcome {
+            origin: Origin { partition, generation, offset, timestamp, dead_letter, input, bytes },
+            result,
+            at,
+        } = outcome;
         let current = self.trackers.get(&partition).is_some_and(|tracked| tracked.generation == generation);
+        if current && let Some(tracked) = self.trackers.get_mut(&partition) {
+            tracked.out_bytes = tracked.out_bytes.saturating_sub(bytes);
+            self.out_total = self.out_total.saturating_sub(bytes);
+        }
         match result {
             // The partition was given up (revoked, lost, truncated) while
             // this output was in flight: its input was not stored past it,
@@ -753,6 +790,7 @@ where
             }
         }
         stuck.sort_by(|a, b| a.partition.cmp(&b.partition));
+        self.keep_to_budget();
         *self.processor.metrics.stuck_now.lock().unwrap_or_else(|p| p.into_inner()) = stuck;
         self.store(&moved);
         let mut published = self.metrics().partitions.lock().unwrap_or_else(|p| p.into_inner());
@@ -764,10 +802,36 @@ where
             // the consumer's position when none is.
             let done_to = watermark.or_else(|| tracked.tracker.lowest_undone()).or_else(|| self.consumer.position(&tp));
             let lag = self.handle.high_watermark(&tp).zip(done_to).map(|(end, mark)| (end - mark).max(0));
-            published.insert(tp, PartitionMetrics { watermark, in_flight: tracked.tracker.in_flight(), lag });
+            let paused = self.budget.paused().contains(&partition);
+            published.insert(tp, PartitionMetrics { watermark, in_flight: tracked.tracker.in_flight(), lag, paused });
         }
         drop(published);
         self.metrics().export(&self.processor.name);
+    }
+
+    /// Pauses the partitions holding the most while the processor holds
+    /// more than its budget; resumes them once it holds less.
+    fn keep_to_budget(&mut self) {
+        let held: std::collections::BTreeMap<i32, usize> = self
+            .trackers
+            .iter()
+            .map(|(&partition, tracked)| (partition, self.schedule.held_in(partition).bytes + tracked.out_bytes))
+            .collect();
+        self.metrics().buffered_bytes.store(held.values().sum::<usize>() as u64, Ordering::Relaxed);
+        let decision = self.budget.decide(&held);
+        let tps = |partitions: &[i32]| -> Vec<TopicPartition> {
+            partitions.iter().map(|&p| TopicPartition::new(&self.topic, p)).collect()
+        };
+        if !decision.pause.is_empty() {
+            debug!(target: "rill::processor", partitions = ?decision.pause, held = ?held, "over the buffer budget: pausing");
+            self.handle.pause(&tps(&decision.pause));
+            self.metrics().paused.fetch_add(decision.pause.len() as u64, Ordering::Relaxed);
+        }
+        if !decision.resume.is_empty() {
+            debug!(target: "rill::processor", partitions = ?decision.resume, "under the buffer budget: resuming");
+            self.handle.resume(&tps(&decision.resume));
+            self.metrics().resumed.fetch_add(decision.resume.len() as u64, Ordering::Relaxed);
+        }
     }
 
     fn store(&self, offsets: &[(TopicPartition, i64)]) {
@@ -815,10 +879,15 @@ where
         let mut last = Vec::new();
         for partition in partitions {
             self.schedule.remove(*partition);
-            if let Some(tracked) = self.trackers.remove(partition)
-                && store
-                && let Some(watermark) = tracked.tracker.watermark()
-            {
+            if self.budget.paused().contains(partition) {
+                // Still assigned after a truncation: not paused any more.
+                self.budget.forget(*partition);
+                self.handle.resume(&[TopicPartition::new(&self.topic, *partition)]);
+            }
+            let Some(tracked) = self.trackers.remove(partition) else { continue };
+            // Its outputs' outcomes no longer count (another generation).
+            self.out_total = self.out_total.saturating_sub(tracked.out_bytes);
+            if store && let Some(watermark) = tracked.tracker.watermark() {
                 last.push((TopicPartition::new(&self.topic, *partition), watermark));
             }
         }

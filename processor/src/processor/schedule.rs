@@ -190,7 +190,6 @@ impl<K, C, R> Scheduler<K, C, R> {
     }
 
     /// What is held (admitted and not emitted), in all partitions.
-    #[cfg(test)]
     pub(crate) fn held(&self) -> Held {
         self.held
     }

@@ -18,3 +18,29 @@ pub mod local;
 pub mod metrics_http;
 pub mod perf;
 pub mod weblog;
+
+/// Hands settings to a processor's builder by the client that takes them:
+/// consumer, producer, and the processor's own (`processor.*`).
+pub fn with_properties<K, V, OK, OV>(
+    mut builder: rill::ProcessorBuilder<K, V, OK, OV>,
+    consumer: &[(String, String)],
+    producer: &[(String, String)],
+    processor: &[(String, String)],
+) -> rill::ProcessorBuilder<K, V, OK, OV>
+where
+    K: Send + 'static,
+    V: Send + 'static,
+    OK: Send + 'static,
+    OV: Send + 'static,
+{
+    for (key, value) in consumer {
+        builder = builder.consumer_property(key, value);
+    }
+    for (key, value) in producer {
+        builder = builder.producer_property(key, value);
+    }
+    for (key, value) in processor {
+        builder = builder.property(key, value);
+    }
+    builder
+}

@@ -375,7 +375,7 @@ impl ProcessorProperties {
     /// Hands every setting to the client (or processor) that takes it.
     pub(crate) fn apply<K, V, OK, OV>(
         &self,
-        mut builder: rill::ProcessorBuilder<K, V, OK, OV>,
+        builder: rill::ProcessorBuilder<K, V, OK, OV>,
     ) -> rill::ProcessorBuilder<K, V, OK, OV>
     where
         K: Send + 'static,
@@ -383,16 +383,7 @@ impl ProcessorProperties {
         OK: Send + 'static,
         OV: Send + 'static,
     {
-        for (key, value) in &self.consumer {
-            builder = builder.consumer_property(key, value);
-        }
-        for (key, value) in &self.producer {
-            builder = builder.producer_property(key, value);
-        }
-        for (key, value) in &self.processor {
-            builder = builder.property(key, value);
-        }
-        builder
+        rill_cli::with_properties(builder, &self.consumer, &self.producer, &self.processor)
     }
 
     /// The bootstrap servers, which a processor cannot do without.

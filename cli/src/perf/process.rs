@@ -161,15 +161,12 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
                 .order(order.clone())
         }
     };
-    for (key, value) in &load.consumer_properties {
-        builder = builder.consumer_property(key, value);
-    }
-    for (key, value) in &load.producer_properties {
-        builder = builder.producer_property(key, value);
-    }
-    for (key, value) in &load.processor_properties {
-        builder = builder.property(key, value);
-    }
+    builder = crate::with_properties(
+        builder,
+        &load.consumer_properties,
+        &load.producer_properties,
+        &load.processor_properties,
+    );
     let processor = Arc::new(builder.build()?);
     let metrics = processor.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -474,6 +474,12 @@ impl<InK, InV, OutK, OutV> std::fmt::Debug for ProcessorBuilder<InK, InV, OutK, 
     }
 }
 
+/// The number the last setting of `key` says, if it is one (a bad one is
+/// the client config's to refuse).
+fn last_number<T: std::str::FromStr>(properties: &[(String, String)], key: &str) -> Option<T> {
+    properties.iter().rev().find(|(k, _)| k == key).and_then(|(_, value)| value.trim().parse().ok())
+}
+
 /// Settings the processor owns: overriding them would break its guarantee.
 const OWNED_CONSUMER_KEYS: &[&str] =
     &["enable.auto.offset.store", "enable.auto.commit", "group.id", "group.instance.id", "client.id"];
@@ -870,12 +876,7 @@ where
         // A revocation is drained before the member rejoins; the group
         // waits for the rejoin at most max.poll.interval.ms (the rebalance
         // timeout), so a longer drain would cost the member its place.
-        let poll_interval = self
-            .consumer_properties
-            .iter()
-            .rev()
-            .find(|(key, _)| key == "max.poll.interval.ms")
-            .and_then(|(_, value)| value.trim().parse::<u64>().ok())
+        let poll_interval = last_number(&self.consumer_properties, "max.poll.interval.ms")
             .map_or(self.max_poll_interval, Duration::from_millis);
         if self.revoke_timeout >= poll_interval {
             return Err(ConfigError::Invalid(format!(
@@ -1091,13 +1092,7 @@ where
     /// The consumer's prefetch: a quarter of the buffer budget, at least
     /// one partition's fetch (1 MiB unless set).
     fn prefetch_kbytes(&self) -> usize {
-        let fetch = self
-            .consumer_properties
-            .iter()
-            .rev()
-            .find(|(key, _)| key == "max.partition.fetch.bytes")
-            .and_then(|(_, value)| value.trim().parse::<usize>().ok())
-            .unwrap_or(1 << 20);
+        let fetch = last_number(&self.consumer_properties, "max.partition.fetch.bytes").unwrap_or(1 << 20);
         (self.max_buffer_bytes / 4).max(fetch).div_ceil(1024)
     }
 

@@ -33,10 +33,20 @@ fn cpu_seconds() -> (f64, f64) {
     }
 }
 
-/// Peak resident set size of the process, in KiB.
+/// Peak resident set size of the process, in KiB: the kernel's high-water
+/// mark of this program's memory (`VmHWM`). Not `getrusage`'s `ru_maxrss`:
+/// Linux carries that over `exec` from the process before, so a child
+/// started by a big parent (a benchmark running each client as a child)
+/// reports at least the parent's size.
 #[allow(clippy::useless_conversion, reason = "c_long is i32 on 32-bit targets")]
 fn max_rss_kb() -> i64 {
-    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |usage| i64::from(usage.max_rss()))
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let high_water = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse().ok());
+    high_water.unwrap_or_else(|| getrusage(UsageWho::RUSAGE_SELF).map_or(0, |usage| i64::from(usage.max_rss())))
 }
 
 /// A measured phase: started by [`Meter::start`], ended by [`Meter::finish`].

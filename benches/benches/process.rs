@@ -163,6 +163,7 @@ fn child(args: &[String]) {
                 producer_properties: Vec::new(),
                 processor_properties: Vec::new(),
                 work: Work::WebLog,
+                name: None,
             };
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(process_with_rill(&load)).expect("rill run")

@@ -69,11 +69,30 @@ impl MockProcess {
     }
 
     pub fn create(&mut self, topic: &str, partitions: i32) {
+        self.command(&format!("create {topic} {partitions}"));
+    }
+
+    /// Makes `broker` the leader of `topic`'s `partition`.
+    pub fn leader(&mut self, topic: &str, partition: i32, broker: i32) {
+        self.command(&format!("leader {topic} {partition} {broker}"));
+    }
+
+    /// Delays every response of `broker` by `millis`.
+    pub fn round_trip_time(&mut self, broker: i32, millis: u64) {
+        self.command(&format!("rtt {broker} {millis}"));
+    }
+
+    /// Makes `broker` the coordinator of `group`.
+    pub fn coordinator(&mut self, group: &str, broker: i32) {
+        self.command(&format!("coordinator {group} {broker}"));
+    }
+
+    fn command(&mut self, command: &str) {
         let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "create {topic} {partitions}").unwrap();
+        writeln!(stdin, "{command}").unwrap();
         let mut line = String::new();
         self.replies.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ok");
+        assert_eq!(line.trim(), "ok", "mock: {command}");
     }
 }
 
@@ -84,18 +103,29 @@ impl Drop for MockProcess {
     }
 }
 
-/// The child side of [`MockProcess`]: serves `create TOPIC PARTITIONS`
-/// until its stdin closes.
+/// The child side of [`MockProcess`]: serves `create TOPIC PARTITIONS`,
+/// `leader TOPIC PARTITION BROKER`, `rtt BROKER MILLIS` and `coordinator
+/// GROUP BROKER` until its stdin closes.
 pub fn mock_child(brokers: &str) {
     let mock = rill_testkit::mock::MockKafka::start(brokers.parse().unwrap()).expect("mock cluster");
     println!("BOOTSTRAP {}", mock.bootstrap());
     for line in std::io::stdin().lines() {
         let line = line.unwrap();
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if let ["create", topic, partitions] = parts[..] {
-            mock.create_topic(topic, partitions.parse().unwrap(), 3).unwrap();
-            println!("ok");
-        }
+        let number = |text: &str| text.parse::<i32>().expect("a number");
+        let done = match parts[..] {
+            ["create", topic, partitions] => mock.create_topic(topic, number(partitions), 3),
+            ["leader", topic, partition, broker] => {
+                mock.partition_leader(topic, number(partition), Some(number(broker)))
+            }
+            ["rtt", broker, millis] => {
+                mock.round_trip_time(number(broker), std::time::Duration::from_millis(millis.parse().unwrap()))
+            }
+            ["coordinator", group, broker] => mock.group_coordinator(group, number(broker)),
+            _ => panic!("mock: unknown command {line}"),
+        };
+        done.expect("mock command");
+        println!("ok");
     }
 }
 

@@ -289,6 +289,9 @@ pub(crate) struct PerfProcessArgs {
     /// Distinct keys (with --order).
     #[arg(long, default_value_t = 1000, requires = "order", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) keys: u64,
+    /// Pad each value with `.` to this many bytes (with --order).
+    #[arg(long, default_value_t = 0, requires = "order")]
+    pub(crate) value_bytes: usize,
 }
 
 /// `--order` of `rill perf process`.

@@ -52,6 +52,7 @@ pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(
             concurrency: args.concurrency as usize,
             call: Duration::from_millis(args.call_ms),
             keys: args.keys,
+            value_bytes: args.value_bytes,
         },
     };
     let load = ProcessLoad {
@@ -64,6 +65,7 @@ pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(
         producer_properties: properties.producer,
         processor_properties: properties.processor,
         work,
+        name: None,
     };
     let result = async {
         if args.rate.is_none() {

@@ -20,12 +20,13 @@ use rill::{Order, Output, Processor, ProcessorError};
 pub enum Work {
     /// The web-log processor (a plain function) over generated log lines.
     WebLog,
-    /// One async call per record that sleeps for `call` (as a remote
-    /// lookup would), up to `concurrency` at once, ordered by `order`.
+    /// One async call per record to a service that answers after `call`
+    /// (as a remote lookup would), up to `concurrency` at once, ordered by
+    /// `order`.
     /// Input record `i` has the key `key-<k>` and the value `<k>:<n>`,
-    /// with `k = i % keys` and `n = i / keys` (that key's count from 0);
-    /// each output keeps its input's key and value. The output topic is
-    /// kept, for a reader to check.
+    /// with `k = i % keys` and `n = i / keys` (that key's count from 0),
+    /// padded with `.` to `value_bytes`; each output keeps its input's key
+    /// and value. The output topic is kept, for a reader to check.
     Keyed {
         /// How calls are ordered.
         order: Order,
@@ -35,6 +36,8 @@ pub enum Work {
         call: Duration,
         /// Distinct keys.
         keys: u64,
+        /// Values are padded to this many bytes (never cut).
+        value_bytes: usize,
     },
 }
 
@@ -43,10 +46,13 @@ impl Work {
     pub fn record(&self, id: u64) -> (Option<String>, String) {
         match self {
             Work::WebLog => (None, weblog::line(id)),
-            Work::Keyed { keys, .. } => {
+            Work::Keyed { keys, value_bytes, .. } => {
                 let keys = (*keys).max(1);
                 let (k, n) = (id % keys, id / keys);
-                (Some(format!("key-{k}")), format!("{k}:{n}"))
+                let mut value = format!("{k}:{n}");
+                let padding = value_bytes.saturating_sub(value.len());
+                value.extend(std::iter::repeat_n('.', padding));
+                (Some(format!("key-{k}")), value)
             }
         }
     }
@@ -75,6 +81,9 @@ pub struct ProcessLoad {
     pub processor_properties: Vec<(String, String)>,
     /// What the processor does.
     pub work: Work,
+    /// The processor's name (its group is `<name>-group`); a fresh one
+    /// when `None`.
+    pub name: Option<String>,
 }
 
 /// Writes generated records of `work` with ids `from..from + count` to
@@ -133,7 +142,7 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let calls = Arc::new(CallTimes::default());
     let builder = Processor::<Option<String>, String, Option<String>, String>::builder()
-        .name(format!("rill-perf-{stamp}"))
+        .name(load.name.clone().unwrap_or_else(|| format!("rill-perf-{stamp}")))
         .bootstrap_servers(&load.bootstrap)
         .input_topic(&load.input)
         .output_topic(&load.output)
@@ -147,13 +156,13 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
             Some(Output { key: Some(output.key), ..Output::new(None, output.value) })
         }),
         Work::Keyed { order, concurrency, call, .. } => {
-            let (call, calls) = (*call, calls.clone());
+            let (call, calls, service) = (*call, calls.clone(), RemoteService::start());
             builder
                 .async_function(*concurrency, move |input| {
-                    let calls = calls.clone();
+                    let (calls, service) = (calls.clone(), service.clone());
                     async move {
                         let started = Instant::now();
-                        tokio::time::sleep(call).await;
+                        service.call(call).await;
                         calls.took(started.elapsed());
                         Output::new(input.key, input.value)
                     }
@@ -219,7 +228,8 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
     wait_for!("processing", |m: &rill::MetricsSnapshot| m.produced >= load.messages);
     let value_bytes = load.work.record(load.messages.saturating_sub(1)).1.len();
     let mut report = meter.finish("rill", "process", load.messages, value_bytes, partitions);
-    if let Work::Keyed { order, concurrency, call, keys } = &load.work {
+    if let Work::Keyed { order, concurrency, call, keys, .. } = &load.work {
+        let snapshot = metrics.snapshot();
         report.labels.extend([
             ("order".to_owned(), order_name(order).to_owned()),
             ("output_topic".to_owned(), load.output.clone()),
@@ -228,9 +238,12 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
             ("concurrency".to_owned(), *concurrency as f64),
             ("call_ms".to_owned(), call.as_secs_f64() * 1e3),
             ("keys".to_owned(), *keys as f64),
-            // A timer rounds up to its next millisecond tick: what a call
-            // really took bounds the throughput at concurrency / this.
+            // What a call really took (its answer's time plus waking the
+            // task) bounds the throughput at concurrency / this.
             ("call_actual_ms".to_owned(), calls.mean().as_secs_f64() * 1e3),
+            // Input partitions paused over processor.max.buffer.bytes.
+            ("paused".to_owned(), snapshot.paused as f64),
+            ("resumed".to_owned(), snapshot.resumed as f64),
         ]);
     }
     let latency = metrics.snapshot().latency;
@@ -245,6 +258,90 @@ pub async fn process_with_rill(load: &ProcessLoad) -> Result<Report, ProcessorEr
         feeder.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     }
     Ok(report)
+}
+
+/// A stand-in for the remote service a lookup calls: it answers each call
+/// once its time has passed, on a thread of its own, the way a reply from
+/// the network wakes its task as soon as it arrives. `tokio::time::sleep`
+/// would not do: its timer wheel fires on whole-millisecond ticks and
+/// rounds every deadline up to the next one, so a 5 ms sleep takes about
+/// 6.3 ms, which no remote service adds.
+struct RemoteService {
+    calls: std::sync::mpsc::Sender<Pending>,
+}
+
+/// A call waiting for its answer.
+struct Pending {
+    due: std::time::Instant,
+    answer: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due
+    }
+}
+
+impl Eq for Pending {}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pending {
+    /// The earliest due first (a max-heap pops the greatest).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.due.cmp(&self.due)
+    }
+}
+
+impl RemoteService {
+    /// Starts the service's thread; it ends once every handle is dropped
+    /// and every call has been answered.
+    fn start() -> Arc<RemoteService> {
+        let (calls, requests) = std::sync::mpsc::channel::<Pending>();
+        std::thread::Builder::new()
+            .name("rill-perf-remote".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                let mut waiting = std::collections::BinaryHeap::<Pending>::new();
+                let mut open = true;
+                while open || !waiting.is_empty() {
+                    let now = std::time::Instant::now();
+                    while waiting.peek().is_some_and(|p| p.due <= now) {
+                        // A caller that gave up (timeout, shutdown) is fine.
+                        let _ = waiting.pop().expect("peeked").answer.send(());
+                    }
+                    let next = match waiting.peek() {
+                        Some(first) => requests.recv_timeout(first.due.saturating_duration_since(now)),
+                        None if open => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        None => break,
+                    };
+                    match next {
+                        Ok(pending) => waiting.push(pending),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            if let Some(first) = waiting.peek() {
+                                std::thread::sleep(first.due.saturating_duration_since(std::time::Instant::now()));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("a thread for the remote service");
+        Arc::new(RemoteService { calls })
+    }
+
+    /// A call, answered `took` after it is made.
+    async fn call(&self, took: Duration) {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if self.calls.send(Pending { due: std::time::Instant::now() + took, answer }).is_ok() {
+            let _ = answered.await;
+        }
+    }
 }
 
 /// How long calls took, summed.

@@ -11,7 +11,8 @@
 //! A serde that must look something up before it can read a record (a
 //! schema registry's schema for the id the record names) does so in
 //! [`Serde::prepare`], which the processor awaits: the lookup runs
-//! asynchronously and, cached, once per schema.
+//! asynchronously and, cached, once per schema. Writing has the same hook,
+//! [`Serde::prepare_serialize`] (registering the schema of an output).
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Work a serde wants done before it reads a record.
+/// Work a serde wants done before it reads or writes a record.
 pub type Preparation = Pin<Box<dyn Future<Output = Result<(), SerdeError>> + Send>>;
 
 /// Why a key or value could not be read or written.
@@ -51,6 +52,16 @@ pub trait Serde<T>: Send + Sync {
     /// Default: nothing.
     fn prepare(&self, data: Option<&Bytes>) -> Option<Preparation> {
         let _ = data;
+        None
+    }
+
+    /// What to await before [`Self::serialize`] writes `value`, if
+    /// anything: the writing side of [`Self::prepare`] (registering, or
+    /// looking up the id of, the schema `value` is written with), awaited
+    /// the same way. An error is the output's serialization error, under
+    /// the serialize stage's tolerance. Default: nothing.
+    fn prepare_serialize(&self, value: &T) -> Option<Preparation> {
+        let _ = value;
         None
     }
 }

@@ -1369,19 +1369,57 @@ impl DefaultSerde for Click {
     }
 }
 
-/// JSON values read with a schema lookup first: each value starts with a
-/// schema id byte; the first record of each id waits for a (slow,
-/// asynchronous) lookup in `prepare`, the rest find it cached. Counts the
-/// lookups.
+/// JSON values behind a schema id byte, as a registry-backed serde: the
+/// first record of each id waits for a (slow, asynchronous) lookup in
+/// `prepare`, the rest find it cached; writing, an output's schema (its
+/// `ms` parity) is registered first in `prepare_serialize`, once per
+/// schema. Counts lookups and registrations.
 struct RegistryJson {
     known: std::sync::Mutex<std::collections::HashSet<u8>>,
     lookups: Arc<std::sync::atomic::AtomicU32>,
     known_after: Arc<std::sync::Mutex<std::collections::HashSet<u8>>>,
+    registrations: Arc<std::sync::atomic::AtomicU32>,
+    registered: Arc<std::sync::Mutex<std::collections::HashSet<u8>>>,
+}
+
+impl RegistryJson {
+    fn new() -> Self {
+        RegistryJson {
+            known: Default::default(),
+            lookups: Default::default(),
+            known_after: Default::default(),
+            registrations: Default::default(),
+            registered: Default::default(),
+        }
+    }
+
+    fn schema_of(value: &Click) -> u8 {
+        (value.ms % 2) as u8 + 10
+    }
 }
 
 impl rill::Serde<Click> for RegistryJson {
     fn serialize(&self, value: &Click) -> Result<Option<bytes::Bytes>, rill::SerdeError> {
-        rill::Json::<Click>::serde().serialize(value)
+        let id = Self::schema_of(value);
+        if !self.registered.lock().unwrap().contains(&id) {
+            return Err(rill::SerdeError::new(format!("schema {id} was not registered first")));
+        }
+        let json = rill::Json::<Click>::serde().serialize(value)?.unwrap();
+        Ok(Some([&[id][..], &json].concat().into()))
+    }
+
+    fn prepare_serialize(&self, value: &Click) -> Option<rill::Preparation> {
+        let id = Self::schema_of(value);
+        if self.registered.lock().unwrap().contains(&id) {
+            return None;
+        }
+        let (registrations, registered) = (self.registrations.clone(), self.registered.clone());
+        Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            registrations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            registered.lock().unwrap().insert(id);
+            Ok(())
+        }))
     }
 
     fn deserialize(&self, data: Option<&bytes::Bytes>) -> Result<Click, rill::SerdeError> {
@@ -1411,7 +1449,8 @@ impl rill::Serde<Click> for RegistryJson {
 
 /// JSON values with serde: typed in, typed out; a value that is not a
 /// click's JSON is dead-lettered at the deserialize stage. A serde that
-/// looks a schema up first does it in `prepare`, once per schema.
+/// looks a schema up first does it in `prepare`, once per schema, and one
+/// that registers an output's schema in `prepare_serialize`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_values_are_read_and_written_with_serde() {
     common::logs();
@@ -1458,21 +1497,28 @@ async fn json_values_are_read_and_written_with_serde() {
         let framed: Vec<Vec<u8>> =
             (0..10u8).map(|i| [vec![i % 2], format!(r#"{{"page":"/s{i}","ms":{i}}}"#).into_bytes()].concat()).collect();
         write(cluster, &input, 1, &framed).await;
-        let lookups = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let registry =
-            RegistryJson { known: Default::default(), lookups: lookups.clone(), known_after: Default::default() };
+        let registry = Arc::new(RegistryJson::new());
         let name = unique_topic("json-schema");
         let processor = builder::<Ignore, Click, String, Click>(cluster, &name, &input, &output)
-            .input_value_serde(Arc::new(registry))
-            .output_value_serde(rill::Json::<Click>::serde())
-            .function(|input| Output::new(input.value.page.clone(), input.value))
+            .input_value_serde(registry.clone())
+            .output_value_serde(registry.clone())
+            .function(|input| Output::new(input.value.page.clone(), Click { ms: input.value.ms * 3, ..input.value }))
             .build()
             .unwrap();
         let metrics = processor.metrics();
         let running = start(processor, "one");
         until("every record", &metrics, |m| m.produced == 10 && m.in_flight == 0).await;
         running.stop().await.unwrap();
-        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 2, "one lookup per schema");
+        assert_eq!(registry.lookups.load(std::sync::atomic::Ordering::SeqCst), 2, "one lookup per schema");
+        assert_eq!(registry.registrations.load(std::sync::atomic::Ordering::SeqCst), 2, "one registration per schema");
+        let got: Vec<Vec<u8>> =
+            read_all(cluster, &output, 1, 10).await.into_iter().map(|(_, v, _)| v.unwrap()).collect();
+        let expected: Vec<Vec<u8>> = (0..10u32)
+            .map(|i| {
+                [vec![((i * 3) % 2) as u8 + 10], format!(r#"{{"page":"/s{i}","ms":{}}}"#, i * 3).into_bytes()].concat()
+            })
+            .collect();
+        assert_eq!(got, expected, "each output written with its registered schema's id");
     })
     .await;
 }

@@ -504,7 +504,8 @@ where
         if outputs.is_empty() {
             self.metrics().filtered.fetch_add(1, Ordering::Relaxed);
         }
-        let serialized = match serialize(processor, &outputs) {
+        let serialized = match prepare_outputs(processor, &outputs).await.and_then(|()| serialize(processor, &outputs))
+        {
             Ok(serialized) => serialized,
             Err(error) => {
                 let topic = record.topic.to_string();
@@ -1091,6 +1092,23 @@ fn read_with<InK, InV>(
 }
 
 pub(super) type Serialized = (Option<Bytes>, Option<Bytes>);
+
+/// Awaits what the output serdes want done before they write `outputs`
+/// (a schema registration); most want nothing.
+pub(super) async fn prepare_outputs<InK, InV, OutK, OutV>(
+    processor: &Processor<InK, InV, OutK, OutV>,
+    outputs: &[Output<OutK, OutV>],
+) -> Result<(), SerdeError> {
+    for output in outputs {
+        if let Some(preparation) = processor.out_key.prepare_serialize(&output.key) {
+            preparation.await?;
+        }
+        if let Some(preparation) = processor.out_value.prepare_serialize(&output.value) {
+            preparation.await?;
+        }
+    }
+    Ok(())
+}
 
 /// Serializes every output first: a record whose outputs cannot all be
 /// written sends none.

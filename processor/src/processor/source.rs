@@ -117,6 +117,7 @@ pub(super) async fn run<InK, InV, OutK, OutV>(
                     if outputs.is_empty() {
                         metrics.filtered.fetch_add(1, Ordering::Relaxed);
                     }
+                    run::prepare_outputs(processor, &outputs).await.map_err(ProcessorError::SourceOutput)?;
                     let serialized = run::serialize(processor, &outputs).map_err(ProcessorError::SourceOutput)?;
                     // Tracked before the sends: an output may be delivered
                     // before the last one is even queued.

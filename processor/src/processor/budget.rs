@@ -28,6 +28,11 @@ impl Budget {
         Budget { limit: limit.max(1), paused: BTreeSet::new() }
     }
 
+    /// The bytes it allows.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// The partitions it paused.
     pub(crate) fn paused(&self) -> &BTreeSet<i32> {
         &self.paused

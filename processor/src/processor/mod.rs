@@ -775,7 +775,8 @@ where
     /// One budget for the bytes (keys, values, headers) the processor
     /// holds (default 64 MiB): records fetched (a quarter of it is the
     /// consumer's prefetch, `queued.max.messages.kbytes`, unless set),
-    /// records taken and not done, and outputs sent and not delivered.
+    /// records taken and not done, and outputs sent and not delivered
+    /// (what the prefetch leaves, at least a quarter of the budget).
     /// Over it, the input partitions holding the most are paused (the
     /// consumer stops fetching them) until what is held is back under
     /// three quarters of it; the loop never blocks waiting for room (the
@@ -1096,6 +1097,17 @@ where
         (self.max_buffer_bytes / 4).max(fetch).div_ceil(1024)
     }
 
+    /// What the buffer budget leaves for records taken and outputs in
+    /// flight once the consumer's prefetch (as set, or as chosen here) has
+    /// its share; at least a quarter of the budget, so that a prefetch set
+    /// larger than the budget does not pause everything.
+    pub(super) fn held_budget(&self) -> usize {
+        let prefetch = last_number::<usize>(&self.consumer_properties, "queued.max.messages.kbytes")
+            .unwrap_or_else(|| self.prefetch_kbytes())
+            .saturating_mul(1024);
+        self.max_buffer_bytes.saturating_sub(prefetch).max(self.max_buffer_bytes / 4).max(1)
+    }
+
     fn producer_config(&self, instance: &str) -> Result<ProducerConfig, ConfigError> {
         let mut properties: Vec<(String, String)> = vec![
             ("bootstrap.servers".into(), self.bootstrap.clone()),
@@ -1220,6 +1232,24 @@ mod tests {
 
     fn refused(builder: ProcessorBuilder<Ignore, String, String, String>) -> String {
         builder.build().expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn the_prefetch_takes_its_share_of_the_buffer_budget() {
+        let mib = 1 << 20;
+        let held = |builder: ProcessorBuilder<Ignore, String, String, String>| builder.build().unwrap().held_budget();
+        assert_eq!(held(builder().max_buffer_bytes(64 * mib)), 48 * mib, "a quarter is the prefetch");
+        assert_eq!(held(builder().max_buffer_bytes(4 * mib)), 3 * mib, "the prefetch is one fetch at least");
+        assert_eq!(
+            held(builder().max_buffer_bytes(64 * mib).consumer_property("queued.max.messages.kbytes", "8192")),
+            56 * mib,
+            "a prefetch as set"
+        );
+        assert_eq!(
+            held(builder().max_buffer_bytes(4 * mib).consumer_property("queued.max.messages.kbytes", "65536")),
+            mib,
+            "a prefetch over the budget leaves a quarter"
+        );
     }
 
     #[test]

@@ -142,7 +142,7 @@ where
                     Order::Partition | Order::Key(_) => usize::MAX,
                     _ => *concurrency,
                 };
-                Scheduler::new(order.clone(), *concurrency, Held { records, bytes: processor.max_buffer_bytes })
+                Scheduler::new(order.clone(), *concurrency, Held { records, bytes: processor.held_budget() })
             }
             _ => Scheduler::new(Order::Input, 1, Held { records: 1, bytes: usize::MAX }),
         };
@@ -158,7 +158,7 @@ where
             schedule,
             calls: FuturesUnordered::new(),
             latency: metrics::histogram!("rill_processor_latency_seconds", "processor" => processor.name.clone()),
-            budget: Budget::new(processor.max_buffer_bytes),
+            budget: Budget::new(processor.held_budget()),
             out_total: 0,
         }
     }
@@ -201,7 +201,7 @@ where
                         self.record(record).await?;
                     }
                     // Over the budget: pause now, not at the next tick.
-                    if self.out_total + self.schedule.held().bytes > self.processor.max_buffer_bytes {
+                    if self.out_total + self.schedule.held().bytes > self.budget.limit() {
                         self.keep_to_budget();
                     }
                 }

@@ -30,7 +30,6 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig as RdConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rill::Order;
@@ -39,6 +38,7 @@ use rill_client::ClientConfig;
 use rill_client::producer::ProducerConfig;
 use rill_testkit::unique_topic;
 
+use common::librdkafka::send_when_room;
 use common::{MockProcess, env_number, extra, mock_child, run_child};
 
 /// Input partitions: the mock cluster keeps about 5 MiB a partition and
@@ -262,17 +262,7 @@ fn copy_with_librdkafka(
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // As librdkafka advises: serve delivery reports, retry.
-                    record = back;
-                    producer.poll(Duration::from_millis(1));
-                }
-                Err((error, _)) => panic!("librdkafka produce: {error}"),
-            }
-        }
+        send_when_room(&producer, record);
     }
     let report =
         meter.expect("records were read").finish("librdkafka", "process", messages, value_bytes, PARTITIONS as usize);

@@ -32,7 +32,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig as RdConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rill::Latency;
@@ -42,6 +41,7 @@ use rill_client::producer::ProducerConfig;
 use rill_client::{ClientConfig, NewTopic};
 use rill_testkit::{Tansu, unique_topic};
 
+use common::librdkafka::send_when_room;
 use common::{MockProcess, alternate, alternate_by, env_number, extra, mock_child, print_table, run_child};
 
 const PARTITIONS: i32 = 6;
@@ -259,19 +259,8 @@ fn process_with_librdkafka(bootstrap: &str, input: &str, output: &str, messages:
             let _ = consumer.store_offset_from_message(&message);
             continue;
         };
-        let mut record = BaseRecord::with_opaque_to(output, opaque).key(&out.key).payload(&out.value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // As librdkafka advises: serve delivery reports, retry.
-                    record = back;
-                    queue_full += 1;
-                    producer.poll(Duration::from_millis(1));
-                }
-                Err((error, _)) => panic!("librdkafka produce: {error}"),
-            }
-        }
+        let record = BaseRecord::with_opaque_to(output, opaque).key(&out.key).payload(&out.value);
+        queue_full += send_when_room(&producer, record);
     }
     let mut report = meter.expect("records were read").finish(
         "librdkafka",

@@ -8,7 +8,8 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig as RdConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use rill_cli::perf::{Meter, ProduceLoad, Progress, Report};
 
@@ -28,6 +29,70 @@ impl ProducerContext for Counting {
             Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
         };
+    }
+}
+
+/// What librdkafka's `send` gives: a refused record comes back.
+type Sent<'a, K, P, D> = Result<(), (KafkaError, BaseRecord<'a, K, P, D>)>;
+
+/// Either kind of librdkafka producer, to [`send_when_room`].
+pub trait Sends<C: ProducerContext> {
+    #[allow(clippy::result_large_err, reason = "rdkafka hands a refused record back by value")]
+    fn try_send<'a, K, P>(&self, record: BaseRecord<'a, K, P, C::DeliveryOpaque>) -> Sent<'a, K, P, C::DeliveryOpaque>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized;
+    fn serve(&self, timeout: Duration);
+}
+
+impl<C: ProducerContext> Sends<C> for BaseProducer<C> {
+    fn try_send<'a, K, P>(&self, record: BaseRecord<'a, K, P, C::DeliveryOpaque>) -> Sent<'a, K, P, C::DeliveryOpaque>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        self.send(record)
+    }
+
+    fn serve(&self, timeout: Duration) {
+        self.poll(timeout);
+    }
+}
+
+impl<C: ProducerContext + 'static> Sends<C> for ThreadedProducer<C> {
+    fn try_send<'a, K, P>(&self, record: BaseRecord<'a, K, P, C::DeliveryOpaque>) -> Sent<'a, K, P, C::DeliveryOpaque>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        self.send(record)
+    }
+
+    fn serve(&self, timeout: Duration) {
+        self.poll(timeout);
+    }
+}
+
+/// Sends `record`, serving delivery reports while librdkafka's queue is
+/// full and trying again, as librdkafka advises; returns how many times it
+/// was full.
+pub fn send_when_room<C, K, P>(producer: &impl Sends<C>, mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> u64
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    let mut full = 0;
+    loop {
+        match producer.try_send(record) {
+            Ok(()) => return full,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                full += 1;
+                producer.serve(Duration::from_millis(1));
+            }
+            Err((error, _)) => panic!("librdkafka produce: {error}"),
+        }
     }
 }
 
@@ -64,16 +129,7 @@ pub fn produce_with_librdkafka(
         if !keys.is_empty() {
             record = record.key(&keys[(i % load.keys) as usize][..]);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(1));
-                }
-                Err((error, _)) => panic!("librdkafka send: {error}"),
-            }
-        }
+        send_when_room(&producer, record);
         if i % 1000 == 0 {
             producer.poll(Duration::ZERO);
         }

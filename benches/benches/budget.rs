@@ -12,12 +12,13 @@
 //! For each budget in `RILL_BENCH_BUDGETS_MIB` (default `4,16,64`):
 //! - Rill: the processor copying each record, with
 //!   `processor.max.buffer.bytes` = the budget (which also sets the
-//!   producer's buffer and a quarter of it as the consumer's prefetch);
+//!   producer's buffer, and a quarter of it as the consumer's prefetch,
+//!   the rest bounding what is taken and in flight);
 //! - librdkafka: the article's loop copying each record, with the same
 //!   budget as `queue.buffering.max.kbytes` (its producer queue) and a
 //!   quarter as `queued.max.messages.kbytes` (its consumer prefetch).
 //!
-//! Each run is a child process; its peak RSS (`getrusage`) is the whole
+//! Each run is a child process; its peak RSS (`VmHWM`) is the whole
 //! process's. "RSS − budget" is what each client holds beyond its setting:
 //! for Rill it should stay flat as the budget grows (a fixed overhead).
 

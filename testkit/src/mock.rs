@@ -117,9 +117,18 @@ impl MockKafka {
         answer.recv().map_err(|_| TestkitError::Mock("mock cluster thread is gone".into()))?.map_err(TestkitError::Mock)
     }
 
-    /// Creates a topic (the mock has no CreateTopics API).
+    /// Creates a topic (the mock has no CreateTopics API), with each
+    /// partition's leader chosen by [`spread_leaders`] rather than the
+    /// mock's own random pick among the replicas, so a test sees the same
+    /// layout every run (a random pick put all six partitions of a topic on
+    /// one broker once in 243 runs).
     pub fn create_topic(&self, name: &str, partitions: i32, replication_factor: i32) -> Result<(), TestkitError> {
-        self.run(Command::CreateTopic { name: name.into(), partitions, replication_factor })
+        self.run(Command::CreateTopic { name: name.into(), partitions, replication_factor })?;
+        for (partition, leader) in spread_leaders(partitions, replication_factor, self.brokers).into_iter().enumerate()
+        {
+            self.partition_leader(name, partition as i32, Some(leader))?;
+        }
+        Ok(())
     }
 
     /// Takes a broker down: its connections close, new ones are refused.
@@ -169,6 +178,33 @@ impl MockKafka {
     }
 }
 
+/// The leader of each partition of a new topic: of the replicas the mock
+/// gives a partition, the one leading the fewest partitions so far (the
+/// first in turn on a tie), so leadership is spread as evenly as the
+/// replicas allow.
+pub fn spread_leaders(partitions: i32, replication_factor: i32, brokers: i32) -> Vec<i32> {
+    let mut led = vec![0usize; brokers as usize];
+    (0..partitions)
+        .map(|partition| {
+            let replicas = mock_replicas(partition, replication_factor, brokers);
+            let turn = partition as usize % replicas.len();
+            let leader = (0..replicas.len())
+                .map(|i| replicas[(turn + i) % replicas.len()])
+                .min_by_key(|broker| led[*broker as usize - 1])
+                .expect("at least one replica");
+            led[leader as usize - 1] += 1;
+            leader
+        })
+        .collect()
+}
+
+/// The replicas the mock assigns a partition (rdkafka_mock.c,
+/// `rd_kafka_mock_partition_assign_replicas`).
+fn mock_replicas(partition: i32, replication_factor: i32, brokers: i32) -> Vec<i32> {
+    let first = (partition * replication_factor.max(1)) % brokers;
+    (0..replication_factor.clamp(1, brokers)).map(|i| (first + i) % brokers + 1).collect()
+}
+
 fn apply(
     cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     command: Command,
@@ -203,6 +239,29 @@ impl Drop for MockKafka {
         self.commands.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{mock_replicas, spread_leaders};
+
+    #[test]
+    fn leaders_are_replicas_and_spread_over_the_brokers() {
+        for (replication_factor, brokers) in [(1, 1), (1, 3), (2, 3), (3, 3), (3, 5), (5, 3)] {
+            let mut leaders = BTreeSet::new();
+            for (partition, leader) in spread_leaders(12, replication_factor, brokers).into_iter().enumerate() {
+                let partition = partition as i32;
+                assert!(
+                    mock_replicas(partition, replication_factor, brokers).contains(&leader),
+                    "partition {partition}, rf {replication_factor}, {brokers} brokers: {leader} is not a replica"
+                );
+                leaders.insert(leader);
+            }
+            assert_eq!(leaders.len(), brokers as usize, "rf {replication_factor}, {brokers} brokers: {leaders:?}");
         }
     }
 }

@@ -70,8 +70,14 @@ async fn negotiate_list_create_describe_offsets_delete() {
             assert!(metadata.brokers.contains_key(&leader), "leader {leader} is not a known broker");
         }
         if cluster.kind() == BrokerKind::Mock {
+            // The testkit spreads leadership over the three brokers, each
+            // leader one of its partition's replicas.
+            for partition in &info.partitions {
+                let leader = partition.leader.unwrap();
+                assert!(partition.replicas.contains(&leader), "{partition:?}");
+            }
             let leaders: BTreeSet<i32> = info.partitions.iter().filter_map(|p| p.leader).collect();
-            assert!(leaders.len() > 1, "the mock spreads leadership: {leaders:?}");
+            assert_eq!(leaders, BTreeSet::from([1, 2, 3]), "leadership is spread over the brokers");
         }
         let listed = admin.list_topics().await.unwrap();
         assert!(listed.iter().any(|t| t.name == topic));

@@ -36,6 +36,14 @@ RESPONSES = [
     ("offset_for_leader_epoch_response", "OffsetForLeaderEpochResponse"),
     ("sasl_handshake_response", "SaslHandshakeResponse"),
     ("sasl_authenticate_response", "SaslAuthenticateResponse"),
+    ("list_groups_response", "ListGroupsResponse"),
+    ("describe_groups_response", "DescribeGroupsResponse"),
+    ("delete_groups_response", "DeleteGroupsResponse"),
+    ("offset_delete_response", "OffsetDeleteResponse"),
+    ("describe_configs_response", "DescribeConfigsResponse"),
+    ("incremental_alter_configs_response", "IncrementalAlterConfigsResponse"),
+    ("create_partitions_response", "CreatePartitionsResponse"),
+    ("delete_records_response", "DeleteRecordsResponse"),
     # Embedded in JoinGroup / SyncGroup: written by other group members.
     ("consumer_protocol_subscription", "ConsumerProtocolSubscription"),
     ("consumer_protocol_assignment", "ConsumerProtocolAssignment"),
@@ -142,7 +150,12 @@ def statements(body):
 
 def parse_struct(name, body, fields):
     m = re.match(r"\s*if version < (\d+) \|\| version > (\d+) \{", body)
-    lo, hi = int(m.group(1)), int(m.group(2))
+    if m:
+        lo, hi = int(m.group(1)), int(m.group(2))
+    else:
+        # A message of one version: `if version != N {`.
+        m = re.match(r"\s*if version != (\d+) \{", body)
+        lo = hi = int(m.group(1))
     field_shapes, tagged, flexible = [], [], None
     for stmt in statements(body)[1:]:
         s = stmt.strip()

@@ -17,7 +17,7 @@
 //! - [`records`]: record batches v2 and the compression codecs (pure).
 //! - [`cluster`]: [`Metadata`] snapshots and their refresh.
 //! - [`client`]: [`Client`], the shared handle everything else builds on.
-//! - [`admin`]: [`Admin`]: topics and offsets.
+//! - [`admin`]: [`Admin`]: topics, offsets, groups, configs and the cluster.
 //! - [`producer`]: the idempotent, batching producer.
 //! - [`consumer`]: the consumer: fetching, positions, offsets.
 //!
@@ -49,7 +49,10 @@ use std::fmt;
 /// requests through [`Connection::send`].
 pub use kafka_protocol;
 
-pub use admin::{Admin, ListedOffset, NewTopic, OffsetSpec};
+pub use admin::{
+    Admin, AlterConfig, ClusterDescription, CommittedOffset, ConfigEntry, ConfigResource, ConfigSource,
+    GroupDescription, GroupListing, GroupMember, GroupState, ListedOffset, NewTopic, OffsetSpec,
+};
 pub use client::Client;
 pub use cluster::{BrokerInfo, Metadata, PartitionInfo, TopicInfo, TopicScope};
 pub use config::{ClientConfig, ConfigError};

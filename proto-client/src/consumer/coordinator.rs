@@ -116,6 +116,11 @@ impl GroupCoordinator {
         Ok(link)
     }
 
+    /// The coordinator's node id, once found.
+    pub(crate) fn node(&self) -> Option<i32> {
+        self.cached().map(|link| link.id())
+    }
+
     /// A connection to the coordinator (found first if needed).
     pub(crate) async fn connection(&self) -> Result<Connection> {
         let link = self.find().await?;
@@ -174,7 +179,7 @@ impl GroupCoordinator {
         let mut retry =
             Retrier::new(self.client.config(), format!("fetching offsets of group {}", self.group), timeout);
         loop {
-            match self.fetch_offsets_once(partitions).await {
+            match self.fetch_offsets_once(Some(partitions)).await {
                 Ok(found) => return Ok(found),
                 Err(error) => {
                     retry.after(error).await?;
@@ -183,22 +188,52 @@ impl GroupCoordinator {
         }
     }
 
+    /// Every offset the group has committed, retried within `timeout`.
+    pub(crate) async fn fetch_all_offsets(&self, timeout: Duration) -> Result<BTreeMap<TopicPartition, CommitOffset>> {
+        let mut retry =
+            Retrier::new(self.client.config(), format!("listing the offsets of group {}", self.group), timeout);
+        loop {
+            match self.fetch_offsets_once(None).await {
+                Ok(found) => {
+                    return Ok(found.into_iter().filter_map(|(tp, offset)| Some((tp, offset?))).collect());
+                }
+                Err(error) => {
+                    retry.after(error).await?;
+                }
+            }
+        }
+    }
+
+    /// One OffsetFetch: of `partitions`, or (`None`, v2+) of every
+    /// partition the group committed.
     async fn fetch_offsets_once(
         &self,
-        partitions: &[TopicPartition],
+        partitions: Option<&[TopicPartition]>,
     ) -> Result<BTreeMap<TopicPartition, Option<CommitOffset>>> {
         let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for tp in partitions {
+        for tp in partitions.unwrap_or_default() {
             topics.entry(tp.topic.as_str()).or_default().push(tp.partition);
         }
         let timeout = self.client.config().request_timeout;
+        let connection = self.connection().await?;
+        if partitions.is_none() && connection.version_for::<OffsetFetchRequest>()? < 2 {
+            return Err(Error::UnsupportedApi {
+                broker: connection.broker().to_owned(),
+                api: ApiKey::OffsetFetch,
+                ours: "2..7 (for all of a group's offsets)".to_owned(),
+                theirs: connection
+                    .api_versions()
+                    .negotiate(ApiKey::OffsetFetch, <OffsetFetchRequest as ApiRequest>::SUPPORTED)
+                    .theirs_display(),
+            });
+        }
         let response = self
             .send(
                 |version| {
                     OffsetFetchRequest::default()
                         .with_group_id(GroupId(str(&self.group)))
                         .with_require_stable(version >= 7)
-                        .with_topics(Some(
+                        .with_topics(partitions.map(|_| {
                             topics
                                 .iter()
                                 .map(|(topic, partitions)| {
@@ -206,8 +241,8 @@ impl GroupCoordinator {
                                         .with_name(TopicName(str(topic)))
                                         .with_partition_indexes(partitions.clone())
                                 })
-                                .collect(),
-                        ))
+                                .collect()
+                        }))
                 },
                 timeout,
             )

@@ -16,11 +16,15 @@ pub(crate) mod shapes;
 pub mod versions;
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest, DeleteGroupsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
     SyncGroupResponse,
@@ -131,4 +135,16 @@ api_requests! {
     SaslHandshakeRequest => SaslHandshakeResponse, SaslHandshake, 1..=1, SASL_HANDSHAKE_RESPONSE;
     // v1 brought session_lifetime_ms (KIP-368), v2 is flexible.
     SaslAuthenticateRequest => SaslAuthenticateResponse, SaslAuthenticate, 0..=2, SASL_AUTHENTICATE_RESPONSE;
+    // Administration. ListGroups v4 filters by state, v5 by type (KIP-848).
+    ListGroupsRequest => ListGroupsResponse, ListGroups, 0..=5, LIST_GROUPS_RESPONSE;
+    // v3 reports authorized operations, v5 is flexible, v6 answers an
+    // unknown group with GROUP_ID_NOT_FOUND instead of the state `Dead`.
+    DescribeGroupsRequest => DescribeGroupsResponse, DescribeGroups, 0..=6, DESCRIBE_GROUPS_RESPONSE;
+    DeleteGroupsRequest => DeleteGroupsResponse, DeleteGroups, 0..=2, DELETE_GROUPS_RESPONSE;
+    OffsetDeleteRequest => OffsetDeleteResponse, OffsetDelete, 0..=0, OFFSET_DELETE_RESPONSE;
+    // v1 returns each config's source, v3 its type and documentation.
+    DescribeConfigsRequest => DescribeConfigsResponse, DescribeConfigs, 1..=4, DESCRIBE_CONFIGS_RESPONSE;
+    IncrementalAlterConfigsRequest => IncrementalAlterConfigsResponse, IncrementalAlterConfigs, 0..=1, INCREMENTAL_ALTER_CONFIGS_RESPONSE;
+    CreatePartitionsRequest => CreatePartitionsResponse, CreatePartitions, 0..=3, CREATE_PARTITIONS_RESPONSE;
+    DeleteRecordsRequest => DeleteRecordsResponse, DeleteRecords, 0..=2, DELETE_RECORDS_RESPONSE;
 }

@@ -246,9 +246,11 @@ mod tests {
     use crate::wire::shapes::*;
     use bytes::{BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
-        ApiVersionsResponse, ConsumerProtocolAssignment, ConsumerProtocolSubscription, CreateTopicsResponse,
-        DeleteTopicsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse, InitProducerIdResponse,
-        JoinGroupResponse, LeaveGroupResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
+        ApiVersionsResponse, ConsumerProtocolAssignment, ConsumerProtocolSubscription, CreatePartitionsResponse,
+        CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse,
+        DescribeConfigsResponse, DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
+        IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
+        ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
         OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse, SaslAuthenticateResponse,
         SaslHandshakeResponse, SyncGroupResponse,
     };
@@ -394,6 +396,14 @@ mod tests {
             (&OFFSET_FOR_LEADER_EPOCH_RESPONSE, decodes_fully::<OffsetForLeaderEpochResponse>),
             (&SASL_HANDSHAKE_RESPONSE, decodes_fully::<SaslHandshakeResponse>),
             (&SASL_AUTHENTICATE_RESPONSE, decodes_fully::<SaslAuthenticateResponse>),
+            (&LIST_GROUPS_RESPONSE, decodes_fully::<ListGroupsResponse>),
+            (&DESCRIBE_GROUPS_RESPONSE, decodes_fully::<DescribeGroupsResponse>),
+            (&DELETE_GROUPS_RESPONSE, decodes_fully::<DeleteGroupsResponse>),
+            (&OFFSET_DELETE_RESPONSE, decodes_fully::<OffsetDeleteResponse>),
+            (&DESCRIBE_CONFIGS_RESPONSE, decodes_fully::<DescribeConfigsResponse>),
+            (&INCREMENTAL_ALTER_CONFIGS_RESPONSE, decodes_fully::<IncrementalAlterConfigsResponse>),
+            (&CREATE_PARTITIONS_RESPONSE, decodes_fully::<CreatePartitionsResponse>),
+            (&DELETE_RECORDS_RESPONSE, decodes_fully::<DeleteRecordsResponse>),
             (&CONSUMER_PROTOCOL_SUBSCRIPTION, decodes_fully::<ConsumerProtocolSubscription>),
             (&CONSUMER_PROTOCOL_ASSIGNMENT, decodes_fully::<ConsumerProtocolAssignment>),
         ]

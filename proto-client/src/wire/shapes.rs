@@ -743,6 +743,286 @@ pub(crate) static SASL_AUTHENTICATE_RESPONSE: StructShape = StructShape {
     ],
 };
 
+pub(crate) static LISTED_GROUP: StructShape = StructShape {
+    name: "ListedGroup",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "group_id", versions: (0, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "protocol_type", versions: (0, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_state", versions: (4, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_type", versions: (5, 5), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static LIST_GROUPS_RESPONSE: StructShape = StructShape {
+    name: "ListGroupsResponse",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (1, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 5), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "groups", versions: (0, 5), kind: Kind::Array(Elem::Struct(&LISTED_GROUP)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DESCRIBED_GROUP_MEMBER: StructShape = StructShape {
+    name: "DescribedGroupMember",
+    versions: (0, 6),
+    flexible_since: 5,
+    fields: &[
+        Field { name: "member_id", versions: (0, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_instance_id", versions: (4, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "client_id", versions: (0, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "client_host", versions: (0, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "member_metadata", versions: (0, 6), kind: Kind::Prim(Prim::Bytes) },
+        Field { name: "member_assignment", versions: (0, 6), kind: Kind::Prim(Prim::Bytes) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DESCRIBED_GROUP: StructShape = StructShape {
+    name: "DescribedGroup",
+    versions: (0, 6),
+    flexible_since: 5,
+    fields: &[
+        Field { name: "error_code", versions: (0, 6), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (6, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_id", versions: (0, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_state", versions: (0, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "protocol_type", versions: (0, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "protocol_data", versions: (0, 6), kind: Kind::Prim(Prim::Str) },
+        Field { name: "members", versions: (0, 6), kind: Kind::Array(Elem::Struct(&DESCRIBED_GROUP_MEMBER)) },
+        Field { name: "authorized_operations", versions: (3, 6), kind: Kind::Prim(Prim::Int32) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DESCRIBE_GROUPS_RESPONSE: StructShape = StructShape {
+    name: "DescribeGroupsResponse",
+    versions: (0, 6),
+    flexible_since: 5,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (1, 6), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "groups", versions: (0, 6), kind: Kind::Array(Elem::Struct(&DESCRIBED_GROUP)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DELETABLE_GROUP_RESULT: StructShape = StructShape {
+    name: "DeletableGroupResult",
+    versions: (0, 2),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "group_id", versions: (0, 2), kind: Kind::Prim(Prim::Str) },
+        Field { name: "error_code", versions: (0, 2), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DELETE_GROUPS_RESPONSE: StructShape = StructShape {
+    name: "DeleteGroupsResponse",
+    versions: (0, 2),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 2), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "results", versions: (0, 2), kind: Kind::Array(Elem::Struct(&DELETABLE_GROUP_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_DELETE_RESPONSE_PARTITION: StructShape = StructShape {
+    name: "OffsetDeleteResponsePartition",
+    versions: (0, 0),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "partition_index", versions: (0, 0), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 0), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_DELETE_RESPONSE_TOPIC: StructShape = StructShape {
+    name: "OffsetDeleteResponseTopic",
+    versions: (0, 0),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "name", versions: (0, 0), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (0, 0), kind: Kind::Array(Elem::Struct(&OFFSET_DELETE_RESPONSE_PARTITION)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static OFFSET_DELETE_RESPONSE: StructShape = StructShape {
+    name: "OffsetDeleteResponse",
+    versions: (0, 0),
+    flexible_since: i16::MAX,
+    fields: &[
+        Field { name: "error_code", versions: (0, 0), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "throttle_time_ms", versions: (0, 0), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "topics", versions: (0, 0), kind: Kind::Array(Elem::Struct(&OFFSET_DELETE_RESPONSE_TOPIC)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DESCRIBE_CONFIGS_SYNONYM: StructShape = StructShape {
+    name: "DescribeConfigsSynonym",
+    versions: (1, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "name", versions: (1, 4), kind: Kind::Prim(Prim::Str) },
+        Field { name: "value", versions: (1, 4), kind: Kind::Prim(Prim::Str) },
+        Field { name: "source", versions: (1, 4), kind: Kind::Prim(Prim::Int8) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DESCRIBE_CONFIGS_RESOURCE_RESULT: StructShape = StructShape {
+    name: "DescribeConfigsResourceResult",
+    versions: (1, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "name", versions: (1, 4), kind: Kind::Prim(Prim::Str) },
+        Field { name: "value", versions: (1, 4), kind: Kind::Prim(Prim::Str) },
+        Field { name: "read_only", versions: (1, 4), kind: Kind::Prim(Prim::Bool) },
+        Field { name: "config_source", versions: (1, 4), kind: Kind::Prim(Prim::Int8) },
+        Field { name: "is_sensitive", versions: (1, 4), kind: Kind::Prim(Prim::Bool) },
+        Field { name: "synonyms", versions: (1, 4), kind: Kind::Array(Elem::Struct(&DESCRIBE_CONFIGS_SYNONYM)) },
+        Field { name: "config_type", versions: (3, 4), kind: Kind::Prim(Prim::Int8) },
+        Field { name: "documentation", versions: (3, 4), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DESCRIBE_CONFIGS_RESULT: StructShape = StructShape {
+    name: "DescribeConfigsResult",
+    versions: (1, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "error_code", versions: (1, 4), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (1, 4), kind: Kind::Prim(Prim::Str) },
+        Field { name: "resource_type", versions: (1, 4), kind: Kind::Prim(Prim::Int8) },
+        Field { name: "resource_name", versions: (1, 4), kind: Kind::Prim(Prim::Str) },
+        Field { name: "configs", versions: (1, 4), kind: Kind::Array(Elem::Struct(&DESCRIBE_CONFIGS_RESOURCE_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DESCRIBE_CONFIGS_RESPONSE: StructShape = StructShape {
+    name: "DescribeConfigsResponse",
+    versions: (1, 4),
+    flexible_since: 4,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (1, 4), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "results", versions: (1, 4), kind: Kind::Array(Elem::Struct(&DESCRIBE_CONFIGS_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ALTER_CONFIGS_RESOURCE_RESPONSE: StructShape = StructShape {
+    name: "AlterConfigsResourceResponse",
+    versions: (0, 1),
+    flexible_since: 1,
+    fields: &[
+        Field { name: "error_code", versions: (0, 1), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "resource_type", versions: (0, 1), kind: Kind::Prim(Prim::Int8) },
+        Field { name: "resource_name", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static INCREMENTAL_ALTER_CONFIGS_RESPONSE: StructShape = StructShape {
+    name: "IncrementalAlterConfigsResponse",
+    versions: (0, 1),
+    flexible_since: 1,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "responses", versions: (0, 1), kind: Kind::Array(Elem::Struct(&ALTER_CONFIGS_RESOURCE_RESPONSE)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CREATE_PARTITIONS_TOPIC_RESULT: StructShape = StructShape {
+    name: "CreatePartitionsTopicResult",
+    versions: (0, 3),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "name", versions: (0, 3), kind: Kind::Prim(Prim::Str) },
+        Field { name: "error_code", versions: (0, 3), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (0, 3), kind: Kind::Prim(Prim::Str) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CREATE_PARTITIONS_RESPONSE: StructShape = StructShape {
+    name: "CreatePartitionsResponse",
+    versions: (0, 3),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 3), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "results", versions: (0, 3), kind: Kind::Array(Elem::Struct(&CREATE_PARTITIONS_TOPIC_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DELETE_RECORDS_PARTITION_RESULT: StructShape = StructShape {
+    name: "DeleteRecordsPartitionResult",
+    versions: (0, 2),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "partition_index", versions: (0, 2), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "low_watermark", versions: (0, 2), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "error_code", versions: (0, 2), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DELETE_RECORDS_TOPIC_RESULT: StructShape = StructShape {
+    name: "DeleteRecordsTopicResult",
+    versions: (0, 2),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "name", versions: (0, 2), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (0, 2), kind: Kind::Array(Elem::Struct(&DELETE_RECORDS_PARTITION_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static DELETE_RECORDS_RESPONSE: StructShape = StructShape {
+    name: "DeleteRecordsResponse",
+    versions: (0, 2),
+    flexible_since: 2,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 2), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "topics", versions: (0, 2), kind: Kind::Array(Elem::Struct(&DELETE_RECORDS_TOPIC_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
 pub(crate) static TOPIC_PARTITION: StructShape = StructShape {
     name: "TopicPartition",
     versions: (0, 3),

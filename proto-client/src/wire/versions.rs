@@ -138,6 +138,22 @@ mod tests {
             ("OffsetFetchResponse", range::<OffsetFetchResponse>()),
             ("InitProducerIdRequest", range::<InitProducerIdRequest>()),
             ("InitProducerIdResponse", range::<InitProducerIdResponse>()),
+            ("ListGroupsRequest", range::<ListGroupsRequest>()),
+            ("ListGroupsResponse", range::<ListGroupsResponse>()),
+            ("DescribeGroupsRequest", range::<DescribeGroupsRequest>()),
+            ("DescribeGroupsResponse", range::<DescribeGroupsResponse>()),
+            ("DeleteGroupsRequest", range::<DeleteGroupsRequest>()),
+            ("DeleteGroupsResponse", range::<DeleteGroupsResponse>()),
+            ("OffsetDeleteRequest", range::<OffsetDeleteRequest>()),
+            ("OffsetDeleteResponse", range::<OffsetDeleteResponse>()),
+            ("DescribeConfigsRequest", range::<DescribeConfigsRequest>()),
+            ("DescribeConfigsResponse", range::<DescribeConfigsResponse>()),
+            ("IncrementalAlterConfigsRequest", range::<IncrementalAlterConfigsRequest>()),
+            ("IncrementalAlterConfigsResponse", range::<IncrementalAlterConfigsResponse>()),
+            ("CreatePartitionsRequest", range::<CreatePartitionsRequest>()),
+            ("CreatePartitionsResponse", range::<CreatePartitionsResponse>()),
+            ("DeleteRecordsRequest", range::<DeleteRecordsRequest>()),
+            ("DeleteRecordsResponse", range::<DeleteRecordsResponse>()),
         ];
         let reviewed = [
             ("ApiVersionsRequest", (0, 4)),
@@ -174,6 +190,22 @@ mod tests {
             // One more than the request: the crate drops the unstable v6
             // request but keeps the response.
             ("InitProducerIdResponse", (0, 6)),
+            ("ListGroupsRequest", (0, 5)),
+            ("ListGroupsResponse", (0, 5)),
+            ("DescribeGroupsRequest", (0, 6)),
+            ("DescribeGroupsResponse", (0, 6)),
+            ("DeleteGroupsRequest", (0, 2)),
+            ("DeleteGroupsResponse", (0, 2)),
+            ("OffsetDeleteRequest", (0, 0)),
+            ("OffsetDeleteResponse", (0, 0)),
+            ("DescribeConfigsRequest", (1, 4)),
+            ("DescribeConfigsResponse", (1, 4)),
+            ("IncrementalAlterConfigsRequest", (0, 1)),
+            ("IncrementalAlterConfigsResponse", (0, 1)),
+            ("CreatePartitionsRequest", (0, 3)),
+            ("CreatePartitionsResponse", (0, 3)),
+            ("DeleteRecordsRequest", (0, 2)),
+            ("DeleteRecordsResponse", (0, 2)),
         ];
         assert_eq!(actual, reviewed);
     }
@@ -205,6 +237,14 @@ mod tests {
         check::<LeaveGroupRequest>();
         check::<OffsetCommitRequest>();
         check::<OffsetFetchRequest>();
+        check::<ListGroupsRequest>();
+        check::<DescribeGroupsRequest>();
+        check::<DeleteGroupsRequest>();
+        check::<OffsetDeleteRequest>();
+        check::<DescribeConfigsRequest>();
+        check::<IncrementalAlterConfigsRequest>();
+        check::<CreatePartitionsRequest>();
+        check::<DeleteRecordsRequest>();
     }
 
     #[test]

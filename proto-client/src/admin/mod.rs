@@ -1,4 +1,6 @@
-//! [`Admin`]: create, delete, list and describe topics; list offsets.
+//! [`Admin`]: topics (create, delete, list, describe, add partitions),
+//! offsets (list, delete records), groups (list, describe, delete, their
+//! committed offsets), configs (describe, alter) and the cluster.
 //!
 //! Every operation has one deadline ([`Admin::timeout`]) that covers its
 //! retries. Retriable failures (a controller that moved, a leader election,
@@ -29,6 +31,12 @@ use crate::error::{Error, ErrorAction, Result, check_with_message};
 use crate::net::Connection;
 use crate::retry::Retrier;
 use crate::wire::ApiRequest;
+
+mod configs;
+mod groups;
+
+pub use configs::{AlterConfig, ClusterDescription, ConfigEntry, ConfigResource, ConfigSource};
+pub use groups::{CONSUMER_PROTOCOL_TYPE, CommittedOffset, GroupDescription, GroupListing, GroupMember, GroupState};
 
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq)]

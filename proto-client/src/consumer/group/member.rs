@@ -424,7 +424,7 @@ impl Member {
             (protocol, members)
         });
         tracing::debug!(target: "rill::cgrp", member = %self.member_id, generation = self.generation,
-            leader = leader.is_some(), "joined");
+            leader = %response.leader, members = response.members.len(), "joined");
         self.phase = Phase::Joined { leader };
     }
 

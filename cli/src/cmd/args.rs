@@ -38,6 +38,12 @@ pub(crate) enum Command {
     /// Create, list or delete topics.
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// List, describe, delete consumer groups and move their offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Describe the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Show brokers, topics, partitions, leaders and negotiated API versions.
     Metadata,
     /// Produce one record per line of standard input.
@@ -81,6 +87,128 @@ pub(crate) enum TopicCommand {
     Delete {
         /// Topic name.
         name: String,
+    },
+    /// Partitions (leaders, replicas, in-sync replicas) and configs of a topic.
+    Describe {
+        /// Topic name.
+        name: String,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change some configs of a topic, leaving the others as they are.
+    AlterConfig {
+        /// Topic name.
+        name: String,
+        /// Sets a config, `key=value`. Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// Removes a config's override, back to its default. Repeatable.
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Add partitions to a topic (Kafka cannot remove any).
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// How many partitions to add, at least 1.
+        #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..))]
+        num: i32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Every group: its state and protocol type.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A group's members and, per partition, its committed offset, the log
+    /// end and the lag.
+    Describe {
+        /// Group id.
+        group: String,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a group and its committed offsets (it must have no members).
+    Delete {
+        /// Group id.
+        group: String,
+    },
+    /// Move a group's committed offsets (it must have no members).
+    Seek {
+        /// Group id.
+        group: String,
+        /// Where to: `earliest`, `latest`, an offset (`42`), a time in ms
+        /// since the epoch (`@1733300000000`: the first record at or after
+        /// it), or `-N` (N records before the log end).
+        #[arg(long, value_name = "TARGET", allow_hyphen_values = true, value_parser = parse_seek_target)]
+        to: SeekTarget,
+        /// Only this topic, or these of its partitions (`T:0,2`).
+        /// Repeatable; default: every topic the group committed offsets for.
+        #[arg(long = "topic", value_name = "T[:P,...]", value_parser = parse_topic_partitions)]
+        topics: Vec<(String, Option<Vec<i32>>)>,
+        /// Print what would change, commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where `rill group seek` moves offsets to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SeekTarget {
+    Earliest,
+    Latest,
+    Offset(i64),
+    Timestamp(i64),
+    BeforeEnd(i64),
+}
+
+fn parse_seek_target(text: &str) -> Result<SeekTarget, String> {
+    let number = |t: &str| t.parse::<i64>().ok().filter(|n| *n >= 0);
+    match text {
+        "earliest" | "start" | "beginning" => Ok(SeekTarget::Earliest),
+        "latest" | "end" => Ok(SeekTarget::Latest),
+        _ => if let Some(ms) = text.strip_prefix('@') {
+            number(ms).map(SeekTarget::Timestamp)
+        } else if let Some(n) = text.strip_prefix('-') {
+            number(n).map(SeekTarget::BeforeEnd)
+        } else {
+            number(text).map(SeekTarget::Offset)
+        }
+        .ok_or_else(|| format!("`{text}`: expected earliest, latest, an offset, @<ms since the epoch> or -<count>")),
+    }
+}
+
+fn parse_topic_partitions(text: &str) -> Result<(String, Option<Vec<i32>>), String> {
+    match text.split_once(':') {
+        None if !text.is_empty() => Ok((text.to_owned(), None)),
+        Some((topic, list)) if !topic.is_empty() => {
+            let partitions = list
+                .split(',')
+                .map(|p| p.trim().parse::<i32>().ok().filter(|p| *p >= 0))
+                .collect::<Option<Vec<i32>>>()
+                .ok_or_else(|| format!("`{text}`: partitions are numbers, `topic:0,1,2`"))?;
+            Ok((topic.to_owned(), Some(partitions)))
+        }
+        _ => Err(format!("`{text}`: expected a topic, or `topic:0,1,2`")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// The cluster id, the controller and the brokers with their racks.
+    Info {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -2,11 +2,14 @@
 
 pub(crate) mod args;
 mod broker;
+mod cluster;
 mod consume;
 mod demo;
+mod group;
 mod metadata;
 mod perf;
 mod produce;
+mod table;
 mod topic;
 mod weblog;
 
@@ -18,6 +21,8 @@ pub(crate) type CliError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     match &args.command {
         Command::Topic(command) => topic::run(&args.common, command).await,
+        Command::Group(command) => group::run(&args.common, command).await,
+        Command::Cluster(command) => cluster::run(&args.common, command).await,
         Command::Metadata => metadata::run(&args.common).await,
         Command::Produce(produce) => produce::run(&args.common, produce).await,
         Command::Consume(consume) => consume::run(&args.common, consume).await,

@@ -370,22 +370,10 @@ impl Admin {
                 }
             }
             for (leader, partitions) in by_leader {
-                match self.delete_records_at(leader, &partitions, retry.remaining()).await {
-                    Ok(found) => {
-                        for (tp, outcome) in found {
-                            match outcome {
-                                Ok(low) => {
-                                    pending.remove(&tp);
-                                    results.insert(tp, low);
-                                }
-                                Err(error) if error.action() == ErrorAction::Fatal => return Err(error),
-                                Err(error) => failure = Some(error),
-                            }
-                        }
-                    }
-                    Err(error) => failure = Some(error),
-                }
+                let answer = self.delete_records_at(leader, &partitions, retry.remaining()).await;
+                super::fold_answers(answer, &mut results, &mut failure)?;
             }
+            pending.retain(|tp, _| !results.contains_key(tp));
             if pending.is_empty() {
                 return Ok(results);
             }

@@ -256,23 +256,7 @@ impl Admin {
         let mut again = Vec::new();
         for result in &response.topics {
             let name = result.name.0.to_string();
-            match ResponseError::try_from_code(result.error_code) {
-                None => debug!(target: "rill::admin", topic = %name, "created"),
-                Some(ResponseError::NotController) => again.push(name),
-                Some(ResponseError::UnknownTopicOrPartition) => {
-                    return Err(Error::broker(
-                        ApiKey::DeleteTopics,
-                        ResponseError::UnknownTopicOrPartition,
-                        format!("topic {name} does not exist"),
-                    ));
-                }
-                Some(_) => check_with_message(
-                    ApiKey::CreateTopics,
-                    result.error_code,
-                    result.error_message.as_deref(),
-                    || format!("topic {name}"),
-                )?,
-            }
+            topic_outcome(ApiKey::CreateTopics, name, result.error_code, result.error_message.as_deref(), &mut again)?;
         }
         Ok(again)
     }
@@ -317,23 +301,7 @@ impl Admin {
         let mut again = Vec::new();
         for result in &response.responses {
             let name = result.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
-            match ResponseError::try_from_code(result.error_code) {
-                None => debug!(target: "rill::admin", topic = %name, "deleted"),
-                Some(ResponseError::NotController) => again.push(name),
-                Some(ResponseError::UnknownTopicOrPartition) => {
-                    return Err(Error::broker(
-                        ApiKey::DeleteTopics,
-                        ResponseError::UnknownTopicOrPartition,
-                        format!("topic {name} does not exist"),
-                    ));
-                }
-                Some(_) => check_with_message(
-                    ApiKey::DeleteTopics,
-                    result.error_code,
-                    result.error_message.as_deref(),
-                    || format!("topic {name}"),
-                )?,
-            }
+            topic_outcome(ApiKey::DeleteTopics, name, result.error_code, result.error_message.as_deref(), &mut again)?;
         }
         Ok(again)
     }
@@ -416,22 +384,10 @@ impl Admin {
             }
             let mut failure = None;
             for (leader, partitions) in by_leader {
-                match self.list_offsets_at(leader, &partitions, isolation).await {
-                    Ok(found) => {
-                        for (tp, outcome) in found {
-                            match outcome {
-                                Ok(offset) => {
-                                    pending.retain(|(p, _)| *p != tp);
-                                    results.insert(tp, offset);
-                                }
-                                Err(error) if error.action() == ErrorAction::Fatal => return Err(error),
-                                Err(error) => failure = Some(error),
-                            }
-                        }
-                    }
-                    Err(error) => failure = Some(error),
-                }
+                let answer = self.list_offsets_at(leader, &partitions, isolation).await;
+                fold_answers(answer, &mut results, &mut failure)?;
             }
+            pending.retain(|(tp, _)| !results.contains_key(tp));
             if pending.is_empty() {
                 return Ok(results);
             }
@@ -545,6 +501,52 @@ fn list_offsets_request(
         request.timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     }
     request
+}
+
+/// One topic's answer to CreateTopics or DeleteTopics: done, to send again
+/// (NOT_CONTROLLER: the controller moved), or an error naming the topic.
+fn topic_outcome(api: ApiKey, name: String, code: i16, message: Option<&str>, again: &mut Vec<String>) -> Result<()> {
+    match ResponseError::try_from_code(code) {
+        None => {
+            let done = if api == ApiKey::CreateTopics { "created" } else { "deleted" };
+            debug!(target: "rill::admin", topic = %name, "{done}");
+        }
+        Some(ResponseError::NotController) => again.push(name),
+        Some(ResponseError::UnknownTopicOrPartition) => {
+            return Err(Error::broker(
+                api,
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name} does not exist"),
+            ));
+        }
+        Some(_) => check_with_message(api, code, message, || format!("topic {name}"))?,
+    }
+    Ok(())
+}
+
+/// Folds one leader's per-partition answers in: each success into
+/// `results`, a retriable failure (of a partition or of the whole request)
+/// into `failure` for the retrier; a fatal one ends the call.
+fn fold_answers<T>(
+    answer: Result<Vec<(TopicPartition, Result<T>)>>,
+    results: &mut BTreeMap<TopicPartition, T>,
+    failure: &mut Option<Error>,
+) -> Result<()> {
+    match answer {
+        Ok(found) => {
+            for (tp, outcome) in found {
+                match outcome {
+                    Ok(value) => {
+                        results.insert(tp, value);
+                    }
+                    Err(error) if error.action() == ErrorAction::Fatal => return Err(error),
+                    Err(error) => *failure = Some(error),
+                }
+            }
+        }
+        Err(error) => *failure = Some(error),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

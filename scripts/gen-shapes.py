@@ -44,6 +44,14 @@ RESPONSES = [
     ("incremental_alter_configs_response", "IncrementalAlterConfigsResponse"),
     ("create_partitions_response", "CreatePartitionsResponse"),
     ("delete_records_response", "DeleteRecordsResponse"),
+    # KIP-848 groups.
+    ("consumer_group_heartbeat_response", "ConsumerGroupHeartbeatResponse"),
+    ("consumer_group_describe_response", "ConsumerGroupDescribeResponse"),
+    # Transactions.
+    ("add_partitions_to_txn_response", "AddPartitionsToTxnResponse"),
+    ("add_offsets_to_txn_response", "AddOffsetsToTxnResponse"),
+    ("end_txn_response", "EndTxnResponse"),
+    ("txn_offset_commit_response", "TxnOffsetCommitResponse"),
     # Embedded in JoinGroup / SyncGroup: written by other group members.
     ("consumer_protocol_subscription", "ConsumerProtocolSubscription"),
     ("consumer_protocol_assignment", "ConsumerProtocolAssignment"),
@@ -93,6 +101,9 @@ def element_type(rust_type):
     m = re.fullmatch(r"(?:Option<)?Vec<(\w+)>>?", rust_type.strip())
     if m:
         return m.group(1)
+    m = re.fullmatch(r"Option<(\w+)>", rust_type.strip())
+    if m:
+        return m.group(1)
     return rust_type.strip()
 
 
@@ -108,6 +119,8 @@ def kind_of(block, field_type):
     if kinds:
         assert len(kinds) == 1, (block, kinds)
         return kinds.pop()
+    if re.search(r"types::OptionStruct \{ version \}\.decode", block):
+        return f"Kind::OptionStruct(&{snake(element_type(field_type))})"
     if re.search(r"types::Struct \{ version \}\.decode", block):
         return f"Kind::Struct(&{snake(element_type(field_type))})"
     for m in re.finditer(r"types::(\w+)\.decode", block):
@@ -161,6 +174,10 @@ def parse_struct(name, body, fields):
         s = stmt.strip()
         if s.startswith("let mut ") or s == "":
             continue
+        if s.startswith("let num_tagged_fields"):
+            # Flexible in every version (no `if version >= N` around it).
+            flexible = lo
+            continue
         m = re.match(r"let (\w+) = if (.*?) \{\n(.*)\n        \} else \{\n(.*)\n        \};$", s, re.S)
         if m:
             fname, cond, block, other = m.group(1), m.group(2), m.group(3), m.group(4)
@@ -180,9 +197,12 @@ def parse_struct(name, body, fields):
             fname = m.group(1)
             field_shapes.append((fname, lo, hi, kind_of(m.group(2), fields[fname])))
             continue
-        m = re.match(r"if version >= (\d+) \{\n\s*let num_tagged_fields", s)
+        m = re.match(r"if version >= (\d+) \{\n\s*let num_tagged_fields", s) or (
+            flexible == lo and re.match(r"for _ in 0\.\.num_tagged_fields()", s)
+        )
         if m:
-            flexible = int(m.group(1))
+            if m.group(1):
+                flexible = int(m.group(1))
             for arm in re.finditer(r"\n\s*(\d+) => \{\n(.*?)\n\s*\}", s, re.S):
                 tag, block = int(arm.group(1)), arm.group(2)
                 fname = re.search(r"(\w+) =", block).group(1)

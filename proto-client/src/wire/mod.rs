@@ -16,18 +16,20 @@ pub(crate) mod shapes;
 pub mod versions;
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
+    ApiVersionsRequest, ApiVersionsResponse, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, CreatePartitionsRequest, CreatePartitionsResponse,
     CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest, DeleteGroupsResponse, DeleteRecordsRequest,
     DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, EndTxnRequest, EndTxnResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
     OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
-    SyncGroupResponse,
+    SyncGroupResponse, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
 
@@ -123,8 +125,9 @@ api_requests! {
     HeartbeatRequest => HeartbeatResponse, Heartbeat, 0..=4, HEARTBEAT_RESPONSE;
     // v3+ leaves by `members` (with group.instance.id).
     LeaveGroupRequest => LeaveGroupResponse, LeaveGroup, 0..=5, LEAVE_GROUP_RESPONSE;
-    // v9 is for KIP-848 groups (member epochs); classic groups stop at v8.
-    OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 2..=8, OFFSET_COMMIT_RESPONSE;
+    // v9 is for KIP-848 groups (member epochs, which Kafka requires of
+    // their members); a classic group's commits stop at v8.
+    OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 2..=9, OFFSET_COMMIT_RESPONSE;
     // v8+ batches groups; one group per request suffices here.
     OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 1..=7, OFFSET_FETCH_RESPONSE;
     // KIP-320 position validation. v2 is the crate's oldest and all that
@@ -147,4 +150,15 @@ api_requests! {
     IncrementalAlterConfigsRequest => IncrementalAlterConfigsResponse, IncrementalAlterConfigs, 0..=1, INCREMENTAL_ALTER_CONFIGS_RESPONSE;
     CreatePartitionsRequest => CreatePartitionsResponse, CreatePartitions, 0..=3, CREATE_PARTITIONS_RESPONSE;
     DeleteRecordsRequest => DeleteRecordsResponse, DeleteRecords, 0..=2, DELETE_RECORDS_RESPONSE;
+    // KIP-848 groups: v1 brought the regex subscription and member ids
+    // that the client makes (KIP-1082).
+    ConsumerGroupHeartbeatRequest => ConsumerGroupHeartbeatResponse, ConsumerGroupHeartbeat, 0..=1, CONSUMER_GROUP_HEARTBEAT_RESPONSE;
+    ConsumerGroupDescribeRequest => ConsumerGroupDescribeResponse, ConsumerGroupDescribe, 0..=1, CONSUMER_GROUP_DESCRIBE_RESPONSE;
+    // Transactions (KIP-98, KIP-447). A client's AddPartitionsToTxn stops
+    // at v3 (v4+ batches transactions, for brokers); TxnOffsetCommit v3
+    // carries the group's generation and member (KIP-447).
+    AddPartitionsToTxnRequest => AddPartitionsToTxnResponse, AddPartitionsToTxn, 0..=3, ADD_PARTITIONS_TO_TXN_RESPONSE;
+    AddOffsetsToTxnRequest => AddOffsetsToTxnResponse, AddOffsetsToTxn, 0..=3, ADD_OFFSETS_TO_TXN_RESPONSE;
+    EndTxnRequest => EndTxnResponse, EndTxn, 0..=3, END_TXN_RESPONSE;
+    TxnOffsetCommitRequest => TxnOffsetCommitResponse, TxnOffsetCommit, 0..=3, TXN_OFFSET_COMMIT_RESPONSE;
 }

@@ -48,6 +48,8 @@ pub(crate) enum Kind {
     Prim(Prim),
     Array(Elem),
     Struct(&'static StructShape),
+    /// A nullable struct: an `i8` (1: present), then the struct.
+    OptionStruct(&'static StructShape),
 }
 
 /// A field present in versions `versions.0..=versions.1`.
@@ -178,6 +180,12 @@ impl Cursor<'_> {
         match kind {
             Kind::Prim(prim) => self.walk_prim(prim, flexible),
             Kind::Struct(shape) => self.walk_struct(shape, version),
+            Kind::OptionStruct(shape) => {
+                if self.read::<1>()?[0] == 1 {
+                    self.walk_struct(shape, version)?;
+                }
+                Ok(())
+            }
             Kind::Array(elem) => {
                 let Some(count) = self.length(flexible, true)? else {
                     return Ok(());
@@ -246,13 +254,14 @@ mod tests {
     use crate::wire::shapes::*;
     use bytes::{BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
-        ApiVersionsResponse, ConsumerProtocolAssignment, ConsumerProtocolSubscription, CreatePartitionsResponse,
-        CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse,
-        DescribeConfigsResponse, DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
-        IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
-        ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
-        OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse, SaslAuthenticateResponse,
-        SaslHandshakeResponse, SyncGroupResponse,
+        AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ApiVersionsResponse, ConsumerGroupDescribeResponse,
+        ConsumerGroupHeartbeatResponse, ConsumerProtocolAssignment, ConsumerProtocolSubscription,
+        CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
+        DeleteTopicsResponse, DescribeConfigsResponse, DescribeGroupsResponse, EndTxnResponse, FetchResponse,
+        FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse,
+        JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
+        OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse,
+        SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse, TxnOffsetCommitResponse,
     };
     use kafka_protocol::protocol::Decodable;
     use proptest::prelude::*;
@@ -311,6 +320,14 @@ mod tests {
             match kind {
                 Kind::Prim(prim) => self.prim(prim, flexible),
                 Kind::Struct(shape) => self.strukt(shape, version),
+                Kind::OptionStruct(shape) => {
+                    if self.rng.next_u32().is_multiple_of(2) {
+                        self.out.put_i8(-1);
+                    } else {
+                        self.out.put_i8(1);
+                        self.strukt(shape, version);
+                    }
+                }
                 Kind::Array(elem) => {
                     let n = (self.rng.next_u32() % 3) as usize;
                     self.length(Some(n), flexible, true);
@@ -404,6 +421,12 @@ mod tests {
             (&INCREMENTAL_ALTER_CONFIGS_RESPONSE, decodes_fully::<IncrementalAlterConfigsResponse>),
             (&CREATE_PARTITIONS_RESPONSE, decodes_fully::<CreatePartitionsResponse>),
             (&DELETE_RECORDS_RESPONSE, decodes_fully::<DeleteRecordsResponse>),
+            (&CONSUMER_GROUP_HEARTBEAT_RESPONSE, decodes_fully::<ConsumerGroupHeartbeatResponse>),
+            (&CONSUMER_GROUP_DESCRIBE_RESPONSE, decodes_fully::<ConsumerGroupDescribeResponse>),
+            (&ADD_PARTITIONS_TO_TXN_RESPONSE, decodes_fully::<AddPartitionsToTxnResponse>),
+            (&ADD_OFFSETS_TO_TXN_RESPONSE, decodes_fully::<AddOffsetsToTxnResponse>),
+            (&END_TXN_RESPONSE, decodes_fully::<EndTxnResponse>),
+            (&TXN_OFFSET_COMMIT_RESPONSE, decodes_fully::<TxnOffsetCommitResponse>),
             (&CONSUMER_PROTOCOL_SUBSCRIPTION, decodes_fully::<ConsumerProtocolSubscription>),
             (&CONSUMER_PROTOCOL_ASSIGNMENT, decodes_fully::<ConsumerProtocolAssignment>),
         ]
@@ -471,7 +494,9 @@ mod tests {
                     let tagged = s.tagged.iter().filter(|_| version >= s.flexible_since);
                     for kind in present.map(|f| f.kind).chain(tagged.map(|t| t.kind)) {
                         match kind {
-                            Kind::Struct(inner) | Kind::Array(Elem::Struct(inner)) => stack.push(inner),
+                            Kind::Struct(inner) | Kind::OptionStruct(inner) | Kind::Array(Elem::Struct(inner)) => {
+                                stack.push(inner)
+                            }
                             _ => {}
                         }
                     }

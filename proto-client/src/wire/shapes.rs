@@ -1023,6 +1023,234 @@ pub(crate) static DELETE_RECORDS_RESPONSE: StructShape = StructShape {
     ],
 };
 
+pub(crate) static TOPIC_PARTITIONS: StructShape = StructShape {
+    name: "TopicPartitions",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "topic_id", versions: (0, 1), kind: Kind::Prim(Prim::Uuid) },
+        Field { name: "partitions", versions: (0, 1), kind: Kind::Array(Elem::Prim(Prim::Int32)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ASSIGNMENT: StructShape = StructShape {
+    name: "Assignment",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "topic_partitions", versions: (0, 1), kind: Kind::Array(Elem::Struct(&TOPIC_PARTITIONS)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_GROUP_HEARTBEAT_RESPONSE: StructShape = StructShape {
+    name: "ConsumerGroupHeartbeatResponse",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 1), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "member_id", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "member_epoch", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "heartbeat_interval_ms", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "assignment", versions: (0, 1), kind: Kind::OptionStruct(&ASSIGNMENT) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_GROUP_DESCRIBE_RESPONSE_TOPIC_PARTITIONS: StructShape = StructShape {
+    name: "TopicPartitions",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "topic_id", versions: (0, 1), kind: Kind::Prim(Prim::Uuid) },
+        Field { name: "topic_name", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (0, 1), kind: Kind::Array(Elem::Prim(Prim::Int32)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_GROUP_DESCRIBE_RESPONSE_ASSIGNMENT: StructShape = StructShape {
+    name: "Assignment",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "topic_partitions", versions: (0, 1), kind: Kind::Array(Elem::Struct(&CONSUMER_GROUP_DESCRIBE_RESPONSE_TOPIC_PARTITIONS)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static MEMBER: StructShape = StructShape {
+    name: "Member",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "member_id", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "instance_id", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "rack_id", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "member_epoch", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "client_id", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "client_host", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "subscribed_topic_names", versions: (0, 1), kind: Kind::Array(Elem::Prim(Prim::Str)) },
+        Field { name: "subscribed_topic_regex", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "assignment", versions: (0, 1), kind: Kind::Struct(&CONSUMER_GROUP_DESCRIBE_RESPONSE_ASSIGNMENT) },
+        Field { name: "target_assignment", versions: (0, 1), kind: Kind::Struct(&CONSUMER_GROUP_DESCRIBE_RESPONSE_ASSIGNMENT) },
+        Field { name: "member_type", versions: (1, 1), kind: Kind::Prim(Prim::Int8) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_GROUP_DESCRIBE_RESPONSE_DESCRIBED_GROUP: StructShape = StructShape {
+    name: "DescribedGroup",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "error_code", versions: (0, 1), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "error_message", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_id", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_state", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "group_epoch", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "assignment_epoch", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "assignor_name", versions: (0, 1), kind: Kind::Prim(Prim::Str) },
+        Field { name: "members", versions: (0, 1), kind: Kind::Array(Elem::Struct(&MEMBER)) },
+        Field { name: "authorized_operations", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static CONSUMER_GROUP_DESCRIBE_RESPONSE: StructShape = StructShape {
+    name: "ConsumerGroupDescribeResponse",
+    versions: (0, 1),
+    flexible_since: 0,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 1), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "groups", versions: (0, 1), kind: Kind::Array(Elem::Struct(&CONSUMER_GROUP_DESCRIBE_RESPONSE_DESCRIBED_GROUP)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ADD_PARTITIONS_TO_TXN_PARTITION_RESULT: StructShape = StructShape {
+    name: "AddPartitionsToTxnPartitionResult",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "partition_index", versions: (0, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "partition_error_code", versions: (0, 5), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ADD_PARTITIONS_TO_TXN_TOPIC_RESULT: StructShape = StructShape {
+    name: "AddPartitionsToTxnTopicResult",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "name", versions: (0, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "results_by_partition", versions: (0, 5), kind: Kind::Array(Elem::Struct(&ADD_PARTITIONS_TO_TXN_PARTITION_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ADD_PARTITIONS_TO_TXN_RESULT: StructShape = StructShape {
+    name: "AddPartitionsToTxnResult",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "transactional_id", versions: (4, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "topic_results", versions: (4, 5), kind: Kind::Array(Elem::Struct(&ADD_PARTITIONS_TO_TXN_TOPIC_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ADD_PARTITIONS_TO_TXN_RESPONSE: StructShape = StructShape {
+    name: "AddPartitionsToTxnResponse",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (4, 5), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "results_by_transaction", versions: (4, 5), kind: Kind::Array(Elem::Struct(&ADD_PARTITIONS_TO_TXN_RESULT)) },
+        Field { name: "results_by_topic_v3_and_below", versions: (0, 3), kind: Kind::Array(Elem::Struct(&ADD_PARTITIONS_TO_TXN_TOPIC_RESULT)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static ADD_OFFSETS_TO_TXN_RESPONSE: StructShape = StructShape {
+    name: "AddOffsetsToTxnResponse",
+    versions: (0, 4),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 4), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 4), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static END_TXN_RESPONSE: StructShape = StructShape {
+    name: "EndTxnResponse",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 5), kind: Kind::Prim(Prim::Int16) },
+        Field { name: "producer_id", versions: (5, 5), kind: Kind::Prim(Prim::Int64) },
+        Field { name: "producer_epoch", versions: (5, 5), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static TXN_OFFSET_COMMIT_RESPONSE_PARTITION: StructShape = StructShape {
+    name: "TxnOffsetCommitResponsePartition",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "partition_index", versions: (0, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "error_code", versions: (0, 5), kind: Kind::Prim(Prim::Int16) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static TXN_OFFSET_COMMIT_RESPONSE_TOPIC: StructShape = StructShape {
+    name: "TxnOffsetCommitResponseTopic",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "name", versions: (0, 5), kind: Kind::Prim(Prim::Str) },
+        Field { name: "partitions", versions: (0, 5), kind: Kind::Array(Elem::Struct(&TXN_OFFSET_COMMIT_RESPONSE_PARTITION)) },
+    ],
+    tagged: &[
+    ],
+};
+
+pub(crate) static TXN_OFFSET_COMMIT_RESPONSE: StructShape = StructShape {
+    name: "TxnOffsetCommitResponse",
+    versions: (0, 5),
+    flexible_since: 3,
+    fields: &[
+        Field { name: "throttle_time_ms", versions: (0, 5), kind: Kind::Prim(Prim::Int32) },
+        Field { name: "topics", versions: (0, 5), kind: Kind::Array(Elem::Struct(&TXN_OFFSET_COMMIT_RESPONSE_TOPIC)) },
+    ],
+    tagged: &[
+    ],
+};
+
 pub(crate) static TOPIC_PARTITION: StructShape = StructShape {
     name: "TopicPartition",
     versions: (0, 3),

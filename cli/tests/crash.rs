@@ -7,8 +7,10 @@
 //! - SIGTERM instead, five times: nothing lost and no duplicate (the
 //!   processor drains and commits before it exits).
 //!
-//! Against Tansu. The seed of the random moments is printed; set
-//! `RILL_CRASH_SEED` to replay it.
+//! Against Tansu with the classic group protocol, and against librdkafka's
+//! mock cluster with KIP-848's (`group.protocol=consumer`; Tansu lacks it).
+//! The seed of the random moments is printed; set `RILL_CRASH_SEED` to
+//! replay it.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -20,16 +22,36 @@ use rill_cli::weblog;
 use rill_client::producer::{Producer, ProducerConfig, Record};
 use rill_client::{ClientConfig, NewTopic};
 use rill_testkit::Tansu;
+use rill_testkit::mock::MockKafka;
 
 const INPUT_PARTITIONS: i32 = 4;
 const OUTPUT_PARTITIONS: i32 = 3;
 
-fn spawn_weblog(brokers: &str, input: &str, output: &str, log: &std::path::Path) -> Child {
+/// The broker and group protocol of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// Tansu, classic protocol, 6 s sessions.
+    Classic,
+    /// The mock cluster, KIP-848, 6 s sessions set on the broker.
+    Kip848,
+}
+
+impl Setup {
+    fn group_settings(self) -> &'static [&'static str] {
+        match self {
+            Setup::Classic => &["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"],
+            Setup::Kip848 => &["-X", "group.protocol=consumer"],
+        }
+    }
+}
+
+fn spawn_weblog(setup: Setup, brokers: &str, input: &str, output: &str, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_rill"))
         .args(["weblog", "--brokers", brokers, "--input", input, "--output", output, "--instance", "crash-1"])
         .args(["--from", "earliest"])
-        .args(["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500", "-X", "auto.commit.interval.ms=500"])
+        .args(setup.group_settings())
+        .args(["-X", "auto.commit.interval.ms=500"])
         .env("RUST_LOG", "rill::processor=info,rill::cgrp=info")
         .env_remove("RILL_BROKERS")
         .stdout(Stdio::null())
@@ -131,16 +153,36 @@ fn read_ids(brokers: &str, topic: &str, count: u64, deadline: Duration) -> HashM
     seen
 }
 
-async fn run_with_restarts(kill: bool, restarts: usize, count: u64) -> u64 {
-    let tansu = rill_testkit::required(Tansu::start().await);
-    let brokers = tansu.bootstrap();
+enum Broker {
+    Tansu(Tansu),
+    Mock(MockKafka),
+}
+
+async fn run_with_restarts(setup: Setup, kill: bool, restarts: usize, count: u64) -> u64 {
     let (input, output) = (rill_testkit::unique_topic("crash-in"), rill_testkit::unique_topic("crash-out"));
-    let client = rill_client::Client::new(ClientConfig::new(&brokers).unwrap()).unwrap();
-    client
-        .admin()
-        .create_topics(&[NewTopic::new(&input, INPUT_PARTITIONS), NewTopic::new(&output, OUTPUT_PARTITIONS)])
-        .await
-        .unwrap();
+    let broker = match setup {
+        Setup::Classic => Broker::Tansu(rill_testkit::required(Tansu::start().await)),
+        Setup::Kip848 => {
+            let mock = rill_testkit::required(MockKafka::start(3));
+            mock.consumer_group_times(Duration::from_secs(6), Duration::from_millis(500)).unwrap();
+            // The mock has no CreateTopics.
+            mock.create_topic(&input, INPUT_PARTITIONS, 1).unwrap();
+            mock.create_topic(&output, OUTPUT_PARTITIONS, 1).unwrap();
+            Broker::Mock(mock)
+        }
+    };
+    let brokers = match &broker {
+        Broker::Tansu(tansu) => tansu.bootstrap(),
+        Broker::Mock(mock) => mock.bootstrap().to_owned(),
+    };
+    if let Broker::Tansu(_) = broker {
+        let client = rill_client::Client::new(ClientConfig::new(&brokers).unwrap()).unwrap();
+        client
+            .admin()
+            .create_topics(&[NewTopic::new(&input, INPUT_PARTITIONS), NewTopic::new(&output, OUTPUT_PARTITIONS)])
+            .await
+            .unwrap();
+    }
     let log = std::env::temp_dir().join(format!("{input}.log"));
     let seed = seed();
     eprintln!("seed {seed} (RILL_CRASH_SEED replays it); processor log {}", log.display());
@@ -149,7 +191,7 @@ async fn run_with_restarts(kill: bool, restarts: usize, count: u64) -> u64 {
     let feeder = tokio::spawn(feed(brokers.clone(), input.clone(), count, 1_200));
     for round in 0..restarts {
         let assigned_before = assignments(&log);
-        let mut child = spawn_weblog(&brokers, &input, &output, &log);
+        let mut child = spawn_weblog(setup, &brokers, &input, &output, &log);
         // Die at a random moment after the group handed this instance its
         // partitions, while records flow.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -168,7 +210,7 @@ async fn run_with_restarts(kill: bool, restarts: usize, count: u64) -> u64 {
         eprintln!("round {round}: {} {life:?} after the assignment", if kill { "SIGKILL" } else { "SIGTERM" });
     }
     feeder.await.unwrap();
-    let mut last = spawn_weblog(&brokers, &input, &output, &log);
+    let mut last = spawn_weblog(setup, &brokers, &input, &output, &log);
     let (brokers2, output2) = (brokers.clone(), output.clone());
     let seen = tokio::task::spawn_blocking(move || read_ids(&brokers2, &output2, count, Duration::from_secs(180)))
         .await
@@ -181,6 +223,13 @@ async fn run_with_restarts(kill: bool, restarts: usize, count: u64) -> u64 {
         count - seen.len() as u64,
         log.display()
     );
+    if setup == Setup::Kip848 {
+        // The processors were KIP-848 members (the classic member logs no
+        // epoch), and were fenced or waited for the instance id as they
+        // came back.
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("rill::cgrp: joined member="), "no KIP-848 join in {}", log.display());
+    }
     let duplicates: u64 = seen.values().map(|&n| u64::from(n - 1)).sum();
     eprintln!(
         "{count} ids, all delivered; {duplicates} duplicates after {restarts} {}",
@@ -191,11 +240,25 @@ async fn run_with_restarts(kill: bool, restarts: usize, count: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing() {
-    run_with_restarts(true, 6, 50_000).await;
+    run_with_restarts(Setup::Classic, true, 6, 50_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_loses_nothing_and_duplicates_nothing() {
-    let duplicates = run_with_restarts(false, 5, 30_000).await;
+    let duplicates = run_with_restarts(Setup::Classic, false, 5, 30_000).await;
+    assert_eq!(duplicates, 0, "a clean stop drains and commits before it exits");
+}
+
+/// The same with KIP-848: a killed static member's partitions wait for
+/// its session (6 s) to end, its restart waits for the instance id to be
+/// released, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_with_the_consumer_group_protocol() {
+    run_with_restarts(Setup::Kip848, true, 6, 30_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_loses_nothing_and_duplicates_nothing_with_the_consumer_group_protocol() {
+    let duplicates = run_with_restarts(Setup::Kip848, false, 3, 20_000).await;
     assert_eq!(duplicates, 0, "a clean stop drains and commits before it exits");
 }

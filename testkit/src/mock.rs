@@ -21,6 +21,7 @@ use std::thread;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer as _};
 pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::TestkitError;
@@ -38,6 +39,7 @@ enum Command {
     ApiVersion(RDKafkaApiKey, Option<i16>, Option<i16>),
     TopicError(String, RDKafkaRespErr),
     GroupCoordinator(String, i32),
+    ConsumerGroupTimes { session: Duration, heartbeat: Duration },
 }
 
 /// A running mock cluster.
@@ -63,12 +65,24 @@ impl MockKafka {
         let thread = thread::Builder::new()
             .name("rill-mock-kafka".into())
             .spawn(move || {
-                let cluster = match MockCluster::new(brokers) {
-                    Ok(cluster) => cluster,
+                // Made through a client's `test.mock.num.brokers` rather
+                // than `MockCluster::new`: the client's handle also reaches
+                // the mock functions the crate does not wrap (KIP-848 group
+                // timings).
+                let client: BaseProducer = match rdkafka::ClientConfig::new()
+                    .set("test.mock.num.brokers", brokers.to_string())
+                    .set("log_level", "3")
+                    .create()
+                {
+                    Ok(client) => client,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
                         return;
                     }
+                };
+                let Some(cluster) = client.client().mock_cluster() else {
+                    let _ = ready_tx.send(Err("the client made no mock cluster".into()));
+                    return;
                 };
                 // The mock's group handlers read arrays as plain i32 counts,
                 // so they are only right up to the versions librdkafka
@@ -86,7 +100,7 @@ impl MockKafka {
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 // Ends when the handle is dropped; the cluster goes with it.
                 for (command, reply) in receiver {
-                    let _ = reply.send(apply(&cluster, command));
+                    let _ = reply.send(apply(&client, &cluster, command));
                 }
             })
             .map_err(|e| TestkitError::Start(format!("cannot start the mock cluster thread: {e}")))?;
@@ -172,6 +186,14 @@ impl MockKafka {
         self.run(Command::GroupCoordinator(group.into(), broker))
     }
 
+    /// The session timeout and heartbeat interval of KIP-848 groups
+    /// (`group.consumer.session.timeout.ms` and
+    /// `group.consumer.heartbeat.interval.ms` on Kafka; the mock's defaults
+    /// are 30 s and 3 s). A group takes them at its next heartbeat.
+    pub fn consumer_group_times(&self, session: Duration, heartbeat: Duration) -> Result<(), TestkitError> {
+        self.run(Command::ConsumerGroupTimes { session, heartbeat })
+    }
+
     /// Limits the versions an API is offered at; `None, None` removes it.
     pub fn api_version(&self, api: RDKafkaApiKey, min: Option<i16>, max: Option<i16>) -> Result<(), TestkitError> {
         self.run(Command::ApiVersion(api, min, max))
@@ -206,7 +228,8 @@ fn mock_replicas(partition: i32, replication_factor: i32, brokers: i32) -> Vec<i
 }
 
 fn apply(
-    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    client: &BaseProducer,
+    cluster: &MockCluster<'_, DefaultProducerContext>,
     command: Command,
 ) -> Result<(), String> {
     let result = match command {
@@ -230,8 +253,29 @@ fn apply(
         Command::GroupCoordinator(group, broker) => {
             cluster.coordinator(rdkafka::mocking::MockCoordinator::Group(group), broker)
         }
+        Command::ConsumerGroupTimes { session, heartbeat } => {
+            consumer_group_times(client, session, heartbeat);
+            Ok(())
+        }
     };
     result.map_err(|e| e.to_string())
+}
+
+/// `rd_kafka_mock_set_group_consumer_{session_timeout,heartbeat_interval}_ms`,
+/// which the `rdkafka` crate does not wrap.
+#[allow(unsafe_code, reason = "two librdkafka mock setters the rdkafka crate does not wrap")]
+fn consumer_group_times(client: &BaseProducer, session: Duration, heartbeat: Duration) {
+    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `client` is alive for the whole call and was made with
+    // `test.mock.num.brokers`, so its handle owns a mock cluster that lives
+    // as long as it does; the setters take the cluster's lock and copy the
+    // integers.
+    unsafe {
+        let mock = rdkafka::bindings::rd_kafka_handle_mock_cluster(client.client().native_ptr());
+        assert!(!mock.is_null(), "the client has a mock cluster");
+        rdkafka::bindings::rd_kafka_mock_set_group_consumer_session_timeout_ms(mock, millis(session));
+        rdkafka::bindings::rd_kafka_mock_set_group_consumer_heartbeat_interval_ms(mock, millis(heartbeat));
+    }
 }
 
 impl Drop for MockKafka {

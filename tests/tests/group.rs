@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rill_client::TopicPartition;
-use rill_client::consumer::{AssignmentStrategy, Consumer, ConsumerConfig, Event, OffsetReset};
+use rill_client::consumer::{AssignmentStrategy, Consumer, ConsumerConfig, Event, GroupProtocol, OffsetReset};
 use rill_testkit::{BrokerKind, ClusterOptions, TestCluster, each_broker, unique_topic};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -299,26 +299,33 @@ fn partitions_of(list: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
     list.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
 }
 
+/// A librdkafka member of the classic protocol with `strategy`, or of
+/// KIP-848's (`group.protocol=consumer`) with `None`.
 fn rd_member(
     name: &str,
     cluster: &TestCluster,
     group: &str,
-    strategy: &str,
+    strategy: Option<&str>,
     topic: &str,
     checker: Arc<Mutex<Checker>>,
 ) -> Running {
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer as _, StreamConsumer};
-    let consumer: StreamConsumer<RdMember> = rdkafka::ClientConfig::new()
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", cluster.bootstrap())
         .set("group.id", group)
-        .set("partition.assignment.strategy", strategy)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
-        .set("auto.commit.interval.ms", "500")
-        .create_with_context(RdMember { name: name.to_owned(), checker: checker.clone() })
-        .unwrap();
+        .set("auto.commit.interval.ms", "500");
+    match strategy {
+        Some(strategy) => config
+            .set("partition.assignment.strategy", strategy)
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500"),
+        None => config.set("group.protocol", "consumer"),
+    };
+    let consumer: StreamConsumer<RdMember> =
+        config.create_with_context(RdMember { name: name.to_owned(), checker: checker.clone() }).unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let name = name.to_owned();
@@ -352,7 +359,7 @@ async fn mixed_group(strategy: AssignmentStrategy) {
         let config = group_config(cluster, &group, strategy);
 
         // librdkafka leads and assigns to Rill.
-        let x = rd_member("x", cluster, &group, strategy.name(), &topic, checker.clone());
+        let x = rd_member("x", cluster, &group, Some(strategy.name()), &topic, checker.clone());
         until("x gets all six", Duration::from_secs(30), &checker, |c| c.shares() == [6]).await;
         let a = member("a", config.clone(), &topic, checker.clone());
         until("x and a, three each", Duration::from_secs(60), &checker, |c| c.shares() == [3, 3]).await;
@@ -361,7 +368,7 @@ async fn mixed_group(strategy: AssignmentStrategy) {
         // x leaves: Rill leads and assigns to librdkafka.
         x.stop().await;
         until("a alone", Duration::from_secs(60), &checker, |c| c.shares() == [6]).await;
-        let y = rd_member("y", cluster, &group, strategy.name(), &topic, checker.clone());
+        let y = rd_member("y", cluster, &group, Some(strategy.name()), &topic, checker.clone());
         until("a and y, three each", Duration::from_secs(60), &checker, |c| {
             c.shares() == [3, 3] && c.assignments.get("y").is_some_and(|y| y.len() == 3)
         })
@@ -384,6 +391,81 @@ async fn mixed_group_with_librdkafka_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_group_with_librdkafka_cooperative_sticky() {
     mixed_group(AssignmentStrategy::CooperativeSticky).await;
+}
+
+/// KIP-848 (`group.protocol=consumer`) on the mock, the broker here that
+/// has it: a Rill member and a librdkafka member share a topic, a second
+/// Rill member joins and leaves. The coordinator assigns; a partition
+/// moves only after its owner revoked it (and committed), so the checker
+/// sees one owner at a time and every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip848_members_of_both_clients_share_a_topic_as_a_third_comes_and_goes() {
+    common::logs();
+    let cluster = rill_testkit::required(TestCluster::start(BrokerKind::Mock, &ClusterOptions::default()).await);
+    let mock = cluster.mock().expect("a mock cluster");
+    // Kafka's group.consumer.session.timeout.ms and heartbeat interval.
+    mock.consumer_group_times(Duration::from_secs(6), Duration::from_millis(500)).unwrap();
+    let topic = unique_topic("kip848");
+    let group = unique_topic("kip848-g");
+    cluster.create_topic(&topic, 6).await.unwrap();
+    fill(&cluster, &topic, 6, 0, 100).await;
+    let checker = Arc::new(Mutex::new(Checker::default()));
+    let config = ConsumerConfig::new(cluster.client_config())
+        .group(&group)
+        .group_protocol(GroupProtocol::Consumer)
+        .offset_reset(OffsetReset::Earliest)
+        .auto_commit(true, Duration::from_millis(500))
+        .fetch_wait(1, Duration::from_millis(100));
+
+    let a = member("a", config.clone(), &topic, checker.clone());
+    until("a gets all six", Duration::from_secs(30), &checker, |c| c.shares() == [6]).await;
+    let x = rd_member("x", &cluster, &group, None, &topic, checker.clone());
+    until("a and x, three each", Duration::from_secs(30), &checker, |c| {
+        c.shares() == [3, 3] && c.assignments.get("x").is_some_and(|x| x.len() == 3)
+    })
+    .await;
+    until("every record", Duration::from_secs(30), &checker, |c| c.complete(6, 100)).await;
+
+    let b = member("b", config.clone(), &topic, checker.clone());
+    until("a, x and b, two each", Duration::from_secs(30), &checker, |c| c.shares() == [2, 2, 2]).await;
+    fill(&cluster, &topic, 6, 100, 50).await;
+    until("every new record", Duration::from_secs(30), &checker, |c| c.complete(6, 150)).await;
+
+    b.stop().await;
+    until("a and x again, three each", Duration::from_secs(30), &checker, |c| c.shares() == [3, 3]).await;
+    fill(&cluster, &topic, 6, 150, 50).await;
+    until("every record after b left", Duration::from_secs(30), &checker, |c| c.complete(6, 200)).await;
+    x.stop().await;
+    until("a alone", Duration::from_secs(30), &checker, |c| c.shares() == [6]).await;
+    a.stop().await;
+
+    let checker = checker.lock().unwrap();
+    assert!(checker.violations.is_empty(), "{:#?}", checker.violations);
+    assert!(checker.seen.values().all(|&n| n == 1), "a record was delivered twice");
+    assert!(checker.revocations.get("a").is_some_and(|r| r.len() >= 2), "a revoked as members came");
+}
+
+/// `group.protocol=consumer` against a broker without ConsumerGroupHeartbeat
+/// (Tansu): the consumer says so, and names the setting that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip848_without_the_api_is_a_clear_error() {
+    common::logs();
+    let cluster = rill_testkit::required(TestCluster::start(BrokerKind::Tansu, &ClusterOptions::default()).await);
+    let topic = unique_topic("kip848-none");
+    cluster.create_topic(&topic, 1).await.unwrap();
+    let config = ConsumerConfig::new(cluster.client_config())
+        .group(unique_topic("kip848-none-g"))
+        .group_protocol(GroupProtocol::Consumer);
+    let mut consumer = Consumer::new(config).unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .expect("an answer, not a wait")
+        .expect_err("no record: the group cannot be joined");
+    let text = error.to_string();
+    assert!(text.contains("group.protocol=consumer") && text.contains("group.protocol=classic"), "{text}");
+    assert!(text.contains("ConsumerGroupHeartbeat"), "{text}");
+    consumer.close(Duration::from_secs(5)).await.unwrap();
 }
 
 /// KIP-345: a static member restarted within the session timeout gets its

@@ -11,9 +11,11 @@ use std::fmt;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::consumer_group_describe_response::DescribedGroup;
 use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
 use kafka_protocol::messages::{
-    ApiKey, DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest, OffsetDeleteRequest, TopicName,
+    ApiKey, ConsumerGroupDescribeRequest, DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest,
+    OffsetDeleteRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tracing::debug;
@@ -155,6 +157,49 @@ fn str(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_owned())
 }
 
+/// A KIP-848 group from ConsumerGroupDescribe; `None` when the group is
+/// not one (GROUP_ID_NOT_FOUND: a classic group, or no group).
+fn consumer_group_description(described: &DescribedGroup, coordinator: i32) -> Result<Option<GroupDescription>> {
+    let group = described.group_id.0.to_string();
+    if ResponseError::try_from_code(described.error_code) == Some(ResponseError::GroupIdNotFound) {
+        return Ok(None);
+    }
+    check_with_message(
+        ApiKey::ConsumerGroupDescribe,
+        described.error_code,
+        described.error_message.as_deref(),
+        || format!("group {group}"),
+    )?;
+    let members = described
+        .members
+        .iter()
+        .map(|m| GroupMember {
+            member_id: m.member_id.to_string(),
+            instance_id: m.instance_id.as_ref().map(|i| i.to_string()),
+            client_id: m.client_id.to_string(),
+            host: m.client_host.to_string(),
+            subscription: Some(m.subscribed_topic_names.iter().map(|t| t.0.to_string()).collect()),
+            assignment: Some(
+                m.assignment
+                    .topic_partitions
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| TopicPartition::new(t.topic_name.0.as_str(), *p)))
+                    .collect(),
+            ),
+            metadata_bytes: Bytes::new(),
+            assignment_bytes: Bytes::new(),
+        })
+        .collect();
+    Ok(Some(GroupDescription {
+        group,
+        state: GroupState::parse(&described.group_state),
+        protocol_type: CONSUMER_PROTOCOL_TYPE.to_owned(),
+        protocol: described.assignor_name.to_string(),
+        members,
+        coordinator,
+    }))
+}
+
 impl Admin {
     /// Every group in the cluster: ListGroups to each broker, as each one
     /// lists only the groups it coordinates. Sorted by group id.
@@ -237,11 +282,36 @@ impl Admin {
             ));
         };
         coordinator.check_coordinator(described.error_code);
-        check_with_message(ApiKey::DescribeGroups, described.error_code, described.error_message.as_deref(), || {
-            format!("group {group}")
-        })?;
+        let not_found = ResponseError::try_from_code(described.error_code) == Some(ResponseError::GroupIdNotFound);
+        if !not_found {
+            check_with_message(
+                ApiKey::DescribeGroups,
+                described.error_code,
+                described.error_message.as_deref(),
+                || format!("group {group}"),
+            )?;
+        }
         let state = GroupState::parse(&described.group_state);
-        if state == GroupState::Dead {
+        if not_found || state == GroupState::Dead {
+            // Not a classic group: a KIP-848 group (Kafka describes those
+            // by ConsumerGroupDescribe only), or none. Tansu offers
+            // ConsumerGroupDescribe but answers it for classic groups too,
+            // so it is asked only now.
+            if connection.version_for::<ConsumerGroupDescribeRequest>().is_ok() {
+                let response = coordinator
+                    .send(
+                        |_| ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(str(group))]),
+                        timeout,
+                    )
+                    .await?;
+                if let Some(described) = response.groups.iter().find(|g| g.group_id.0.as_str() == group) {
+                    coordinator.check_coordinator(described.error_code);
+                    let coordinator = coordinator.node().unwrap_or(-1);
+                    if let Some(description) = consumer_group_description(described, coordinator)? {
+                        return Ok(description);
+                    }
+                }
+            }
             return Err(Error::broker(
                 ApiKey::DescribeGroups,
                 ResponseError::GroupIdNotFound,
@@ -466,5 +536,57 @@ impl Admin {
             Err(Error::UnsupportedApi { api: ApiKey::DescribeGroups, .. }) => Ok(()),
             Err(error) => Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::consumer_group_describe_response::{Assignment, Member, TopicPartitions};
+
+    /// ConsumerGroupDescribe as Kafka 4 answers it (no broker here has
+    /// it): the members with their client, host, instance, subscription
+    /// and assignment by topic name; GROUP_ID_NOT_FOUND for a classic group.
+    #[test]
+    fn a_kip848_group_is_described_from_consumer_group_describe() {
+        let topic = |name: &str, partitions: &[i32]| {
+            TopicPartitions::default()
+                .with_topic_id(uuid::Uuid::from_u128(1))
+                .with_topic_name(TopicName(str(name)))
+                .with_partitions(partitions.to_vec())
+        };
+        let member = Member::default()
+            .with_member_id(str("m-1"))
+            .with_instance_id(Some(str("i-1")))
+            .with_member_epoch(4)
+            .with_client_id(str("rill-a"))
+            .with_client_host(str("/127.0.0.1"))
+            .with_subscribed_topic_names(vec![TopicName(str("t"))])
+            .with_assignment(Assignment::default().with_topic_partitions(vec![topic("t", &[0, 2])]));
+        let described = DescribedGroup::default()
+            .with_group_id(GroupId(str("g")))
+            .with_group_state(str("Reconciling"))
+            .with_group_epoch(5)
+            .with_assignor_name(str("uniform"))
+            .with_members(vec![member]);
+        let description = consumer_group_description(&described, 3).unwrap().expect("a KIP-848 group");
+        assert_eq!((description.state, description.protocol.as_str()), (GroupState::Reconciling, "uniform"));
+        assert_eq!(description.coordinator, 3);
+        let m = &description.members[0];
+        assert_eq!(
+            (m.member_id.as_str(), m.instance_id.as_deref(), m.client_id.as_str()),
+            ("m-1", Some("i-1"), "rill-a")
+        );
+        assert_eq!(m.subscription.as_deref(), Some(&["t".to_owned()][..]));
+        assert_eq!(m.assignment, Some(vec![TopicPartition::new("t", 0), TopicPartition::new("t", 2)]));
+
+        let classic = DescribedGroup::default()
+            .with_group_id(GroupId(str("g")))
+            .with_error_code(ResponseError::GroupIdNotFound.code());
+        assert!(consumer_group_description(&classic, 3).unwrap().is_none(), "DescribeGroups describes it");
+        let refused = DescribedGroup::default()
+            .with_group_id(GroupId(str("g")))
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+        assert!(consumer_group_description(&refused, 3).is_err());
     }
 }

@@ -78,6 +78,21 @@ impl AssignmentStrategy {
     }
 }
 
+/// How a consumer takes part in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupProtocol {
+    /// JoinGroup / SyncGroup / Heartbeat: one member (the leader) assigns
+    /// the partitions of every member, and each rebalance goes through a
+    /// barrier. Every broker has it. Default.
+    Classic,
+    /// KIP-848 (Kafka 4.0's default): the coordinator assigns, each member
+    /// reconciles on its own through ConsumerGroupHeartbeat, and there is
+    /// no group-wide barrier. The session timeout, heartbeat interval and
+    /// assignor are the broker's settings (`group.remote.assignor` names a
+    /// server-side assignor).
+    Consumer,
+}
+
 /// Consumer settings.
 ///
 /// Defaults follow librdkafka where Java differs only in name: auto-commit
@@ -97,6 +112,11 @@ pub struct ConsumerConfig {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) max_poll_interval: Duration,
     pub(crate) strategies: Vec<AssignmentStrategy>,
+    pub(crate) group_protocol: GroupProtocol,
+    pub(crate) remote_assignor: Option<String>,
+    /// Classic-only settings given explicitly, by key: refused with the
+    /// consumer protocol, as Java and librdkafka do.
+    pub(crate) classic_settings: Vec<&'static str>,
     pub(crate) fetch_min_bytes: i32,
     pub(crate) fetch_max_wait: Duration,
     pub(crate) max_partition_fetch_bytes: i32,
@@ -122,6 +142,9 @@ impl ConsumerConfig {
             heartbeat_interval: Duration::from_secs(3),
             max_poll_interval: Duration::from_secs(300),
             strategies: vec![AssignmentStrategy::Range, AssignmentStrategy::RoundRobin],
+            group_protocol: GroupProtocol::Classic,
+            remote_assignor: None,
+            classic_settings: Vec::new(),
             fetch_min_bytes: 1,
             fetch_max_wait: Duration::from_millis(500),
             max_partition_fetch_bytes: 1024 * 1024,
@@ -146,6 +169,8 @@ impl ConsumerConfig {
     /// | `session.timeout.ms`, `heartbeat.interval.ms` | [`Self::session`] |
     /// | `max.poll.interval.ms` | [`Self::max_poll_interval`] |
     /// | `partition.assignment.strategy` | comma-separated `range`, `roundrobin`, `cooperative-sticky` |
+    /// | `group.protocol` | `classic` or `consumer` ([`Self::group_protocol`]) |
+    /// | `group.remote.assignor` | a server-side assignor (`uniform`, `range`), with `group.protocol=consumer` |
     /// | `fetch.min.bytes`, `fetch.wait.max.ms`/`fetch.max.wait.ms` | [`Self::fetch_wait`] |
     /// | `max.partition.fetch.bytes`, `fetch.max.bytes` | [`Self::fetch_sizes`] |
     /// | `queued.max.messages.kbytes` | [`Self::prefetch_bytes`] |
@@ -179,8 +204,14 @@ impl ConsumerConfig {
             "enable.auto.commit" => self.auto_commit = parse::boolean(key, value)?,
             "auto.commit.interval.ms" => self.auto_commit_interval = parse::positive_millis(key, value)?,
             "enable.auto.offset.store" => self.auto_offset_store = parse::boolean(key, value)?,
-            "session.timeout.ms" => self.session_timeout = parse::positive_millis(key, value)?,
-            "heartbeat.interval.ms" => self.heartbeat_interval = parse::positive_millis(key, value)?,
+            "session.timeout.ms" => {
+                self.session_timeout = parse::positive_millis(key, value)?;
+                self.classic_setting("session.timeout.ms");
+            }
+            "heartbeat.interval.ms" => {
+                self.heartbeat_interval = parse::positive_millis(key, value)?;
+                self.classic_setting("heartbeat.interval.ms");
+            }
             "max.poll.interval.ms" => self.max_poll_interval = parse::positive_millis(key, value)?,
             "partition.assignment.strategy" => {
                 let strategies: Option<Vec<_>> = value.split(',').map(AssignmentStrategy::parse).collect();
@@ -188,7 +219,16 @@ impl ConsumerConfig {
                     Some(s) if !s.is_empty() => self.strategies = s,
                     _ => return Err(invalid("expected a list of range, roundrobin, cooperative-sticky")),
                 }
+                self.classic_setting("partition.assignment.strategy");
             }
+            "group.protocol" => {
+                self.group_protocol = match value.trim().to_ascii_lowercase().as_str() {
+                    "classic" => GroupProtocol::Classic,
+                    "consumer" => GroupProtocol::Consumer,
+                    _ => return Err(invalid("expected classic or consumer")),
+                }
+            }
+            "group.remote.assignor" => self.remote_assignor = Some(value.trim().to_owned()).filter(|a| !a.is_empty()),
             "fetch.min.bytes" => self.fetch_min_bytes = parse::number(key, value, 1, i32::MAX)?,
             "fetch.wait.max.ms" | "fetch.max.wait.ms" => self.fetch_max_wait = parse::millis(key, value)?,
             "max.partition.fetch.bytes" | "fetch.message.max.bytes" => {
@@ -232,9 +272,29 @@ impl ConsumerConfig {
                 "`queued.max.messages.kbytes` must hold at least one `max.partition.fetch.bytes`".into(),
             ));
         }
+        match self.group_protocol {
+            GroupProtocol::Consumer => {
+                if let Some(key) = self.classic_settings.first() {
+                    return Err(ConfigError::Invalid(format!(
+                        "`{key}` cannot be set with `group.protocol=consumer`: the broker sets it for the group"
+                    )));
+                }
+            }
+            GroupProtocol::Classic => {
+                if self.remote_assignor.is_some() {
+                    return Err(ConfigError::Invalid("`group.remote.assignor` needs `group.protocol=consumer`".into()));
+                }
+            }
+        }
         // Mixing eager and cooperative strategies is allowed, as in Java, for
         // upgrades: the group runs whichever every member supports.
         Ok(())
+    }
+
+    fn classic_setting(&mut self, key: &'static str) {
+        if !self.classic_settings.contains(&key) {
+            self.classic_settings.push(key);
+        }
     }
 
     /// The client settings.
@@ -286,9 +346,12 @@ impl ConsumerConfig {
     }
 
     /// Session timeout and heartbeat interval. Defaults 45 s and 3 s.
+    /// Classic protocol only: with [`GroupProtocol::Consumer`] the broker
+    /// sets both.
     pub fn session(mut self, timeout: Duration, heartbeat: Duration) -> Self {
         self.session_timeout = timeout;
         self.heartbeat_interval = heartbeat;
+        self.classic_setting("session.timeout.ms");
         self
     }
 
@@ -300,8 +363,25 @@ impl ConsumerConfig {
     }
 
     /// Assignment strategies, preferred first. Default range, roundrobin.
+    /// Classic protocol only: with [`GroupProtocol::Consumer`] the broker
+    /// assigns.
     pub fn strategies(mut self, strategies: Vec<AssignmentStrategy>) -> Self {
         self.strategies = strategies;
+        self.classic_setting("partition.assignment.strategy");
+        self
+    }
+
+    /// The group protocol. Default [`GroupProtocol::Classic`].
+    pub fn group_protocol(mut self, protocol: GroupProtocol) -> Self {
+        self.group_protocol = protocol;
+        self
+    }
+
+    /// With [`GroupProtocol::Consumer`]: the server-side assignor the
+    /// group should use (`uniform` or `range` on Kafka); by default the
+    /// broker's first.
+    pub fn remote_assignor(mut self, assignor: impl Into<String>) -> Self {
+        self.remote_assignor = Some(assignor.into());
         self
     }
 
@@ -410,5 +490,32 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.strategies, [AssignmentStrategy::Range, AssignmentStrategy::RoundRobin]);
+    }
+
+    #[test]
+    fn the_consumer_protocol_refuses_what_the_broker_sets() {
+        let config = |props: &[(&str, &str)]| {
+            let mut all = vec![("bootstrap.servers", "b:1"), ("group.id", "g")];
+            all.extend_from_slice(props);
+            ConsumerConfig::from_properties(all)
+        };
+        let consumer = config(&[("group.protocol", "consumer"), ("group.remote.assignor", "uniform")]).unwrap();
+        assert_eq!(consumer.group_protocol, GroupProtocol::Consumer);
+        assert_eq!(consumer.remote_assignor.as_deref(), Some("uniform"));
+        for key in ["session.timeout.ms", "heartbeat.interval.ms"] {
+            let error = config(&[("group.protocol", "consumer"), (key, "6000")]).unwrap_err().to_string();
+            assert!(error.contains(key) && error.contains("group.protocol=consumer"), "{error}");
+        }
+        let error = config(&[("partition.assignment.strategy", "range"), ("group.protocol", "consumer")]);
+        assert!(error.unwrap_err().to_string().contains("partition.assignment.strategy"));
+        let error = config(&[("group.remote.assignor", "uniform")]).unwrap_err().to_string();
+        assert!(error.contains("group.remote.assignor"), "{error}");
+        assert!(config(&[("group.protocol", "new")]).unwrap_err().to_string().contains("group.protocol"));
+        // The builder's classic setters count as set.
+        let built = ConsumerConfig::new(ClientConfig::new("b:1").unwrap())
+            .group("g")
+            .session(Duration::from_secs(6), Duration::from_secs(1))
+            .group_protocol(GroupProtocol::Consumer);
+        assert!(built.validate().unwrap_err().to_string().contains("session.timeout.ms"));
     }
 }

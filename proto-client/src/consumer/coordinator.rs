@@ -32,15 +32,19 @@ use crate::wire::ApiRequest;
 /// (a consumer that assigns its own partitions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Committer {
+    /// The classic generation, or the KIP-848 member epoch.
     pub(crate) generation: i32,
     pub(crate) member_id: String,
     pub(crate) instance_id: Option<String>,
+    /// A KIP-848 member: its commits go at OffsetCommit v9, which Kafka
+    /// requires of them; a classic group's stop at v8.
+    pub(crate) member_epoch: bool,
 }
 
 impl Committer {
     /// Commits outside any generation (`assign`), as Java's simple consumer.
     pub(crate) fn standalone() -> Self {
-        Committer { generation: -1, member_id: String::new(), instance_id: None }
+        Committer { generation: -1, member_id: String::new(), instance_id: None, member_epoch: false }
     }
 }
 
@@ -136,8 +140,18 @@ impl GroupCoordinator {
     /// Sends one request to the coordinator; a broken connection or a
     /// coordinator error in `code_of(response)` forgets the coordinator.
     pub(crate) async fn send<R: ApiRequest>(&self, build: impl Fn(i16) -> R, timeout: Duration) -> Result<R::Response> {
+        self.send_at_most(build, timeout, i16::MAX).await
+    }
+
+    /// [`Self::send`] at version `max` or lower.
+    pub(crate) async fn send_at_most<R: ApiRequest>(
+        &self,
+        build: impl Fn(i16) -> R,
+        timeout: Duration,
+        max: i16,
+    ) -> Result<R::Response> {
         let connection = self.connection().await?;
-        let version = connection.version_for::<R>()?;
+        let version = connection.version_for::<R>()?.min(max);
         let result = connection.send_at(&build(version), version, timeout).await;
         if matches!(result, Err(Error::ConnectionClosed { .. } | Error::RequestTimeout { .. })) {
             self.invalidate();
@@ -292,8 +306,9 @@ impl GroupCoordinator {
             topics.entry(tp.topic.as_str()).or_default().push((tp.partition, *offset));
         }
         let timeout = self.client.config().request_timeout;
+        let max_version = if committer.member_epoch { 9 } else { 8 };
         let response = self
-            .send(
+            .send_at_most(
                 |version| {
                     let partition = |(partition, offset): &(i32, CommitOffset)| {
                         OffsetCommitRequestPartition::default()
@@ -329,6 +344,7 @@ impl GroupCoordinator {
                     request
                 },
                 timeout,
+                max_version,
             )
             .await?;
         for topic in &response.topics {

@@ -451,7 +451,7 @@ pub(crate) async fn commit_stored(
     if tokio::time::timeout(timeout, rebalancing.wait_for(|r| !*r)).await.is_err() {
         return Err(Error::Timeout { operation: "committing offsets during a rebalance".into(), after: timeout });
     }
-    let (offsets, committer) = {
+    let (offsets, mut committer) = {
         let mut state = shared.lock();
         let auto_store = shared.config.auto_offset_store;
         let offsets: BTreeMap<TopicPartition, CommitOffset> = state
@@ -470,10 +470,30 @@ pub(crate) async fn commit_stored(
     if offsets.is_empty() {
         return Ok(());
     }
-    if let Err(error) = coordinator.commit(&offsets, &committer, timeout).await {
+    loop {
+        let Err(error) = coordinator.commit(&offsets, &committer, timeout).await else { break };
         use kafka_protocol::ResponseError as E;
-        if let Some(code @ (E::IllegalGeneration | E::UnknownMemberId | E::FencedInstanceId | E::RebalanceInProgress)) =
-            error.code()
+        let code = error.code();
+        if code == Some(E::StaleMemberEpoch) {
+            // KIP-848: the member's epoch moved while the commit was out;
+            // with the new one it goes through, as long as the member
+            // still owns the partitions (else the epoch says so).
+            let now = shared.lock().committer.clone();
+            if now != committer && now.generation >= 0 {
+                debug!(target: "rill::cgrp", from = committer.generation, to = now.generation,
+                    "commit refused as stale; again with the member's new epoch");
+                committer = now;
+                continue;
+            }
+        }
+        if let Some(
+            code @ (E::IllegalGeneration
+            | E::UnknownMemberId
+            | E::FencedInstanceId
+            | E::RebalanceInProgress
+            | E::StaleMemberEpoch
+            | E::FencedMemberEpoch),
+        ) = code
             && committer.generation >= 0
         {
             shared.refused.lock().unwrap_or_else(|p| p.into_inner()).push((code, committer.generation));

@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use config::{AssignmentStrategy, ConsumerConfig, IsolationLevel, OffsetReset, TruncationReset};
+pub use config::{AssignmentStrategy, ConsumerConfig, GroupProtocol, IsolationLevel, OffsetReset, TruncationReset};
 pub use record::{ConsumerRecord, TimestampType};
 pub use truncation::Resume;
 

@@ -1,7 +1,9 @@
-//! The group driver: the task that runs a [`Member`] against the group
-//! coordinator and applies its partition changes to the consumer.
+//! The group driver: the task that runs a member against the group
+//! coordinator and applies its partition changes to the consumer: a
+//! classic [`Member`] (JoinGroup, SyncGroup, Heartbeat) or a KIP-848
+//! [`ConsumerMember`] (ConsumerGroupHeartbeat), by `group.protocol`.
 //!
-//! It does what the member asks (`Member::next`), one thing at a time,
+//! It does what the member asks (`next`), one thing at a time,
 //! except that heartbeats go on while the application handles a
 //! revocation. Revocations reach the application as
 //! [`Event::Revoked`](crate::consumer::Event::Revoked) in the record queue,
@@ -14,11 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    SyncGroupRequest, SyncGroupResponse, join_group_request::JoinGroupRequestProtocol,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse, TopicName,
+    join_group_request::JoinGroupRequestProtocol,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{oneshot, watch};
@@ -26,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::assignor::{self, Member as Subscriber};
+use super::consumer_member::{Beat, ConsumerMember, ConsumerMemberConfig};
 use super::member::{Member, MemberConfig, Next};
 use super::protocol::{Subscription, encode_assignment, encode_subscription};
 use crate::TopicPartition;
@@ -33,7 +39,7 @@ use crate::cluster::TopicScope;
 use crate::consumer::coordinator::{Committer, GroupCoordinator};
 use crate::consumer::engine::commit_stored;
 use crate::consumer::state::{Lookup, PartitionState, Shared};
-use crate::consumer::{AssignmentStrategy, Event, Revocation};
+use crate::consumer::{AssignmentStrategy, Event, GroupProtocol, Revocation};
 use crate::error::Result;
 
 fn str(text: &str) -> StrBytes {
@@ -58,10 +64,101 @@ impl PollClock {
     }
 }
 
+/// The member of either protocol.
+#[derive(Debug)]
+enum Membership {
+    Classic(Member),
+    Consumer(ConsumerMember),
+}
+
+impl Membership {
+    fn next(&mut self, now: Instant, polled: Instant) -> Next {
+        match self {
+            Membership::Classic(m) => m.next(now, polled),
+            Membership::Consumer(m) => m.next(now, polled),
+        }
+    }
+
+    fn close(&mut self) {
+        match self {
+            Membership::Classic(m) => m.close(),
+            Membership::Consumer(m) => m.close(),
+        }
+    }
+
+    /// A JoinGroup or SyncGroup is under way: commits wait. Never for
+    /// KIP-848, which holds no request.
+    fn rebalancing(&self) -> bool {
+        matches!(self, Membership::Classic(m) if m.rebalancing())
+    }
+
+    fn heartbeat_due(&self) -> Option<Instant> {
+        match self {
+            Membership::Classic(m) => m.heartbeat_due(),
+            Membership::Consumer(m) => m.heartbeat_due(),
+        }
+    }
+
+    fn revoked(&mut self, partitions: &[TopicPartition]) {
+        match self {
+            Membership::Classic(m) => m.revoked(partitions),
+            Membership::Consumer(m) => m.revoked(partitions),
+        }
+    }
+
+    fn commit_refused(&mut self, code: ResponseError, generation: i32, now: Instant) {
+        match self {
+            Membership::Classic(m) => m.commit_refused(code, generation, now),
+            Membership::Consumer(m) => m.commit_refused(code, generation, now),
+        }
+    }
+
+    fn owned(&self) -> Vec<TopicPartition> {
+        match self {
+            Membership::Classic(m) => m.owned(),
+            Membership::Consumer(m) => m.owned(),
+        }
+    }
+
+    /// Who commits now: the member's generation (classic) or epoch
+    /// (KIP-848, committed at OffsetCommit v9), or nobody outside a group.
+    fn committer(&self, instance_id: Option<String>) -> Committer {
+        let (generation, member_id, member_epoch) = match self {
+            Membership::Classic(m) => (m.generation, &m.member_id, false),
+            Membership::Consumer(m) => (if m.epoch > 0 { m.epoch } else { -1 }, &m.member_id, true),
+        };
+        if generation < 0 {
+            return Committer::standalone();
+        }
+        Committer { generation, member_id: member_id.clone(), instance_id, member_epoch }
+    }
+
+    fn classic(&self) -> &Member {
+        match self {
+            Membership::Classic(m) => m,
+            Membership::Consumer(_) => unreachable!("a classic request asked of a KIP-848 member"),
+        }
+    }
+
+    fn classic_mut(&mut self) -> &mut Member {
+        match self {
+            Membership::Classic(m) => m,
+            Membership::Consumer(_) => unreachable!("a classic request asked of a KIP-848 member"),
+        }
+    }
+
+    fn consumer_mut(&mut self) -> &mut ConsumerMember {
+        match self {
+            Membership::Consumer(m) => m,
+            Membership::Classic(_) => unreachable!("a KIP-848 heartbeat asked of a classic member"),
+        }
+    }
+}
+
 struct Driver {
     shared: Arc<Shared>,
     coordinator: Arc<GroupCoordinator>,
-    member: Member,
+    member: Membership,
     topics: watch::Receiver<Vec<String>>,
     closing: watch::Receiver<bool>,
     metadata: watch::Receiver<Arc<crate::cluster::Metadata>>,
@@ -79,21 +176,46 @@ pub(crate) async fn run(
     done: watch::Sender<bool>,
 ) {
     let config = &shared.config;
-    let strategies = &config.strategies;
-    let member_config = MemberConfig {
-        // Cooperative only when every offered strategy is (as Java decides).
-        cooperative: strategies.iter().all(|s| s.is_cooperative()),
-        static_member: config.group_instance_id.is_some(),
-        session_timeout: config.session_timeout,
-        heartbeat_interval: config.heartbeat_interval,
-        max_poll_interval: config.max_poll_interval,
-        retry_backoff: config.client.retry_backoff,
-        retry_backoff_max: config.client.retry_backoff_max,
-    };
     let now = Instant::now();
+    let member = match config.group_protocol {
+        GroupProtocol::Classic => {
+            let strategies = &config.strategies;
+            Membership::Classic(Member::new(
+                MemberConfig {
+                    // Cooperative only when every offered strategy is (as Java decides).
+                    cooperative: strategies.iter().all(|s| s.is_cooperative()),
+                    static_member: config.group_instance_id.is_some(),
+                    session_timeout: config.session_timeout,
+                    heartbeat_interval: config.heartbeat_interval,
+                    max_poll_interval: config.max_poll_interval,
+                    retry_backoff: config.client.retry_backoff,
+                    retry_backoff_max: config.client.retry_backoff_max,
+                },
+                now,
+            ))
+        }
+        GroupProtocol::Consumer => {
+            let subscribed = topics.borrow().clone();
+            shared.client.cluster().want_topics(subscribed.iter().map(String::as_str));
+            let mut member = ConsumerMember::new(
+                ConsumerMemberConfig {
+                    instance_id: config.group_instance_id.clone(),
+                    max_poll_interval: config.max_poll_interval,
+                    server_assignor: config.remote_assignor.clone(),
+                    retry_backoff: config.client.retry_backoff,
+                    retry_backoff_max: config.client.retry_backoff_max,
+                    new_member_id: Box::new(new_member_id),
+                },
+                subscribed,
+                now,
+            );
+            member.learn_topics(topic_ids(&shared.client.cluster().metadata()));
+            Membership::Consumer(member)
+        }
+    };
     let metadata = shared.client.cluster().watch();
     let mut driver = Driver {
-        member: Member::new(member_config, now),
+        member,
         shared: shared.clone(),
         coordinator,
         topics,
@@ -134,7 +256,7 @@ impl Driver {
                         answer = self.join(reason) => answer,
                         () = closed(closing) => continue,
                     };
-                    self.member.joined(answer, Instant::now());
+                    self.member.classic_mut().joined(answer, Instant::now());
                 }
                 Next::Sync { leader } => {
                     let assignments = match leader {
@@ -142,13 +264,16 @@ impl Driver {
                         None => Vec::new(),
                     };
                     let answer = self.sync(assignments).await;
-                    self.member.synced(answer, Instant::now());
+                    self.member.classic_mut().synced(answer, Instant::now());
                     self.set_committer();
                 }
-                Next::Heartbeat => {
-                    let answer = self.heartbeat().await;
-                    self.member.heartbeat_done(answer, Instant::now());
+                Next::Heartbeat => self.heartbeat_now().await,
+                Next::Beat(beat) => {
+                    let answer = self.beat(&beat).await;
+                    self.member.consumer_mut().heartbeat_done(answer, Instant::now());
+                    self.set_committer();
                 }
+                Next::RefreshMetadata => self.refresh_topic_ids().await,
                 Next::Revoke(partitions) => self.revoke(partitions, true).await,
                 Next::Release(partitions) => self.revoke(partitions, false).await,
                 Next::Assign(partitions) => self.add(partitions),
@@ -158,7 +283,7 @@ impl Driver {
                 }
                 Next::Leave { reason } => {
                     self.leave(&reason).await;
-                    self.member.left();
+                    self.member.classic_mut().left();
                     self.set_committer();
                 }
                 Next::Report(error) => self.shared.push_event(Event::Error { partition: None, error }),
@@ -187,8 +312,14 @@ impl Driver {
             () = sleep => {}
             changed = self.topics.changed() => {
                 if changed.is_ok() {
-                    self.topics.borrow_and_update();
-                    self.member.request_rejoin("subscription changed");
+                    let topics = self.topics.borrow_and_update().clone();
+                    match &mut self.member {
+                        Membership::Classic(member) => member.request_rejoin("subscription changed"),
+                        Membership::Consumer(member) => {
+                            self.shared.client.cluster().want_topics(topics.iter().map(String::as_str));
+                            member.subscribe(topics, Instant::now());
+                        }
+                    }
                 }
             }
             changed = self.closing.changed() => {
@@ -199,7 +330,10 @@ impl Driver {
             changed = self.metadata.changed() => {
                 if changed.is_ok() {
                     let metadata = self.metadata.borrow_and_update().clone();
-                    self.check_partition_counts(&metadata);
+                    match &mut self.member {
+                        Membership::Classic(_) => self.check_partition_counts(&metadata),
+                        Membership::Consumer(member) => member.learn_topics(topic_ids(&metadata)),
+                    }
                 }
             }
             () = self.shared.refused_notify.notified() => self.take_refusals(Instant::now()),
@@ -225,7 +359,7 @@ impl Driver {
         if changed {
             info!(target: "rill::cgrp", group = self.group(), "subscribed topics changed partitions: rebalancing");
             self.assigned_counts = None;
-            self.member.request_rejoin("partition count changed");
+            self.member.classic_mut().request_rejoin("partition count changed");
         }
     }
 
@@ -234,7 +368,7 @@ impl Driver {
         Subscription {
             topics: self.topics.borrow().clone(),
             owned: if cooperative { self.member.owned() } else { Vec::new() },
-            generation: self.member.generation,
+            generation: self.member.classic().generation,
         }
     }
 
@@ -247,9 +381,9 @@ impl Driver {
             .map(|s| JoinGroupRequestProtocol::default().with_name(str(s.name())).with_metadata(metadata.clone()))
             .collect();
         let rebalance_timeout = config.max_poll_interval;
-        debug!(target: "rill::cgrp", group = self.group(), member = %self.member.member_id, %reason, "joining");
+        debug!(target: "rill::cgrp", group = self.group(), member = %self.member.classic().member_id, %reason, "joining");
         let group = self.group().to_owned();
-        let member_id = self.member.member_id.clone();
+        let member_id = self.member.classic().member_id.clone();
         let response = self
             .coordinator
             .send(
@@ -323,10 +457,11 @@ impl Driver {
             .coordinator
             .send(
                 |version| {
+                    let member = self.member.classic();
                     let mut request = SyncGroupRequest::default()
                         .with_group_id(GroupId(str(self.group())))
-                        .with_generation_id(self.member.generation)
-                        .with_member_id(str(&self.member.member_id))
+                        .with_generation_id(member.generation)
+                        .with_member_id(str(&member.member_id))
                         .with_assignments(assignments.clone());
                     if version >= 3 {
                         request.group_instance_id = config.group_instance_id.as_deref().map(str);
@@ -345,7 +480,7 @@ impl Driver {
     }
 
     fn protocol_name(&self) -> Option<String> {
-        self.member.protocol.clone()
+        self.member.classic().protocol.clone()
     }
 
     async fn heartbeat(&self) -> Result<HeartbeatResponse> {
@@ -354,10 +489,11 @@ impl Driver {
             .coordinator
             .send(
                 |version| {
+                    let member = self.member.classic();
                     let mut request = HeartbeatRequest::default()
                         .with_group_id(GroupId(str(self.group())))
-                        .with_generation_id(self.member.generation)
-                        .with_member_id(str(&self.member.member_id));
+                        .with_generation_id(member.generation)
+                        .with_member_id(str(&member.member_id));
                     if version >= 3 {
                         request.group_instance_id = config.group_instance_id.as_deref().map(str);
                     }
@@ -371,7 +507,7 @@ impl Driver {
     }
 
     async fn leave(&self, reason: &str) {
-        let member_id = self.member.member_id.clone();
+        let member_id = self.member.classic().member_id.clone();
         if member_id.is_empty() {
             return;
         }
@@ -403,16 +539,84 @@ impl Driver {
     }
 
     fn set_committer(&self) {
-        let committer = if self.member.generation >= 0 {
-            Committer {
-                generation: self.member.generation,
-                member_id: self.member.member_id.clone(),
-                instance_id: self.shared.config.group_instance_id.clone(),
-            }
-        } else {
-            Committer::standalone()
-        };
+        let committer = self.member.committer(self.shared.config.group_instance_id.clone());
         self.shared.lock().committer = committer;
+    }
+
+    /// A heartbeat of either protocol, now, with its answer reported.
+    async fn heartbeat_now(&mut self) {
+        match &mut self.member {
+            Membership::Classic(_) => {
+                let answer = self.heartbeat().await;
+                self.member.classic_mut().heartbeat_done(answer, Instant::now());
+            }
+            Membership::Consumer(member) => {
+                let beat = member.beat(Instant::now());
+                let answer = self.beat(&beat).await;
+                self.member.consumer_mut().heartbeat_done(answer, Instant::now());
+                self.set_committer();
+            }
+        }
+    }
+
+    /// One ConsumerGroupHeartbeat (KIP-848).
+    async fn beat(&self, beat: &Beat) -> Result<ConsumerGroupHeartbeatResponse> {
+        let config = &self.shared.config;
+        let topics = beat.topics.as_ref().map(|topics| topics.iter().map(|t| TopicName(str(t))).collect::<Vec<_>>());
+        let owned = beat.owned.as_ref().map(|owned| {
+            owned
+                .iter()
+                .map(|(id, partitions)| {
+                    TopicPartitions::default().with_topic_id(*id).with_partitions(partitions.clone())
+                })
+                .collect::<Vec<_>>()
+        });
+        let response = self
+            .coordinator
+            .send(
+                |version| {
+                    let mut request = ConsumerGroupHeartbeatRequest::default()
+                        .with_group_id(GroupId(str(self.group())))
+                        .with_member_id(str(&beat.member_id))
+                        .with_member_epoch(beat.epoch)
+                        .with_instance_id(beat.instance_id.as_deref().map(str))
+                        .with_rebalance_timeout_ms(beat.rebalance_timeout_ms)
+                        .with_subscribed_topic_names(topics.clone())
+                        .with_server_assignor(beat.server_assignor.as_deref().map(str))
+                        .with_topic_partitions(owned.clone());
+                    if version == 0 && beat.epoch == 0 {
+                        // Before KIP-1082 (v1) the coordinator names a
+                        // joining member.
+                        request.member_id = StrBytes::new();
+                    }
+                    if version >= 1 {
+                        // Names and a regex go together (librdkafka's mock
+                        // aborts on one without the other); "" is none.
+                        request.subscribed_topic_regex = topics.as_ref().map(|_| StrBytes::new());
+                    }
+                    request
+                },
+                config.client.request_timeout,
+            )
+            .await?;
+        self.coordinator.check_coordinator(response.error_code);
+        Ok(response)
+    }
+
+    /// Assigned topic ids the member cannot name: the subscribed topics'
+    /// metadata, fetched now.
+    async fn refresh_topic_ids(&mut self) {
+        let topics = self.topics.borrow().clone();
+        let cluster = self.shared.client.cluster();
+        cluster.want_topics(topics.iter().map(String::as_str));
+        let metadata = match cluster.refresh(TopicScope::Named(topics)).await {
+            Ok((metadata, _)) => metadata,
+            Err(error) => {
+                debug!(target: "rill::cgrp", %error, "metadata for the assignment failed");
+                return;
+            }
+        };
+        self.member.consumer_mut().learn_topics(topic_ids(&metadata));
     }
 
     /// New partitions: each starts at its committed offset.
@@ -467,8 +671,7 @@ impl Driver {
                             warn!(target: "rill::cgrp", "the application did not finish revoking within max.poll.interval.ms");
                             break;
                         }
-                        let answer = self.heartbeat().await;
-                        self.member.heartbeat_done(answer, Instant::now());
+                        self.heartbeat_now().await;
                     }
                 }
             }
@@ -482,6 +685,24 @@ impl Driver {
         self.remove(&partitions);
         self.member.revoked(&partitions);
     }
+}
+
+/// Topic ids and names of a metadata snapshot.
+fn topic_ids(metadata: &crate::cluster::Metadata) -> Vec<(uuid::Uuid, String)> {
+    metadata.topics.values().map(|t| (t.id, t.name.clone())).collect()
+}
+
+/// A member id of 16 random bytes, URL-safe base64 (22 characters), as
+/// Java and librdkafka make them (KIP-1082).
+fn new_member_id() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // No system randomness: the time and the process keep ids apart.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_be_bytes();
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 async fn closed(mut closing: watch::Receiver<bool>) {

@@ -70,6 +70,13 @@ pub(crate) enum Next {
     Leave {
         reason: String,
     },
+    /// A KIP-848 heartbeat ([`ConsumerMember`](super::consumer_member::ConsumerMember)
+    /// only; leaving is one too): send it, then report
+    /// `heartbeat_done`.
+    Beat(super::consumer_member::Beat),
+    /// Assigned topics are not in the metadata yet: refresh the
+    /// subscribed topics' metadata and tell the member their ids.
+    RefreshMetadata,
     /// Tell the application; the member carries on.
     Report(Error),
     /// Nothing until then (or until something changes).

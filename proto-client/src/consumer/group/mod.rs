@@ -2,6 +2,7 @@
 //! leader runs, and the member's state machine.
 
 pub(crate) mod assignor;
+pub(crate) mod consumer_member;
 pub(crate) mod driver;
 pub(crate) mod member;
 pub(crate) mod protocol;

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rill_client::consumer::{AssignmentStrategy, Consumer, ConsumerConfig, Event, OffsetReset};
 use rill_client::kafka_protocol::messages::ApiKey;
-use rill_client::{Admin, Error, GroupState, ResponseError, TopicPartition};
+use rill_client::{Admin, AlterConfig, ConfigResource, Error, GroupState, ResponseError, TopicPartition};
 use rill_testkit::{BrokerKind, ClusterOptions, TestCluster, each_broker, unique_topic};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -343,6 +343,66 @@ async fn records_before_an_offset_are_deleted() {
         assert_eq!(beyond.code(), Some(ResponseError::OffsetOutOfRange), "{beyond}");
     })
     .await;
+}
+
+/// A topic config set with IncrementalAlterConfigs is what librdkafka's
+/// admin then describes, and removing it takes it away; partitions added
+/// are what librdkafka's metadata lists. Where a broker lacks the API, the
+/// error names it: the mock has no config APIs and neither broker has
+/// CreatePartitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_configs_are_altered_and_partitions_added_where_the_broker_can() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let admin = cluster.client().admin().timeout(Duration::from_secs(20));
+        let topic = unique_topic("admin-configs");
+        cluster.create_topic(&topic, 2).await.unwrap();
+        let resource = ConfigResource::Topic(topic.clone());
+        let rd: AdminClient<DefaultClientContext> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+        let rd_retention = async || {
+            let described = rd
+                .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+                .await
+                .unwrap()
+                .remove(0)
+                .unwrap();
+            described.get("retention.ms").and_then(|entry| entry.value.clone())
+        };
+
+        let set = admin.alter_configs(&resource, &[AlterConfig::Set("retention.ms".into(), "1234567".into())]).await;
+        if cluster.kind() == BrokerKind::Mock {
+            // Gap of the mock: no config APIs at all.
+            assert!(is_unsupported(set.as_ref().unwrap_err(), ApiKey::IncrementalAlterConfigs), "{set:?}");
+            let described = admin.describe_configs(std::slice::from_ref(&resource)).await;
+            assert!(is_unsupported(described.as_ref().unwrap_err(), ApiKey::DescribeConfigs), "{described:?}");
+        } else {
+            set.unwrap();
+            let ours = admin.describe_configs(std::slice::from_ref(&resource)).await.unwrap().remove(0).1;
+            let retention = ours.iter().find(|e| e.name == "retention.ms").expect("retention.ms described");
+            assert_eq!(retention.value.as_deref(), Some("1234567"));
+            assert_eq!(rd_retention().await.as_deref(), Some("1234567"), "librdkafka reads the new value");
+            admin.alter_configs(&resource, &[AlterConfig::Delete("retention.ms".into())]).await.unwrap();
+            assert_ne!(rd_retention().await.as_deref(), Some("1234567"), "the override is gone");
+        }
+
+        let added = admin.create_partitions(&topic, 4).await;
+        // Gap of both: no CreatePartitions (Kafka has it).
+        assert!(is_unsupported(added.as_ref().unwrap_err(), ApiKey::CreatePartitions), "{added:?}");
+        let metadata = rd_partitions(cluster, &topic);
+        assert_eq!(metadata, 2, "the topic kept its partitions");
+    })
+    .await;
+}
+
+/// The partition count of `topic` as librdkafka's metadata has it.
+fn rd_partitions(cluster: &TestCluster, topic: &str) -> usize {
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    metadata.topics()[0].partitions().len()
 }
 
 /// The cluster as metadata has it: brokers, the controller among them.

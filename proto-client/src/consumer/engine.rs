@@ -451,7 +451,7 @@ pub(crate) async fn commit_stored(
     if tokio::time::timeout(timeout, rebalancing.wait_for(|r| !*r)).await.is_err() {
         return Err(Error::Timeout { operation: "committing offsets during a rebalance".into(), after: timeout });
     }
-    let (offsets, mut committer) = {
+    let (mut offsets, mut committer) = {
         let mut state = shared.lock();
         let auto_store = shared.config.auto_offset_store;
         let offsets: BTreeMap<TopicPartition, CommitOffset> = state
@@ -478,11 +478,18 @@ pub(crate) async fn commit_stored(
             // KIP-848: the member's epoch moved while the commit was out;
             // with the new one it goes through, as long as the member
             // still owns the partitions (else the epoch says so).
-            let now = shared.lock().committer.clone();
+            let state = shared.lock();
+            let now = state.committer.clone();
             if now != committer && now.generation >= 0 {
                 debug!(target: "rill::cgrp", from = committer.generation, to = now.generation,
                     "commit refused as stale; again with the member's new epoch");
+                // Only what the member still owns.
+                offsets.retain(|tp, _| state.partitions.contains_key(tp));
+                drop(state);
                 committer = now;
+                if offsets.is_empty() {
+                    return Ok(());
+                }
                 continue;
             }
         }

@@ -595,13 +595,15 @@ impl ConsumerHandle {
 /// Commit errors that mean "the group is between generations".
 fn rebalancing(code: kafka_protocol::ResponseError) -> bool {
     use kafka_protocol::ResponseError as E;
-    matches!(code, E::RebalanceInProgress | E::IllegalGeneration)
+    // STALE_MEMBER_EPOCH: a KIP-848 member's epoch moved; its next
+    // heartbeat brings the new one.
+    matches!(code, E::RebalanceInProgress | E::IllegalGeneration | E::StaleMemberEpoch)
 }
 
 /// Commit errors that mean "the group no longer knows this member".
 fn out_of_group(code: kafka_protocol::ResponseError) -> bool {
     use kafka_protocol::ResponseError as E;
-    matches!(code, E::UnknownMemberId | E::FencedInstanceId)
+    matches!(code, E::UnknownMemberId | E::FencedInstanceId | E::FencedMemberEpoch)
 }
 
 /// Closing a member the group dropped: its offsets cannot be committed any

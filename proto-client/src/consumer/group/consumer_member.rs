@@ -52,6 +52,8 @@ pub(crate) struct ConsumerMemberConfig {
     /// revoke.
     pub(crate) max_poll_interval: Duration,
     pub(crate) server_assignor: Option<String>,
+    /// The heartbeat interval until the coordinator names one.
+    pub(crate) heartbeat_interval: Duration,
     pub(crate) retry_backoff: Duration,
     pub(crate) retry_backoff_max: Duration,
     /// Makes a member id (KIP-1082: the client makes its own). Called at
@@ -146,11 +148,17 @@ pub(crate) struct ConsumerMember {
     refresh_at: Instant,
     /// Since when joins have been refused with UNRELEASED_INSTANCE_ID.
     unreleased_since: Option<Instant>,
+    /// Times the member lost its place (fenced, failed, left): a
+    /// revocation that spans one must not commit.
+    pub(crate) fences: u64,
+    /// A topic authorization failure was reported (once per streak).
+    authorization_reported: bool,
 }
 
 impl ConsumerMember {
     pub(crate) fn new(mut config: ConsumerMemberConfig, topics: Vec<String>, now: Instant) -> Self {
         let member_id = (config.new_member_id)();
+        let interval = config.heartbeat_interval;
         ConsumerMember {
             config,
             phase: Phase::Joining,
@@ -170,12 +178,14 @@ impl ConsumerMember {
             send_topics: false,
             send_owned: false,
             joined_once: false,
-            interval: Duration::ZERO,
+            interval,
             next_heartbeat: now,
             failures: 0,
             unresolved: false,
             refresh_at: now,
             unreleased_since: None,
+            fences: 0,
+            authorization_reported: false,
         }
     }
 
@@ -212,7 +222,21 @@ impl ConsumerMember {
     pub(crate) fn close(&mut self) {
         if !matches!(self.phase, Phase::Failed | Phase::Done | Phase::Closing) {
             self.phase = Phase::Closing;
+            // Not handed out yet: nothing to release either.
+            self.assigning.clear();
         }
+    }
+
+    /// Partitions lost since the driver last asked: it drops them at once,
+    /// even while a revocation waits for the application.
+    pub(crate) fn take_losing(&mut self) -> Vec<TopicPartition> {
+        std::mem::take(&mut self.losing)
+    }
+
+    /// Whether the next heartbeat should go now: an acknowledgement or a
+    /// new subscription waits for nothing.
+    pub(crate) fn heartbeat_urgent(&self) -> bool {
+        matches!(self.phase, Phase::Joining | Phase::Stable) && (self.send_owned || self.send_topics)
     }
 
     /// The next thing to do. `polled` is when the application last polled
@@ -260,6 +284,8 @@ impl ConsumerMember {
             Phase::Stale { at, leave } => {
                 if leave {
                     self.phase = Phase::Stale { at, leave: false };
+                    // Left: nothing to leave again when closing now.
+                    self.joined_once = false;
                     return Next::Beat(self.leave_beat());
                 }
                 if polled > at {
@@ -275,7 +301,9 @@ impl ConsumerMember {
                         self.poll_expired(now);
                         return self.next(now, polled);
                     }
-                    if self.reconcile() {
+                    // An acknowledgement goes before the next reconciliation
+                    // starts, not after it.
+                    if !self.send_owned && self.reconcile() {
                         return self.next(now, polled);
                     }
                 }
@@ -305,6 +333,10 @@ impl ConsumerMember {
     pub(crate) fn beat(&mut self, now: Instant) -> Beat {
         let full = self.send_full || self.phase == Phase::Joining;
         let owned = (full || self.send_owned).then(|| {
+            if self.epoch == 0 {
+                // Kafka refuses a join that claims partitions.
+                return Vec::new();
+            }
             let mut by_topic: BTreeMap<Uuid, Vec<i32>> = BTreeMap::new();
             for (tp, id) in &self.owned {
                 by_topic.entry(*id).or_default().push(tp.partition);
@@ -372,7 +404,9 @@ impl ConsumerMember {
                 self.retry(now);
             }
             E::TopicAuthorizationFailed => {
-                self.reports.push(self.error(code, message));
+                if !std::mem::replace(&mut self.authorization_reported, true) {
+                    self.reports.push(self.error(code, message));
+                }
                 self.retry(now);
             }
             E::UnreleasedInstanceId => {
@@ -399,8 +433,16 @@ impl ConsumerMember {
     }
 
     fn answered(&mut self, response: ConsumerGroupHeartbeatResponse, now: Instant) {
+        if response.member_epoch < 0 {
+            // A success that names no epoch is no answer to go by (franz-go
+            // ignores it too); the next heartbeat asks again.
+            debug!(target: "rill::cgrp", member = %self.member_id, epoch = response.member_epoch,
+                "a heartbeat answer without an epoch; ignored");
+            return self.retry(now);
+        }
         self.failures = 0;
         self.unreleased_since = None;
+        self.authorization_reported = false;
         self.joined_once = true;
         if let Some(id) = response.member_id.as_ref().filter(|id| !id.is_empty())
             && **id != *self.member_id
@@ -412,7 +454,7 @@ impl ConsumerMember {
             debug!(target: "rill::cgrp", member = %self.member_id, from = self.epoch, to = response.member_epoch,
                 "member epoch");
         }
-        self.epoch = response.member_epoch.max(0);
+        self.epoch = response.member_epoch;
         if response.heartbeat_interval_ms > 0 {
             self.interval = Duration::from_millis(response.heartbeat_interval_ms as u64);
         }
@@ -476,7 +518,8 @@ impl ConsumerMember {
         for tp in partitions {
             self.owned.remove(tp);
         }
-        self.send_owned = true;
+        // A member that lost its place meanwhile has nothing to say.
+        self.send_owned = self.phase == Phase::Stable || self.send_owned;
     }
 
     /// The coordinator refused a commit this member made at `epoch`
@@ -514,15 +557,7 @@ impl ConsumerMember {
         } else {
             warn!(target: "rill::cgrp", member = %self.member_id, epoch = self.epoch, %code, "fenced: partitions lost");
         }
-        // Partitions in a revocation under way go through it; the rest are lost.
-        let lost: Vec<TopicPartition> =
-            self.owned.keys().filter(|tp| !self.in_revocation.contains(tp)).cloned().collect();
-        for tp in &lost {
-            self.owned.remove(tp);
-        }
-        self.losing.extend(lost);
-        self.revoking.clear();
-        self.assigning.clear();
+        self.abandon();
         if self.phase == Phase::Closing {
             self.phase = Phase::Done;
             return;
@@ -554,13 +589,27 @@ impl ConsumerMember {
     fn poll_expired(&mut self, now: Instant) {
         warn!(target: "rill::cgrp", member = %self.member_id, "max.poll.interval.ms exceeded");
         self.reports.push(Error::MaxPollIntervalExceeded { interval: self.config.max_poll_interval });
-        self.losing.extend(std::mem::take(&mut self.owned).into_keys());
+        self.abandon();
         self.target = None;
         self.phase = Phase::Stale { at: now, leave: true };
+        // Commits from now on are no member's.
+        self.epoch = 0;
+    }
+
+    /// The member's place is gone: what it owns is lost, except what a
+    /// revocation under way is handing back (the application hears of
+    /// those once, as revoked), and nothing is owned any more, so a join
+    /// claims nothing.
+    fn abandon(&mut self) {
+        self.fences += 1;
+        let owned = std::mem::take(&mut self.owned);
+        self.losing.extend(owned.into_keys().filter(|tp| !self.in_revocation.contains(tp)));
+        self.revoking.clear();
+        self.assigning.clear();
     }
 
     fn fail(&mut self, error: Error) {
-        self.losing.extend(std::mem::take(&mut self.owned).into_keys());
+        self.abandon();
         self.fatal = Some(error);
         if self.phase == Phase::Closing {
             self.phase = Phase::Done;
@@ -596,6 +645,7 @@ mod tests {
             instance_id: instance.map(str::to_owned),
             max_poll_interval: Duration::from_secs(60),
             server_assignor: Some("uniform".into()),
+            heartbeat_interval: Duration::from_secs(3),
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             new_member_id: Box::new(move || {
@@ -771,9 +821,62 @@ mod tests {
         assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
         m.beat(t1);
         m.heartbeat_done(Ok(error(ResponseError::FencedMemberEpoch)), t1);
-        m.revoked(&[tp("t", 1)]);
-        assert!(matches!(m.next(t1, t1), Next::Lose(p) if p == [tp("t", 0)]), "1 was revoked, not lost too");
+        // The driver drops the lost partition at once, while the
+        // application still revokes the other.
+        assert_eq!(m.take_losing(), [tp("t", 0)], "1 is being revoked, not lost too");
         assert!(m.owned().is_empty());
+        let rejoin = m.beat(t1);
+        assert_eq!((rejoin.epoch, rejoin.owned), (0, Some(vec![])), "a join claims nothing (Kafka refuses it)");
+        m.revoked(&[tp("t", 1)]);
+        assert!(matches!(m.next(t1, t1), Next::Wait(_)), "nothing more to lose or revoke");
+    }
+
+    #[test]
+    fn a_failure_during_a_revocation_reports_each_partition_once() {
+        let t0 = Instant::now();
+        let mut m = stable(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        beat(&mut m, t1);
+        m.heartbeat_done(Ok(ok(4, Some(&[(T, &[0])]))), t1);
+        assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
+        m.beat(t1);
+        m.heartbeat_done(Ok(error(ResponseError::GroupAuthorizationFailed)), t1);
+        m.revoked(&[tp("t", 1)]);
+        assert!(matches!(m.next(t1, t1), Next::Lose(p) if p == [tp("t", 0)]));
+        assert!(matches!(m.next(t1, t1), Next::Fail(_)));
+    }
+
+    #[test]
+    fn an_acknowledgement_goes_before_the_next_revocation() {
+        let t0 = Instant::now();
+        let mut m = stable(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        beat(&mut m, t1);
+        m.heartbeat_done(Ok(ok(4, Some(&[(T, &[0])]))), t1);
+        assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
+        // A newer assignment arrives while the application revokes.
+        m.beat(t1);
+        m.heartbeat_done(Ok(ok(4, Some(&[]))), t1);
+        m.revoked(&[tp("t", 1)]);
+        assert!(m.heartbeat_urgent());
+        let ack = beat(&mut m, t1);
+        assert_eq!(ack.owned, Some(vec![(T, vec![0])]), "the first revocation is acknowledged first");
+        m.heartbeat_done(Ok(ok(5, None)), t1);
+        assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 0)]));
+    }
+
+    #[test]
+    fn an_answer_without_an_epoch_is_not_taken() {
+        let t0 = Instant::now();
+        let mut m = stable(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        beat(&mut m, t1);
+        m.heartbeat_done(Ok(ok(-1, Some(&[]))), t1);
+        assert_eq!((m.epoch, m.owned().len()), (3, 2));
+        let Next::Wait(at) = m.next(t1, t1) else { panic!("backs off") };
+        let again = beat(&mut m, at);
+        assert_eq!(again.epoch, 3);
+        assert!(again.owned.is_some(), "everything again after an answer not taken");
     }
 
     #[test]

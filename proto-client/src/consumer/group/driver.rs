@@ -40,7 +40,7 @@ use crate::consumer::coordinator::{Committer, GroupCoordinator};
 use crate::consumer::engine::commit_stored;
 use crate::consumer::state::{Lookup, PartitionState, Shared};
 use crate::consumer::{AssignmentStrategy, Event, GroupProtocol, Revocation};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 fn str(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_owned())
@@ -120,6 +120,28 @@ impl Membership {
         }
     }
 
+    /// Who the member is in the group: it changes only when the member
+    /// loses its place (a new generation of a classic member cannot come
+    /// while it revokes, since it only heartbeats then).
+    fn place(&self) -> (String, i64) {
+        match self {
+            Membership::Classic(m) => (m.member_id.clone(), i64::from(m.generation)),
+            Membership::Consumer(m) => (m.member_id.clone(), m.fences as i64),
+        }
+    }
+
+    fn take_losing(&mut self) -> Vec<TopicPartition> {
+        match self {
+            Membership::Classic(m) => m.take_losing(),
+            Membership::Consumer(m) => m.take_losing(),
+        }
+    }
+
+    /// A heartbeat should go at once (a KIP-848 acknowledgement).
+    fn heartbeat_urgent(&self) -> bool {
+        matches!(self, Membership::Consumer(m) if m.heartbeat_urgent())
+    }
+
     /// Who commits now: the member's generation (classic) or epoch
     /// (KIP-848, committed at OffsetCommit v9), or nobody outside a group.
     fn committer(&self, instance_id: Option<String>) -> Committer {
@@ -164,6 +186,8 @@ struct Driver {
     metadata: watch::Receiver<Arc<crate::cluster::Metadata>>,
     /// As the leader: partition counts the assignment was computed from.
     assigned_counts: Option<BTreeMap<String, i32>>,
+    /// Metadata refreshes for unknown assigned topic ids (KIP-848).
+    id_refreshes: u64,
     poll: PollClock,
 }
 
@@ -202,6 +226,7 @@ pub(crate) async fn run(
                     instance_id: config.group_instance_id.clone(),
                     max_poll_interval: config.max_poll_interval,
                     server_assignor: config.remote_assignor.clone(),
+                    heartbeat_interval: config.heartbeat_interval,
                     retry_backoff: config.client.retry_backoff,
                     retry_backoff_max: config.client.retry_backoff_max,
                     new_member_id: Box::new(new_member_id),
@@ -222,6 +247,7 @@ pub(crate) async fn run(
         closing,
         metadata,
         assigned_counts: None,
+        id_refreshes: 0,
         poll: PollClock { seen: 0, at: now },
     };
     driver.run().await;
@@ -604,12 +630,20 @@ impl Driver {
     }
 
     /// Assigned topic ids the member cannot name: the subscribed topics'
-    /// metadata, fetched now.
+    /// metadata, fetched now; every third time all topics' (an assigned
+    /// topic may be one the subscription does not name any more).
     async fn refresh_topic_ids(&mut self) {
         let topics = self.topics.borrow().clone();
         let cluster = self.shared.client.cluster();
         cluster.want_topics(topics.iter().map(String::as_str));
-        let metadata = match cluster.refresh(TopicScope::Named(topics)).await {
+        self.id_refreshes += 1;
+        let scope = if self.id_refreshes.is_multiple_of(3) {
+            warn!(target: "rill::cgrp", group = self.group(), "assigned topic ids still unknown; asking for all topics");
+            TopicScope::All
+        } else {
+            TopicScope::Named(topics)
+        };
+        let metadata = match cluster.refresh(scope).await {
             Ok((metadata, _)) => metadata,
             Err(error) => {
                 debug!(target: "rill::cgrp", %error, "metadata for the assignment failed");
@@ -657,29 +691,71 @@ impl Driver {
     /// meanwhile.
     async fn revoke(&mut self, partitions: Vec<TopicPartition>, tell: bool) {
         self.shared.stop_partitions(&partitions);
+        let place = self.member.place();
         if tell {
             let (done, acknowledged) = oneshot::channel();
             self.shared.push_event(Event::Revoked(Revocation::new(partitions.clone(), done)));
             let deadline = Instant::now() + self.shared.config.max_poll_interval;
             tokio::pin!(acknowledged);
+            let mut closing = self.closing.clone();
+            let mut closing_seen = false;
             loop {
-                let heartbeat = self.member.heartbeat_due().unwrap_or(deadline).min(deadline);
+                if self.shared.closed.load(Ordering::Acquire) {
+                    // Dropped without `close`: nobody will acknowledge.
+                    break;
+                }
+                let mut heartbeat = self.member.heartbeat_due().unwrap_or(deadline).min(deadline);
+                if self.member.heartbeat_urgent() {
+                    heartbeat = Instant::now();
+                }
                 tokio::select! {
                     _ = &mut acknowledged => break,
+                    changed = closing.changed(), if !closing_seen => {
+                        if changed.is_err() || *closing.borrow_and_update() {
+                            // A fence from now on ends the member; it does
+                            // not rejoin in the middle of closing.
+                            closing_seen = true;
+                            self.member.close();
+                        }
+                    }
                     () = tokio::time::sleep_until(heartbeat) => {
                         if Instant::now() >= deadline {
                             warn!(target: "rill::cgrp", "the application did not finish revoking within max.poll.interval.ms");
                             break;
                         }
                         self.heartbeat_now().await;
+                        // Partitions lost meanwhile (fenced) go now: they
+                        // must not be read or committed while this
+                        // revocation waits.
+                        let lost = self.member.take_losing();
+                        if !lost.is_empty() {
+                            self.set_committer();
+                            self.lose(lost);
+                        }
                     }
                 }
             }
         }
-        if self.shared.config.auto_commit
-            && let Err(error) = commit_stored(&self.shared, &self.coordinator, Some(&partitions)).await
-        {
-            warn!(target: "rill::cgrp", %error, "committing revoked partitions failed");
+        if self.member.place() != place {
+            // The member lost its place while the application revoked: the
+            // partitions may be someone else's already, and a commit in a
+            // new generation or epoch would move their offsets back.
+            warn!(target: "rill::cgrp", group = self.group(), partitions = ?partitions,
+                "the member was fenced during the revocation; not committing it");
+        } else if self.shared.config.auto_commit {
+            let mut result = commit_stored(&self.shared, &self.coordinator, Some(&partitions)).await;
+            if result.as_ref().err().and_then(Error::code) == Some(ResponseError::StaleMemberEpoch) {
+                // The epoch moved on the broker (an answer this member did
+                // not see): learn it, then commit once more if still the
+                // same member.
+                self.heartbeat_now().await;
+                if self.member.place() == place {
+                    result = commit_stored(&self.shared, &self.coordinator, Some(&partitions)).await;
+                }
+            }
+            if let Err(error) = result {
+                warn!(target: "rill::cgrp", %error, "committing revoked partitions failed");
+            }
         }
         info!(target: "rill::cgrp", group = self.group(), partitions = ?partitions, "revoked");
         self.remove(&partitions);

@@ -203,6 +203,12 @@ impl Member {
         }
     }
 
+    /// Partitions lost since the driver last asked (it drops them at
+    /// once, even while a revocation waits).
+    pub(crate) fn take_losing(&mut self) -> Vec<TopicPartition> {
+        std::mem::take(&mut self.losing)
+    }
+
     /// The partitions this member consumes.
     pub(crate) fn owned(&self) -> Vec<TopicPartition> {
         self.owned.iter().cloned().collect()

@@ -17,7 +17,7 @@ use rill_client::records::Compression;
 use rill_client::records::compression::{compress, decompress};
 
 fn batches() -> Vec<Vec<u8>> {
-    let load = ProduceLoad { topic: String::new(), messages: 0, value_bytes: 100, keys: 1000 };
+    let load = ProduceLoad::one("", 0, 100, 1000);
     let keys = load.key_set();
     let value = load.value();
     (0..100)

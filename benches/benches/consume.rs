@@ -70,7 +70,7 @@ fn main() {
 
 /// Writes the records every run reads (not measured).
 async fn fill(bootstrap: &str, topic: &str, messages: u64) {
-    let load = ProduceLoad { topic: topic.to_owned(), messages, value_bytes: VALUE_BYTES, keys: 1000 };
+    let load = ProduceLoad::one(topic, messages, VALUE_BYTES, 1000);
     let config = ProducerConfig::new(ClientConfig::new(bootstrap).unwrap());
     produce_with_rill(config, &load).await.expect("the topic is filled");
 }
@@ -84,7 +84,7 @@ fn child(args: &[String]) {
         "mock" => mock_child(&args[1]),
         "rill" => {
             let (bootstrap, topic, messages) = (&args[1], &args[2], args[3].parse().unwrap());
-            let load = ConsumeLoad { topic: topic.clone(), messages, group: None };
+            let load = ConsumeLoad { topics: vec![topic.clone()], messages, group: None };
             let config = ConsumerConfig::new(ClientConfig::new(bootstrap).unwrap()).offset_reset(OffsetReset::Earliest);
             let runtime = tokio::runtime::Runtime::new().unwrap();
             let report = runtime.block_on(consume_with_rill(config, &load)).expect("rill run");

@@ -79,7 +79,7 @@ fn child(args: &[String]) {
         "mock" => mock_child(&args[1]),
         "rill" => {
             let (bootstrap, topic, messages) = (&args[1], &args[2], args[3].parse().unwrap());
-            let load = ProduceLoad { topic: topic.clone(), messages, value_bytes: VALUE_BYTES, keys: KEYS };
+            let load = ProduceLoad::one(topic, messages, VALUE_BYTES, KEYS);
             let config = ProducerConfig::new(ClientConfig::new(bootstrap).unwrap());
             let runtime = tokio::runtime::Runtime::new().unwrap();
             let report = runtime.block_on(produce_with_rill(config, &load)).expect("rill run");
@@ -87,7 +87,7 @@ fn child(args: &[String]) {
         }
         "librdkafka" => {
             let (bootstrap, topic, messages) = (&args[1], &args[2], args[3].parse().unwrap());
-            let load = ProduceLoad { topic: topic.clone(), messages, value_bytes: VALUE_BYTES, keys: KEYS };
+            let load = ProduceLoad::one(topic, messages, VALUE_BYTES, KEYS);
             println!("{}", produce_with_librdkafka(bootstrap, &[], &load, PARTITIONS as usize).to_json());
         }
         other => panic!("unknown child {other}"),

@@ -67,7 +67,7 @@ fn main() {
         // One filled topic per mode, read by every consume run.
         let topic = unique_topic("bench-tls-consume");
         create(&topic);
-        let load = ProduceLoad { topic: topic.clone(), messages, value_bytes: VALUE_BYTES, keys: KEYS };
+        let load = ProduceLoad::one(&topic, messages, VALUE_BYTES, KEYS);
         runtime.block_on(produce_with_rill(ProducerConfig::new(config.clone()), &load)).expect("topic filled");
         let reports = alternate(mode, rounds, |client| {
             let args = child_args("consume", client, bootstrap, &topic, messages, properties);
@@ -148,16 +148,16 @@ fn child(args: &[String]) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let report = match (op.as_str(), client.as_str()) {
         ("produce", "rill") => {
-            let load = ProduceLoad { topic: topic.clone(), messages, value_bytes: VALUE_BYTES, keys: KEYS };
+            let load = ProduceLoad::one(topic, messages, VALUE_BYTES, KEYS);
             let config = ProducerConfig::new(rill_config(bootstrap, properties));
             runtime.block_on(produce_with_rill(config, &load)).expect("rill run")
         }
         ("produce", "librdkafka") => {
-            let load = ProduceLoad { topic: topic.clone(), messages, value_bytes: VALUE_BYTES, keys: KEYS };
+            let load = ProduceLoad::one(topic, messages, VALUE_BYTES, KEYS);
             produce_with_librdkafka(bootstrap, &key_values(properties), &load, PARTITIONS as usize)
         }
         ("consume", "rill") => {
-            let load = ConsumeLoad { topic: topic.clone(), messages, group: None };
+            let load = ConsumeLoad { topics: vec![topic.clone()], messages, group: None };
             let config = ConsumerConfig::new(rill_config(bootstrap, properties)).offset_reset(OffsetReset::Earliest);
             runtime.block_on(consume_with_rill(config, &load)).expect("rill run")
         }

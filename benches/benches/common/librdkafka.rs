@@ -119,13 +119,15 @@ pub fn produce_with_librdkafka(
     let keys = load.key_set();
     let value = load.value();
     // Learn the topic before measuring, as the Rill run does.
-    producer.send(BaseRecord::<[u8], [u8]>::to(&load.topic).payload(&value[..])).map_err(|(e, _)| e).unwrap();
+    for topic in &load.topics {
+        producer.send(BaseRecord::<[u8], [u8]>::to(topic).payload(&value[..])).map_err(|(e, _)| e).unwrap();
+    }
     producer.flush(Duration::from_secs(30)).unwrap();
     let before = delivered.load(Ordering::Relaxed);
     let mut progress = Progress::new(load.messages);
     let meter = Meter::start();
     for i in 0..load.messages {
-        let mut record = BaseRecord::<[u8], [u8]>::to(&load.topic).payload(&value[..]);
+        let mut record = BaseRecord::<[u8], [u8]>::to(load.topic_of(i)).payload(&value[..]);
         if !keys.is_empty() {
             record = record.key(&keys[(i % load.keys) as usize][..]);
         }
@@ -154,6 +156,18 @@ pub fn consume_with_librdkafka(
     messages: u64,
     partitions: i32,
 ) -> Report {
+    consume_topics_with_librdkafka(bootstrap, properties, &[(topic.to_owned(), partitions)], messages)
+}
+
+/// [`consume_with_librdkafka`] of several topics, each with its partition
+/// count.
+pub fn consume_topics_with_librdkafka(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topics: &[(String, i32)],
+    messages: u64,
+) -> Report {
+    let partitions: i32 = topics.iter().map(|(_, n)| n).sum();
     let mut progress = Progress::new(messages);
     let meter = Meter::start();
     let mut config = RdConfig::new();
@@ -167,8 +181,10 @@ pub fn consume_with_librdkafka(
         .create()
         .expect("librdkafka consumer");
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    for (topic, count) in topics {
+        for partition in 0..*count {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+        }
     }
     consumer.assign(&assignment).unwrap();
     let mut read = 0u64;

@@ -449,9 +449,12 @@ impl OrderArg {
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct PerfConsumeArgs {
-    /// Topic to read (must hold at least --messages records).
+    /// Topic to read (must hold at least --messages records). Without it,
+    /// fresh topics (--topics, --partitions) are made and filled with
+    /// --messages records of --value-bytes first (not measured), and
+    /// deleted at the end.
     #[arg(short, long)]
-    pub(crate) topic: String,
+    pub(crate) topic: Option<String>,
     /// Records to read.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) messages: u64,
@@ -459,13 +462,33 @@ pub(crate) struct PerfConsumeArgs {
     /// assigned and read from the beginning.
     #[arg(short = 'G', long)]
     pub(crate) group: Option<String>,
+    #[command(flatten)]
+    pub(crate) fresh: FreshTopics,
+    /// Bytes per value of the records written first (without --topic).
+    #[arg(long, default_value_t = 100, conflicts_with = "topic")]
+    pub(crate) value_bytes: usize,
+    /// How the records written first are compressed (without --topic).
+    #[arg(long, conflicts_with = "topic")]
+    pub(crate) compression: Option<Compression>,
+}
+
+/// Fresh topics for a perf run without `--topic`.
+#[derive(Debug, ClapArgs)]
+pub(crate) struct FreshTopics {
+    /// How many fresh topics; records go to them in turn.
+    #[arg(long, default_value_t = 1, conflicts_with = "topic", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) topics: u32,
+    /// Partitions of each fresh topic.
+    #[arg(long, default_value_t = 6, conflicts_with = "topic", value_parser = clap::value_parser!(i32).range(1..))]
+    pub(crate) partitions: i32,
 }
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct PerfProduceArgs {
-    /// Topic to produce to (must exist).
+    /// Topic to produce to (must exist). Without it, fresh topics
+    /// (--topics, --partitions) are made for the run and deleted at the end.
     #[arg(short, long)]
-    pub(crate) topic: String,
+    pub(crate) topic: Option<String>,
     /// Records to produce.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) messages: u64,
@@ -475,6 +498,8 @@ pub(crate) struct PerfProduceArgs {
     /// Distinct keys, used in turn; 0 sends keyless records.
     #[arg(long, default_value_t = 1000)]
     pub(crate) keys: u64,
+    #[command(flatten)]
+    pub(crate) fresh: FreshTopics,
     #[command(flatten)]
     pub(crate) producer: ProducerFlags,
 }

@@ -12,26 +12,65 @@ use rill_client::producer::ProducerConfig;
 use rill_client::{Client, NewTopic};
 
 use super::CliError;
-use super::args::{Common, PerfConsumeArgs, PerfProcessArgs, PerfProduceArgs};
+use super::args::{Common, FreshTopics, PerfConsumeArgs, PerfProcessArgs, PerfProduceArgs, ProducerFlags};
 
 pub(crate) async fn produce(common: &Common, args: &PerfProduceArgs) -> Result<(), CliError> {
-    let load = ProduceLoad {
-        topic: args.topic.clone(),
-        messages: args.messages,
-        value_bytes: args.value_bytes,
-        keys: args.keys,
-    };
-    let report = produce_with_rill(common.producer_config(&args.producer)?, &load).await?;
-    println!("{}", report.to_json());
+    let config = common.producer_config(&args.producer)?;
+    let client = Client::new(config.client().clone())?;
+    let (topics, made) = topics_for(&client, args.topic.as_deref(), &args.fresh).await?;
+    let load = ProduceLoad { topics, messages: args.messages, value_bytes: args.value_bytes, keys: args.keys };
+    let result = produce_with_rill(config, &load).await;
+    drop_made(&client, made).await;
+    println!("{}", result?.to_json());
     Ok(())
 }
 
 pub(crate) async fn consume(common: &Common, args: &PerfConsumeArgs) -> Result<(), CliError> {
-    let load = ConsumeLoad { topic: args.topic.clone(), messages: args.messages, group: args.group.clone() };
     let config = common.consumer_config()?.offset_reset(rill_client::consumer::OffsetReset::Earliest);
-    let report = consume_with_rill(config, &load).await?;
-    println!("{}", report.to_json());
+    let client = Client::new(config.client().clone())?;
+    let (topics, made) = topics_for(&client, args.topic.as_deref(), &args.fresh).await?;
+    let result = async {
+        if made.is_some() {
+            eprintln!("writing {} records into {} topic(s) first...", args.messages, topics.len());
+            let flags = ProducerFlags { linger_ms: None, compression: args.compression, partitioner: None };
+            let producer = common.producer_config(&flags)?;
+            let fill = ProduceLoad {
+                topics: topics.clone(),
+                messages: args.messages,
+                value_bytes: args.value_bytes,
+                keys: 1000,
+            };
+            produce_with_rill(producer, &fill).await?;
+        }
+        let load = ConsumeLoad { topics: topics.clone(), messages: args.messages, group: args.group.clone() };
+        Ok::<_, CliError>(consume_with_rill(config, &load).await?)
+    }
+    .await;
+    drop_made(&client, made).await;
+    println!("{}", result?.to_json());
     Ok(())
+}
+
+/// The topic named, or fresh ones (`Some` of them in the second place:
+/// the run deletes them at the end).
+async fn topics_for(
+    client: &Client,
+    topic: Option<&str>,
+    fresh: &FreshTopics,
+) -> Result<(Vec<String>, Option<Vec<String>>), CliError> {
+    if let Some(topic) = topic {
+        return Ok((vec![topic.to_owned()], None));
+    }
+    let made = rill_cli::perf::create_topics(client, "rill-perf", fresh.topics as usize, fresh.partitions).await?;
+    Ok((made.clone(), Some(made)))
+}
+
+async fn drop_made(client: &Client, made: Option<Vec<String>>) {
+    if let Some(made) = made
+        && let Err(error) = rill_cli::perf::delete_topics(client, &made).await
+    {
+        eprintln!("rill: could not delete the run's topics: {error}");
+    }
 }
 
 pub(crate) async fn process(common: &Common, args: &PerfProcessArgs) -> Result<(), CliError> {

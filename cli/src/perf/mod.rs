@@ -250,8 +250,8 @@ impl Progress {
 /// What a produce run sends.
 #[derive(Debug, Clone)]
 pub struct ProduceLoad {
-    /// Topic (must exist).
-    pub topic: String,
+    /// Topics (must exist); records go to them in turn.
+    pub topics: Vec<String>,
     /// Records.
     pub messages: u64,
     /// Bytes per value.
@@ -261,6 +261,11 @@ pub struct ProduceLoad {
 }
 
 impl ProduceLoad {
+    /// A load for one topic.
+    pub fn one(topic: impl AsRef<str>, messages: u64, value_bytes: usize, keys: u64) -> Self {
+        ProduceLoad { topics: vec![topic.as_ref().to_owned()], messages, value_bytes, keys }
+    }
+
     /// The keys, `key-0`, `key-1`, ….
     pub fn key_set(&self) -> Vec<Vec<u8>> {
         (0..self.keys).map(|k| format!("key-{k}").into_bytes()).collect()
@@ -270,27 +275,43 @@ impl ProduceLoad {
     pub fn value(&self) -> Vec<u8> {
         (0..self.value_bytes).map(|i| b"{\"user\":\"rill\",\"n\":42}"[i % 22] ^ (i / 97) as u8).collect()
     }
+
+    /// The topic of record `i`.
+    pub fn topic_of(&self, i: u64) -> &str {
+        &self.topics[(i % self.topics.len() as u64) as usize]
+    }
+}
+
+/// Partitions of each of `topics`, looked up now; an error names a topic
+/// that does not exist.
+async fn partitions_of(client: &rill_client::Client, topics: &[String]) -> Result<usize, rill_client::Error> {
+    let metadata = client.refresh_metadata(TopicScope::Named(topics.to_vec())).await?;
+    let mut total = 0;
+    for topic in topics {
+        let info =
+            metadata.topics.get(topic).ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(topic.clone()))?;
+        total += info.partitions.len();
+    }
+    Ok(total)
 }
 
 /// Produces `load` with Rill as fast as the producer takes records, and
-/// measures it (`rill perf produce` and the benchmarks run this). The topic
-/// is looked up before the measured phase; every outcome is checked.
+/// measures it (`rill perf produce` and the benchmarks run this). The
+/// topics are looked up before the measured phase; every outcome is
+/// checked.
 pub async fn produce_with_rill(config: ProducerConfig, load: &ProduceLoad) -> Result<Report, rill_client::Error> {
     let producer = Producer::new(config)?;
-    let metadata = producer.client().refresh_metadata(TopicScope::Named(vec![load.topic.clone()])).await?;
-    let partitions = metadata
-        .topics
-        .get(&load.topic)
-        .map(|t| t.partitions.len())
-        .ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(load.topic.clone()))?;
+    let partitions = partitions_of(producer.client(), &load.topics).await?;
     let keys = load.key_set();
     let value = load.value();
-    producer.send(Record::to(&load.topic).value(&value)).await?.await?;
+    for topic in &load.topics {
+        producer.send(Record::to(topic).value(&value[..])).await?.await?;
+    }
     let mut progress = Progress::new(load.messages);
     let meter = Meter::start();
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     for i in 0..load.messages {
-        let mut record = Record::to(&load.topic).value(&value);
+        let mut record = Record::to(load.topic_of(i)).value(&value[..]);
         if !keys.is_empty() {
             record.key = Some(&keys[(i % load.keys) as usize]);
         }
@@ -323,8 +344,8 @@ pub async fn produce_with_rill(config: ProducerConfig, load: &ProduceLoad) -> Re
 /// What a consume run reads.
 #[derive(Debug, Clone)]
 pub struct ConsumeLoad {
-    /// Topic (must exist and hold at least `messages` records).
-    pub topic: String,
+    /// Topics (must exist and hold at least `messages` records together).
+    pub topics: Vec<String>,
     /// Records to read.
     pub messages: u64,
     /// Read as a member of this group (subscribe); without one, every
@@ -338,24 +359,25 @@ pub struct ConsumeLoad {
 /// included). Values are summed over so that none is left unread.
 pub async fn consume_with_rill(config: ConsumerConfig, load: &ConsumeLoad) -> Result<Report, rill_client::Error> {
     let probe = rill_client::Client::new(config.client().clone())?;
-    let metadata = probe.refresh_metadata(TopicScope::Named(vec![load.topic.clone()])).await?;
-    let partitions = metadata
-        .topics
-        .get(&load.topic)
-        .map(|t| t.partitions.len())
-        .ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(load.topic.clone()))?;
+    let metadata = probe.refresh_metadata(TopicScope::Named(load.topics.clone())).await?;
+    let mut all: Vec<TopicPartition> = Vec::new();
+    for topic in &load.topics {
+        let info =
+            metadata.topics.get(topic).ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(topic.clone()))?;
+        all.extend((0..info.partitions.len() as i32).map(|p| TopicPartition::new(topic, p)));
+    }
+    let partitions = all.len();
     let mut progress = Progress::new(load.messages);
     let meter = Meter::start();
     let mut consumer = match &load.group {
         Some(group) => {
             let consumer = Consumer::new(config.group(group))?;
-            consumer.subscribe(&[&load.topic])?;
+            let topics: Vec<&str> = load.topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&topics)?;
             consumer
         }
         None => {
             let consumer = Consumer::new(config)?;
-            let all: Vec<TopicPartition> =
-                (0..partitions as i32).map(|p| TopicPartition::new(&load.topic, p)).collect();
             consumer.assign(&all);
             consumer
         }
@@ -382,6 +404,34 @@ pub async fn consume_with_rill(config: ConsumerConfig, load: &ConsumeLoad) -> Re
     std::hint::black_box(checksum);
     consumer.close(Duration::from_secs(10)).await?;
     Ok(report)
+}
+
+/// Makes `count` fresh topics of `partitions` each, named
+/// `{prefix}-{stamp}-{i}`, for a measured run to use and
+/// [`delete_topics`] to remove.
+pub async fn create_topics(
+    client: &rill_client::Client,
+    prefix: &str,
+    count: usize,
+    partitions: i32,
+) -> Result<Vec<String>, rill_client::Error> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{stamp}-{i}")).collect();
+    let new: Vec<rill_client::NewTopic> = names.iter().map(|n| rill_client::NewTopic::new(n, partitions)).collect();
+    // In slices: a broker may cap how many topics one request creates.
+    for chunk in new.chunks(50) {
+        client.admin().create_topics(chunk).await?;
+    }
+    Ok(names)
+}
+
+/// Deletes topics [`create_topics`] made.
+pub async fn delete_topics(client: &rill_client::Client, topics: &[String]) -> Result<(), rill_client::Error> {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    for chunk in names.chunks(50) {
+        client.admin().delete_topics(chunk).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

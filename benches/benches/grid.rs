@@ -115,6 +115,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let tansu = runtime.block_on(Tansu::start()).expect("tansu starts");
     let bootstrap = tansu.bootstrap();
+    let _runtime = runtime.enter();
     let client = rill_client::Client::new(ClientConfig::new(&bootstrap).unwrap()).unwrap();
     let mut cells = Vec::new();
     for shape in &shapes {

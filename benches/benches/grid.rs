@@ -8,8 +8,9 @@
 //! - values: 10 B, 1 KiB, 100 KiB, 1 MiB (1,000 keys);
 //! - compression: none, lz4, zstd;
 //!
-//! and for each, both clients produce into fresh topics, then both read
-//! what Rill produced from the beginning (assigned, no group). Each run is
+//! and for each, on a fresh Tansu, both clients produce into fresh topics,
+//! then both read what Rill produced from the beginning (assigned, no
+//! group). Each run is
 //! a child process of its own, so `getrusage` and the peak RSS count one
 //! client; rounds alternate which client goes first. A cell moves
 //! `RILL_GRID_BYTES` of values (default 64 MiB), at most
@@ -113,16 +114,18 @@ fn main() {
     let rounds = env_number("RILL_BENCH_ROUNDS", 1) as usize;
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let tansu = runtime.block_on(Tansu::start()).expect("tansu starts");
-    let bootstrap = tansu.bootstrap();
     let _runtime = runtime.enter();
-    let client = rill_client::Client::new(ClientConfig::new(&bootstrap).unwrap()).unwrap();
     let mut cells = Vec::new();
     for shape in &shapes {
         for &value_bytes in &values {
             for codec in &codecs {
                 let messages = (bytes / value_bytes as u64).clamp(64, max_messages);
                 eprintln!("== {}, {}, {codec}: {messages} records", shape.label, size_label(value_bytes));
+                // A fresh broker per cell: Tansu keeps its memory storage
+                // after topics are deleted and slows down as it grows.
+                let tansu = runtime.block_on(Tansu::start()).expect("tansu starts");
+                let bootstrap = tansu.bootstrap();
+                let client = rill_client::Client::new(ClientConfig::new(&bootstrap).unwrap()).unwrap();
                 let (produce, consume) =
                     run_cell(&runtime, &client, &bootstrap, shape, value_bytes, codec, messages, rounds);
                 cells.push(Cell {
@@ -133,10 +136,11 @@ fn main() {
                     produce,
                     consume,
                 });
+                drop(client);
+                drop(tansu);
             }
         }
     }
-    drop(tansu);
 
     let table = table(&cells, bytes, rounds);
     println!("{table}");

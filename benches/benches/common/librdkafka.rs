@@ -120,9 +120,9 @@ pub fn produce_with_librdkafka(
     let value = load.value();
     // Learn the topic before measuring, as the Rill run does.
     for topic in &load.topics {
-        producer.send(BaseRecord::<[u8], [u8]>::to(topic).payload(&value[..])).map_err(|(e, _)| e).unwrap();
+        send_when_room(&producer, BaseRecord::<[u8], [u8]>::to(topic).payload(&value[..]));
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    producer.flush(Duration::from_secs(60)).unwrap();
     let before = delivered.load(Ordering::Relaxed);
     let mut progress = Progress::new(load.messages);
     let meter = Meter::start();

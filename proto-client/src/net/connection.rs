@@ -309,7 +309,9 @@ struct Pipe {
 struct Command {
     correlation_id: i32,
     api: ApiKey,
-    frame: Bytes,
+    /// The frame, in segments written one after the other (a Produce
+    /// request's large batches are segments of their own, not copied).
+    frame: Vec<Bytes>,
     timeout: Duration,
     /// `None` for a request the broker does not answer.
     reply: Option<oneshot::Sender<Result<Bytes>>>,
@@ -418,9 +420,13 @@ fn command<R: ApiRequest>(
     expect_reply: bool,
 ) -> Result<(Command, Option<oneshot::Receiver<Result<Bytes>>>)> {
     let correlation_id = ids.fetch_add(1, Ordering::Relaxed);
-    let frame = frame::encode_request(request, version, correlation_id, client_id)
+    let produce = (request as &dyn std::any::Any).downcast_ref::<kafka_protocol::messages::ProduceRequest>();
+    let frame = produce
+        .and_then(|produce| crate::wire::produce::encode_produce(produce, version, correlation_id, client_id))
+        .unwrap_or_else(|| frame::encode_request(request, version, correlation_id, client_id).map(|f| vec![f]))
         .map_err(|message| Error::protocol(broker, message))?;
-    trace!(target: "rill::protocol", broker = %broker, api = ?R::KEY, version, correlation_id, bytes = frame.len(), "send");
+    let bytes: usize = frame.iter().map(Bytes::len).sum();
+    trace!(target: "rill::protocol", broker = %broker, api = ?R::KEY, version, correlation_id, bytes, "send");
     let (reply, answer) = if expect_reply {
         let (reply, answer) = oneshot::channel();
         (Some(reply), Some(answer))
@@ -900,8 +906,7 @@ impl Task {
     fn accept(&mut self, command: Command) {
         let Some(reply) = command.reply else {
             // No answer will come: just write it.
-            self.outbox_bytes += command.frame.len();
-            self.outbox.push_back(command.frame);
+            self.queue(command.frame);
             return;
         };
         if reply.is_closed() {
@@ -909,10 +914,16 @@ impl Task {
             return;
         }
         let deadline = Instant::now() + command.timeout;
-        self.outbox_bytes += command.frame.len();
-        self.outbox.push_back(command.frame);
+        self.queue(command.frame);
         self.in_flight
             .insert(command.correlation_id, Pending { api: command.api, timeout: command.timeout, deadline, reply });
+    }
+
+    fn queue(&mut self, frame: Vec<Bytes>) {
+        for segment in frame {
+            self.outbox_bytes += segment.len();
+            self.outbox.push_back(segment);
+        }
     }
 
     fn consume_outbox(&mut self, mut written: usize) {

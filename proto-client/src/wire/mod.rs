@@ -10,6 +10,7 @@
 //!   response before the crate decodes it.
 
 pub(crate) mod frame;
+pub(crate) mod produce;
 pub(crate) mod shape;
 #[rustfmt::skip]
 pub(crate) mod shapes;

@@ -258,6 +258,19 @@ struct PartitionQueue {
     open: Option<OpenBatch>,
     closed: VecDeque<ProducerBatch>,
     next_number: u64,
+    /// Bytes of the last batch closed: the next one starts with room for
+    /// as much, so a steady stream never regrows (and recopies) a batch.
+    last_size: usize,
+}
+
+impl PartitionQueue {
+    /// Closes the open batch, if any, into the queue of closed ones.
+    fn close_open(&mut self, topic: &Arc<str>, partition: i32) {
+        if let Some(open) = self.open.take() {
+            self.last_size = open.builder.size();
+            self.closed.push_back(close(topic, partition, open));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -388,16 +401,19 @@ impl Accumulator {
         if let Some(open) = &queue.open {
             let next = open.builder.size_of_next(record.timestamp, payload);
             if open.builder.size() + next > limits.batch_size {
-                let open = queue.open.take().expect("checked above");
-                queue.closed.push_back(close(&queues.name, partition, open));
+                queue.close_open(&queues.name, partition);
                 wake_sender = true;
             }
         }
+        let last_size = queue.last_size;
         let open = queue.open.get_or_insert_with(|| {
             let number = queue.next_number;
             queue.next_number += 1;
+            // Room for what the last batch held (64 KiB at first), and for
+            // this record at least.
+            let room = if last_size > 0 { last_size } else { 64 * 1024 };
             OpenBatch {
-                builder: BatchBuilder::new(limits.batch_size.min(64 * 1024)),
+                builder: BatchBuilder::new(room.min(limits.batch_size).max(size)),
                 delivery: DeliveryGuard::new(partition),
                 created: now(),
                 accounted_bytes: 0,
@@ -409,8 +425,7 @@ impl Accumulator {
         open.accounted_bytes += added;
         let delivery = open.delivery.shared().clone();
         if open.builder.record_count() as usize >= limits.batch_records || open.builder.size() >= limits.batch_size {
-            let open = queue.open.take().expect("just appended");
-            queue.closed.push_back(close(&queues.name, partition, open));
+            queue.close_open(&queues.name, partition);
             wake_sender = true;
         }
         self.buffered_records += 1;
@@ -430,8 +445,8 @@ impl Accumulator {
         }
         let open = queue.open.as_ref()?;
         if flushing || now >= open.created + linger {
-            let open = queue.open.take().expect("checked above");
-            return Some(close(&queues.name, partition, open));
+            queue.close_open(&queues.name, partition);
+            return queue.closed.pop_front();
         }
         None
     }

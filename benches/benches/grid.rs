@@ -17,7 +17,8 @@
 //! `RILL_GRID_MAX_MESSAGES` records (default 200,000) and at least 64.
 //! Both clients get the same buffers: a 64 MiB, 100,000-record producer
 //! queue, `message.max.bytes` 4 MiB, a 64 MiB consumer prefetch, 1 MiB per
-//! partition and 50 MiB per fetch; linger 5 ms, idempotent, acks=all.
+//! partition and 50 MiB per fetch; linger 5 ms, idempotent, acks=all; both
+//! check the CRC of what they fetch (librdkafka's `check.crcs=true`).
 //!
 //! Writes `target/grid/grid.md` (the table) and `target/grid/grid.json`
 //! (every report), and prints the table. Knobs: `RILL_GRID_SHAPES`
@@ -56,6 +57,9 @@ const CONSUMER: [(&str, &str); 3] = [
     ("max.partition.fetch.bytes", "1048576"),
     ("fetch.max.bytes", "52428800"),
 ];
+/// librdkafka skips the CRC of fetched batches by default; Rill (like
+/// Java) always checks it. The grid has both check.
+const LIBRDKAFKA_CONSUMER: [(&str, &str); 1] = [("check.crcs", "true")];
 
 #[derive(Debug, Clone)]
 struct Shape {
@@ -260,6 +264,8 @@ fn child(args: &[String]) {
                 let runtime = tokio::runtime::Runtime::new().unwrap();
                 runtime.block_on(consume_with_rill(config, &load)).expect("rill run")
             } else {
+                let mut settings = settings;
+                settings.extend(properties(&LIBRDKAFKA_CONSUMER));
                 consume_topics_with_librdkafka(bootstrap, &settings, &topics, messages)
             };
             println!("{}", report.to_json());

@@ -706,6 +706,18 @@ mod tests {
         m
     }
 
+    /// A stable member told to give partition 1 up (keeping 0), while the
+    /// application revokes it.
+    fn revoking_partition_1() -> (ConsumerMember, Instant) {
+        let t0 = Instant::now();
+        let mut m = stable(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        beat(&mut m, t1);
+        m.heartbeat_done(Ok(ok(4, Some(&[(T, &[0])]))), t1);
+        assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
+        (m, t1)
+    }
+
     #[test]
     fn joins_with_everything_then_sends_only_what_changed() {
         let t0 = Instant::now();
@@ -813,12 +825,7 @@ mod tests {
 
     #[test]
     fn a_fence_during_a_revocation_loses_only_what_is_not_being_revoked() {
-        let t0 = Instant::now();
-        let mut m = stable(t0);
-        let t1 = t0 + Duration::from_secs(3);
-        beat(&mut m, t1);
-        m.heartbeat_done(Ok(ok(4, Some(&[(T, &[0])]))), t1);
-        assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
+        let (mut m, t1) = revoking_partition_1();
         m.beat(t1);
         m.heartbeat_done(Ok(error(ResponseError::FencedMemberEpoch)), t1);
         // The driver drops the lost partition at once, while the
@@ -833,12 +840,7 @@ mod tests {
 
     #[test]
     fn a_failure_during_a_revocation_reports_each_partition_once() {
-        let t0 = Instant::now();
-        let mut m = stable(t0);
-        let t1 = t0 + Duration::from_secs(3);
-        beat(&mut m, t1);
-        m.heartbeat_done(Ok(ok(4, Some(&[(T, &[0])]))), t1);
-        assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
+        let (mut m, t1) = revoking_partition_1();
         m.beat(t1);
         m.heartbeat_done(Ok(error(ResponseError::GroupAuthorizationFailed)), t1);
         m.revoked(&[tp("t", 1)]);
@@ -848,12 +850,7 @@ mod tests {
 
     #[test]
     fn an_acknowledgement_goes_before_the_next_revocation() {
-        let t0 = Instant::now();
-        let mut m = stable(t0);
-        let t1 = t0 + Duration::from_secs(3);
-        beat(&mut m, t1);
-        m.heartbeat_done(Ok(ok(4, Some(&[(T, &[0])]))), t1);
-        assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
+        let (mut m, t1) = revoking_partition_1();
         // A newer assignment arrives while the application revokes.
         m.beat(t1);
         m.heartbeat_done(Ok(ok(4, Some(&[]))), t1);

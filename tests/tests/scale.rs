@@ -61,9 +61,6 @@ async fn a_thousand_partitions_are_written_and_read_back_whole() {
             *read.entry(record.partition).or_default() += 1;
         }
         assert_eq!(read, written, "every partition read whole");
-        // Nothing beyond what was written.
-        let extra = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
-        assert!(extra.is_err(), "a record more than was written: {extra:?}");
         consumer.close(Duration::from_secs(10)).await.unwrap();
 
         let bootstrap = cluster.bootstrap().to_owned();
@@ -73,7 +70,8 @@ async fn a_thousand_partitions_are_written_and_read_back_whole() {
         })
         .await
         .unwrap();
-        assert_eq!(independent.len() as u64, RECORDS, "librdkafka reads them all too");
+        // read_all reads on past the count: a record more would show.
+        assert_eq!(independent.len() as u64, RECORDS, "librdkafka reads them all, and no more");
     })
     .await;
 }

@@ -282,17 +282,20 @@ impl ProduceLoad {
     }
 }
 
-/// Partitions of each of `topics`, looked up now; an error names a topic
+/// Every partition of `topics`, looked up now; an error names a topic
 /// that does not exist.
-async fn partitions_of(client: &rill_client::Client, topics: &[String]) -> Result<usize, rill_client::Error> {
+async fn partitions_of(
+    client: &rill_client::Client,
+    topics: &[String],
+) -> Result<Vec<TopicPartition>, rill_client::Error> {
     let metadata = client.refresh_metadata(TopicScope::Named(topics.to_vec())).await?;
-    let mut total = 0;
+    let mut all = Vec::new();
     for topic in topics {
         let info =
             metadata.topics.get(topic).ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(topic.clone()))?;
-        total += info.partitions.len();
+        all.extend((0..info.partitions.len() as i32).map(|p| TopicPartition::new(topic, p)));
     }
-    Ok(total)
+    Ok(all)
 }
 
 /// Produces `load` with Rill as fast as the producer takes records, and
@@ -301,7 +304,7 @@ async fn partitions_of(client: &rill_client::Client, topics: &[String]) -> Resul
 /// checked.
 pub async fn produce_with_rill(config: ProducerConfig, load: &ProduceLoad) -> Result<Report, rill_client::Error> {
     let producer = Producer::new(config)?;
-    let partitions = partitions_of(producer.client(), &load.topics).await?;
+    let partitions = partitions_of(producer.client(), &load.topics).await?.len();
     let keys = load.key_set();
     let value = load.value();
     for topic in &load.topics {
@@ -359,13 +362,7 @@ pub struct ConsumeLoad {
 /// included). Values are summed over so that none is left unread.
 pub async fn consume_with_rill(config: ConsumerConfig, load: &ConsumeLoad) -> Result<Report, rill_client::Error> {
     let probe = rill_client::Client::new(config.client().clone())?;
-    let metadata = probe.refresh_metadata(TopicScope::Named(load.topics.clone())).await?;
-    let mut all: Vec<TopicPartition> = Vec::new();
-    for topic in &load.topics {
-        let info =
-            metadata.topics.get(topic).ok_or_else(|| rill_client::Error::UnknownTopicOrPartition(topic.clone()))?;
-        all.extend((0..info.partitions.len() as i32).map(|p| TopicPartition::new(topic, p)));
-    }
+    let all = partitions_of(&probe, &load.topics).await?;
     let partitions = all.len();
     let mut progress = Progress::new(load.messages);
     let meter = Meter::start();

@@ -157,6 +157,22 @@ fn str(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_owned())
 }
 
+/// A KIP-848 group, asked of its coordinator; `None` when it is not one.
+async fn describe_kip848(
+    coordinator: &GroupCoordinator,
+    group: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<GroupDescription>> {
+    let response = coordinator
+        .send(|_| ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(str(group))]), timeout)
+        .await?;
+    let Some(described) = response.groups.iter().find(|g| g.group_id.0.as_str() == group) else {
+        return Ok(None);
+    };
+    coordinator.check_coordinator(described.error_code);
+    consumer_group_description(described, coordinator.node().unwrap_or(-1))
+}
+
 /// A KIP-848 group from ConsumerGroupDescribe; `None` when the group is
 /// not one (GROUP_ID_NOT_FOUND: a classic group, or no group).
 fn consumer_group_description(described: &DescribedGroup, coordinator: i32) -> Result<Option<GroupDescription>> {
@@ -297,20 +313,10 @@ impl Admin {
             // by ConsumerGroupDescribe only), or none. Tansu offers
             // ConsumerGroupDescribe but answers it for classic groups too,
             // so it is asked only now.
-            if connection.version_for::<ConsumerGroupDescribeRequest>().is_ok() {
-                let response = coordinator
-                    .send(
-                        |_| ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(str(group))]),
-                        timeout,
-                    )
-                    .await?;
-                if let Some(described) = response.groups.iter().find(|g| g.group_id.0.as_str() == group) {
-                    coordinator.check_coordinator(described.error_code);
-                    let coordinator = coordinator.node().unwrap_or(-1);
-                    if let Some(description) = consumer_group_description(described, coordinator)? {
-                        return Ok(description);
-                    }
-                }
+            if connection.version_for::<ConsumerGroupDescribeRequest>().is_ok()
+                && let Some(description) = describe_kip848(coordinator, group, timeout).await?
+            {
+                return Ok(description);
             }
             return Err(Error::broker(
                 ApiKey::DescribeGroups,

@@ -41,8 +41,12 @@ impl Backoff {
 /// The delay after `failures` earlier failures: `initial × 2^failures`,
 /// capped at `max`, spread by ±20 % (`jitter` uniform in `[0, 1)`).
 pub fn delay(initial: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
-    let base = initial.saturating_mul(1u32 << failures.min(31)).min(max);
-    base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(max)
+    exponential(initial, max, failures).mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(max)
+}
+
+/// `initial × 2^failures`, capped at `max`: the delay before jitter.
+pub fn exponential(initial: Duration, max: Duration, failures: u32) -> Duration {
+    initial.saturating_mul(1u32 << failures.min(31)).min(max)
 }
 
 thread_local! {

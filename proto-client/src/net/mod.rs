@@ -22,6 +22,15 @@ pub use security::{Secret, SecurityProtocol};
 
 use std::fmt;
 
+/// `N` bytes from the system's secure random source (SCRAM nonces, group
+/// member ids).
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the system's random source works");
+    bytes
+}
+
 /// `host:port` of a broker, as configured or as advertised in metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BrokerAddress {

@@ -596,6 +596,36 @@ mod tests {
         assert_eq!(acc.next_linger_deadline(), None);
     }
 
+    /// A partition's next batch starts with room for what its last one
+    /// held, so it does not regrow (copying itself) record by record; the
+    /// first starts at 64 KiB or the batch size, whichever is smaller.
+    #[test]
+    fn a_batch_starts_with_room_for_what_the_last_one_held() {
+        let t0 = Instant::now();
+        let mut big = limits();
+        big.batch_size = 200_000;
+        big.max_record_bytes = 200_000;
+        let mut acc = accumulator(big);
+        let value = vec![7u8; 3_000];
+        let open_capacity = |acc: &Accumulator| {
+            let queue = &acc.topics.get("t").unwrap().partitions[1];
+            queue.open.as_ref().map(|open| open.builder.capacity())
+        };
+        acc.append("t", Target::Partition(1).fixed(), record(&value), || t0, || 0).unwrap();
+        assert!(open_capacity(&acc).unwrap() >= 64 * 1024);
+        for _ in 0..29 {
+            acc.append("t", Target::Partition(1).fixed(), record(&value), || t0, || 0).unwrap();
+        }
+        let first = acc.drain("t", 1, t0 + Duration::from_millis(5)).unwrap();
+        let held = match &first.payload {
+            Payload::Closed(builder) => builder.size(),
+            Payload::Sealed(_) => unreachable!("not sealed yet"),
+        };
+        assert!(held > 64 * 1024, "30 records of 3 KB outgrew the first room");
+        acc.append("t", Target::Partition(1).fixed(), record(&value), || t0, || 0).unwrap();
+        assert!(open_capacity(&acc).unwrap() >= held, "the next batch has room for as much");
+    }
+
     #[test]
     fn batch_size_and_record_count_close_batches() {
         let t0 = Instant::now();

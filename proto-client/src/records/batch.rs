@@ -107,6 +107,12 @@ impl BatchBuilder {
         self.count
     }
 
+    /// Bytes the buffer holds without growing.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buffer.capacity()
+    }
+
     /// Size of the batch if sealed uncompressed now.
     pub(crate) fn size(&self) -> usize {
         self.buffer.len()

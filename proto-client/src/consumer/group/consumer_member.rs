@@ -40,9 +40,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::member::Next;
+use super::member::{Next, Notices};
 use crate::TopicPartition;
 use crate::error::Error;
+use crate::net::backoff::exponential;
 
 /// Settings the state machine needs.
 pub(crate) struct ConsumerMemberConfig {
@@ -126,9 +127,7 @@ pub(crate) struct ConsumerMember {
     /// Partition changes to hand to the driver, in order.
     revoking: Vec<TopicPartition>,
     assigning: Vec<(TopicPartition, Uuid)>,
-    losing: Vec<TopicPartition>,
-    reports: Vec<Error>,
-    fatal: Option<Error>,
+    notices: Notices,
     /// Partitions handed out in a revocation the driver has not reported
     /// done.
     in_revocation: Vec<TopicPartition>,
@@ -170,9 +169,7 @@ impl ConsumerMember {
             target: None,
             revoking: Vec::new(),
             assigning: Vec::new(),
-            losing: Vec::new(),
-            reports: Vec::new(),
-            fatal: None,
+            notices: Notices::default(),
             in_revocation: Vec::new(),
             send_full: true,
             send_topics: false,
@@ -209,11 +206,10 @@ impl ConsumerMember {
     }
 
     /// The subscription changed: the next heartbeat (sent now) carries it.
-    pub(crate) fn subscribe(&mut self, topics: Vec<String>, now: Instant) {
+    pub(crate) fn subscribe(&mut self, topics: Vec<String>) {
         if topics != self.topics {
             self.topics = topics;
             self.send_topics = true;
-            self.next_heartbeat = self.next_heartbeat.min(now);
         }
     }
 
@@ -230,7 +226,7 @@ impl ConsumerMember {
     /// Partitions lost since the driver last asked: it drops them at once,
     /// even while a revocation waits for the application.
     pub(crate) fn take_losing(&mut self) -> Vec<TopicPartition> {
-        std::mem::take(&mut self.losing)
+        std::mem::take(&mut self.notices.losing)
     }
 
     /// Whether the next heartbeat should go now: an acknowledgement or a
@@ -244,15 +240,11 @@ impl ConsumerMember {
     /// [`Next::Heartbeat`] or [`Next::Leave`]: heartbeats are
     /// [`Next::Beat`], leaving too.
     pub(crate) fn next(&mut self, now: Instant, polled: Instant) -> Next {
-        if !self.reports.is_empty() {
-            return Next::Report(self.reports.remove(0));
-        }
-        if !self.losing.is_empty() {
-            return Next::Lose(std::mem::take(&mut self.losing));
-        }
-        if let Some(error) = self.fatal.take() {
-            self.phase = Phase::Failed;
-            return Next::Fail(error);
+        if let Some(notice) = self.notices.next() {
+            if matches!(notice, Next::Fail(_)) {
+                self.phase = Phase::Failed;
+            }
+            return notice;
         }
         if !self.revoking.is_empty() {
             let partitions = std::mem::take(&mut self.revoking);
@@ -267,7 +259,6 @@ impl ConsumerMember {
             let assigning = std::mem::take(&mut self.assigning);
             self.owned.extend(assigning.iter().cloned());
             self.send_owned = true;
-            self.next_heartbeat = now;
             return Next::Assign(assigning.into_iter().map(|(tp, _)| tp).collect());
         }
         match self.phase {
@@ -311,10 +302,7 @@ impl ConsumerMember {
                     self.refresh_at = now + self.config.retry_backoff_max;
                     return Next::RefreshMetadata;
                 }
-                if self.send_owned || self.send_topics {
-                    self.next_heartbeat = self.next_heartbeat.min(now);
-                }
-                if now >= self.next_heartbeat {
+                if now >= self.next_heartbeat || self.heartbeat_urgent() {
                     return Next::Beat(self.beat(now));
                 }
                 let mut until = self.next_heartbeat;
@@ -405,7 +393,7 @@ impl ConsumerMember {
             }
             E::TopicAuthorizationFailed => {
                 if !std::mem::replace(&mut self.authorization_reported, true) {
-                    self.reports.push(self.error(code, message));
+                    self.notices.reports.push(self.error(code, message));
                 }
                 self.retry(now);
             }
@@ -541,8 +529,7 @@ impl ConsumerMember {
     }
 
     fn backoff(&self) -> Duration {
-        let exponent = self.failures.clamp(1, 16) - 1;
-        self.config.retry_backoff.saturating_mul(1 << exponent).min(self.config.retry_backoff_max)
+        exponential(self.config.retry_backoff, self.config.retry_backoff_max, self.failures.saturating_sub(1))
     }
 
     /// The coordinator no longer knows this member at its epoch: every
@@ -588,7 +575,7 @@ impl ConsumerMember {
     /// and leave (a static member keeps its place for its session).
     fn poll_expired(&mut self, now: Instant) {
         warn!(target: "rill::cgrp", member = %self.member_id, "max.poll.interval.ms exceeded");
-        self.reports.push(Error::MaxPollIntervalExceeded { interval: self.config.max_poll_interval });
+        self.notices.reports.push(Error::MaxPollIntervalExceeded { interval: self.config.max_poll_interval });
         self.abandon();
         self.target = None;
         self.phase = Phase::Stale { at: now, leave: true };
@@ -603,14 +590,14 @@ impl ConsumerMember {
     fn abandon(&mut self) {
         self.fences += 1;
         let owned = std::mem::take(&mut self.owned);
-        self.losing.extend(owned.into_keys().filter(|tp| !self.in_revocation.contains(tp)));
+        self.notices.losing.extend(owned.into_keys().filter(|tp| !self.in_revocation.contains(tp)));
         self.revoking.clear();
         self.assigning.clear();
     }
 
     fn fail(&mut self, error: Error) {
         self.abandon();
-        self.fatal = Some(error);
+        self.notices.fatal = Some(error);
         if self.phase == Phase::Closing {
             self.phase = Phase::Done;
         }
@@ -706,14 +693,21 @@ mod tests {
         m
     }
 
-    /// A stable member told to give partition 1 up (keeping 0), while the
-    /// application revokes it.
-    fn revoking_partition_1() -> (ConsumerMember, Instant) {
+    /// A stable member (owning partitions 0 and 1) whose next heartbeat,
+    /// 3 s on, got `answer`; and that moment.
+    fn stable_then(answer: ConsumerGroupHeartbeatResponse) -> (ConsumerMember, Instant) {
         let t0 = Instant::now();
         let mut m = stable(t0);
         let t1 = t0 + Duration::from_secs(3);
         beat(&mut m, t1);
-        m.heartbeat_done(Ok(ok(4, Some(&[(T, &[0])]))), t1);
+        m.heartbeat_done(Ok(answer), t1);
+        (m, t1)
+    }
+
+    /// A stable member told to give partition 1 up (keeping 0), while the
+    /// application revokes it.
+    fn revoking_partition_1() -> (ConsumerMember, Instant) {
+        let (mut m, t1) = stable_then(ok(4, Some(&[(T, &[0])])));
         assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
         (m, t1)
     }
@@ -775,11 +769,7 @@ mod tests {
 
     #[test]
     fn a_revocation_alone_is_acknowledged_at_once() {
-        let t0 = Instant::now();
-        let mut m = stable(t0);
-        beat(&mut m, t0 + Duration::from_secs(3));
-        let t1 = t0 + Duration::from_secs(3);
-        m.heartbeat_done(Ok(ok(3, Some(&[(T, &[0])]))), t1);
+        let (mut m, t1) = stable_then(ok(3, Some(&[(T, &[0])])));
         assert!(matches!(m.next(t1, t1), Next::Revoke(p) if p == [tp("t", 1)]));
         m.revoked(&[tp("t", 1)]);
         let ack = beat(&mut m, t1);
@@ -788,11 +778,7 @@ mod tests {
 
     #[test]
     fn unknown_topic_ids_wait_for_metadata_and_the_rest_reconciles() {
-        let t0 = Instant::now();
-        let mut m = stable(t0);
-        let t1 = t0 + Duration::from_secs(3);
-        beat(&mut m, t1);
-        m.heartbeat_done(Ok(ok(5, Some(&[(T, &[0, 1]), (U, &[0])]))), t1);
+        let (mut m, t1) = stable_then(ok(5, Some(&[(T, &[0, 1]), (U, &[0])])));
         assert!(matches!(m.next(t1, t1), Next::RefreshMetadata));
         // Asked once per backoff, not in a loop.
         assert!(matches!(m.next(t1, t1), Next::Wait(at) if at <= t1 + Duration::from_secs(1)));
@@ -804,11 +790,7 @@ mod tests {
     #[test]
     fn fencing_loses_everything_and_rejoins_at_epoch_zero() {
         for code in [ResponseError::FencedMemberEpoch, ResponseError::UnknownMemberId] {
-            let t0 = Instant::now();
-            let mut m = stable(t0);
-            let t1 = t0 + Duration::from_secs(3);
-            beat(&mut m, t1);
-            m.heartbeat_done(Ok(error(code)), t1);
+            let (mut m, t1) = stable_then(error(code));
             assert!(matches!(m.next(t1, t1), Next::Lose(p) if p.len() == 2), "{code:?}");
             let rejoin = beat(&mut m, t1);
             assert_eq!((rejoin.epoch, rejoin.member_id.as_str()), (0, "m1"), "the same id, at once");
@@ -864,11 +846,7 @@ mod tests {
 
     #[test]
     fn an_answer_without_an_epoch_is_not_taken() {
-        let t0 = Instant::now();
-        let mut m = stable(t0);
-        let t1 = t0 + Duration::from_secs(3);
-        beat(&mut m, t1);
-        m.heartbeat_done(Ok(ok(-1, Some(&[]))), t1);
+        let (mut m, t1) = stable_then(ok(-1, Some(&[])));
         assert_eq!((m.epoch, m.owned().len()), (3, 2));
         let Next::Wait(at) = m.next(t1, t1) else { panic!("backs off") };
         let again = beat(&mut m, at);
@@ -910,11 +888,7 @@ mod tests {
             ResponseError::InvalidRequest,
             ResponseError::GroupMaxSizeReached,
         ] {
-            let t0 = Instant::now();
-            let mut m = stable(t0);
-            let t1 = t0 + Duration::from_secs(3);
-            beat(&mut m, t1);
-            m.heartbeat_done(Ok(error(code)), t1);
+            let (mut m, t1) = stable_then(error(code));
             assert!(matches!(m.next(t1, t1), Next::Lose(p) if p.len() == 2));
             match m.next(t1, t1) {
                 Next::Fail(Error::Broker { code: c, .. }) => assert_eq!(c, code),
@@ -952,11 +926,7 @@ mod tests {
 
     #[test]
     fn a_topic_authorization_failure_is_reported_and_the_member_goes_on() {
-        let t0 = Instant::now();
-        let mut m = stable(t0);
-        let t1 = t0 + Duration::from_secs(3);
-        beat(&mut m, t1);
-        m.heartbeat_done(Ok(error(ResponseError::TopicAuthorizationFailed)), t1);
+        let (mut m, t1) = stable_then(error(ResponseError::TopicAuthorizationFailed));
         assert!(matches!(m.next(t1, t1), Next::Report(Error::Broker { .. })));
         assert!(matches!(m.next(t1, t1), Next::Wait(_)));
         assert_eq!(m.owned().len(), 2);
@@ -1007,7 +977,7 @@ mod tests {
     fn a_subscription_change_goes_out_at_once() {
         let t0 = Instant::now();
         let mut m = stable(t0);
-        m.subscribe(vec!["t".into(), "u".into()], t0);
+        m.subscribe(vec!["t".into(), "u".into()]);
         let next = beat(&mut m, t0);
         assert_eq!(next.topics, Some(vec!["t".to_owned(), "u".to_owned()]));
         assert_eq!(next.owned, None);

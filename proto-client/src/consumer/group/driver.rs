@@ -120,13 +120,13 @@ impl Membership {
         }
     }
 
-    /// Who the member is in the group: it changes only when the member
-    /// loses its place (a new generation of a classic member cannot come
-    /// while it revokes, since it only heartbeats then).
-    fn place(&self) -> (String, i64) {
+    /// Changes only when the member loses its place: a classic member's
+    /// generation (a new one cannot come while it revokes, since it only
+    /// heartbeats then; a lost one is -1), a KIP-848 member's fence count.
+    fn place(&self) -> i64 {
         match self {
-            Membership::Classic(m) => (m.member_id.clone(), i64::from(m.generation)),
-            Membership::Consumer(m) => (m.member_id.clone(), m.fences as i64),
+            Membership::Classic(m) => i64::from(m.generation),
+            Membership::Consumer(m) => m.fences as i64,
         }
     }
 
@@ -294,11 +294,7 @@ impl Driver {
                     self.set_committer();
                 }
                 Next::Heartbeat => self.heartbeat_now().await,
-                Next::Beat(beat) => {
-                    let answer = self.beat(&beat).await;
-                    self.member.consumer_mut().heartbeat_done(answer, Instant::now());
-                    self.set_committer();
-                }
+                Next::Beat(beat) => self.send_beat(beat).await,
                 Next::RefreshMetadata => self.refresh_topic_ids().await,
                 Next::Revoke(partitions) => self.revoke(partitions, true).await,
                 Next::Release(partitions) => self.revoke(partitions, false).await,
@@ -343,7 +339,7 @@ impl Driver {
                         Membership::Classic(member) => member.request_rejoin("subscription changed"),
                         Membership::Consumer(member) => {
                             self.shared.client.cluster().want_topics(topics.iter().map(String::as_str));
-                            member.subscribe(topics, Instant::now());
+                            member.subscribe(topics);
                         }
                     }
                 }
@@ -578,11 +574,17 @@ impl Driver {
             }
             Membership::Consumer(member) => {
                 let beat = member.beat(Instant::now());
-                let answer = self.beat(&beat).await;
-                self.member.consumer_mut().heartbeat_done(answer, Instant::now());
-                self.set_committer();
+                self.send_beat(beat).await;
             }
         }
+    }
+
+    /// Sends a KIP-848 heartbeat, reports its answer, and commits from
+    /// then on with the epoch it brought.
+    async fn send_beat(&mut self, beat: Beat) {
+        let answer = self.beat(&beat).await;
+        self.member.consumer_mut().heartbeat_done(answer, Instant::now());
+        self.set_committer();
     }
 
     /// One ConsumerGroupHeartbeat (KIP-848).
@@ -772,13 +774,7 @@ fn topic_ids(metadata: &crate::cluster::Metadata) -> Vec<(uuid::Uuid, String)> {
 /// Java and librdkafka make them (KIP-1082).
 fn new_member_id() -> String {
     use base64::Engine;
-    let mut bytes = [0u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        // No system randomness: the time and the process keep ids apart.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_be_bytes();
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::net::random_bytes::<16>())
 }
 
 async fn closed(mut closing: watch::Receiver<bool>) {

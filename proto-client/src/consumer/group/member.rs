@@ -30,6 +30,7 @@ use super::assignor::Member as Subscriber;
 use super::protocol::{decode_assignment, decode_subscription};
 use crate::TopicPartition;
 use crate::error::Error;
+use crate::net::backoff::exponential;
 
 /// Settings the state machine needs.
 #[derive(Debug, Clone)]
@@ -89,6 +90,30 @@ pub(crate) enum Next {
     Done,
 }
 
+/// What a member tells the driver before anything else, in this order:
+/// errors to report, partitions already lost (they must not be
+/// committed), the failure that ends the member. Both protocols' members
+/// keep theirs here.
+#[derive(Debug, Default)]
+pub(crate) struct Notices {
+    pub(crate) reports: Vec<Error>,
+    pub(crate) losing: Vec<TopicPartition>,
+    pub(crate) fatal: Option<Error>,
+}
+
+impl Notices {
+    /// The next notice, if any; after a [`Next::Fail`] the member is done.
+    pub(crate) fn next(&mut self) -> Option<Next> {
+        if !self.reports.is_empty() {
+            return Some(Next::Report(self.reports.remove(0)));
+        }
+        if !self.losing.is_empty() {
+            return Some(Next::Lose(std::mem::take(&mut self.losing)));
+        }
+        self.fatal.take().map(Next::Fail)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Unjoined,
@@ -131,9 +156,7 @@ pub(crate) struct Member {
     /// Partition changes to hand to the driver, in order.
     revoking: Vec<TopicPartition>,
     assigning: Vec<TopicPartition>,
-    losing: Vec<TopicPartition>,
-    reports: Vec<Error>,
-    fatal: Option<Error>,
+    notices: Notices,
     /// Why the next join happens (KIP-800: JoinGroup and LeaveGroup carry it).
     rejoin_reason: Option<String>,
     not_before: Instant,
@@ -190,9 +213,7 @@ impl Member {
             owned: BTreeSet::new(),
             revoking: Vec::new(),
             assigning: Vec::new(),
-            losing: Vec::new(),
-            reports: Vec::new(),
-            fatal: None,
+            notices: Notices::default(),
             rejoin_reason: Some("joining".into()),
             not_before: now,
             failures: 0,
@@ -206,7 +227,7 @@ impl Member {
     /// Partitions lost since the driver last asked (it drops them at
     /// once, even while a revocation waits).
     pub(crate) fn take_losing(&mut self) -> Vec<TopicPartition> {
-        std::mem::take(&mut self.losing)
+        std::mem::take(&mut self.notices.losing)
     }
 
     /// The partitions this member consumes.
@@ -233,15 +254,11 @@ impl Member {
     /// The next thing to do. `polled` is when the application last polled
     /// (or is polling now).
     pub(crate) fn next(&mut self, now: Instant, polled: Instant) -> Next {
-        if !self.reports.is_empty() {
-            return Next::Report(self.reports.remove(0));
-        }
-        if !self.losing.is_empty() {
-            return Next::Lose(std::mem::take(&mut self.losing));
-        }
-        if let Some(error) = self.fatal.take() {
-            self.phase = Phase::Failed;
-            return Next::Fail(error);
+        if let Some(notice) = self.notices.next() {
+            if matches!(notice, Next::Fail(_)) {
+                self.phase = Phase::Failed;
+            }
+            return notice;
         }
         if !self.revoking.is_empty() {
             self.awaiting_revocation = true;
@@ -330,8 +347,8 @@ impl Member {
     /// static one keeps its place until its session times out (KIP-345).
     fn poll_expired(&mut self, now: Instant) {
         tracing::warn!(target: "rill::cgrp", member = %self.member_id, "max.poll.interval.ms exceeded");
-        self.reports.push(Error::MaxPollIntervalExceeded { interval: self.config.max_poll_interval });
-        self.losing.extend(std::mem::take(&mut self.owned));
+        self.notices.reports.push(Error::MaxPollIntervalExceeded { interval: self.config.max_poll_interval });
+        self.notices.losing.extend(std::mem::take(&mut self.owned));
         let leave = !self.config.static_member && !self.member_id.is_empty();
         self.phase = Phase::Left { at: now, leave };
         self.generation = -1;
@@ -358,7 +375,7 @@ impl Member {
 
     fn lose_all(&mut self, reason: &str, reset_member: bool) {
         tracing::info!(target: "rill::cgrp", member = %self.member_id, generation = self.generation, reason, "partitions lost");
-        self.losing.extend(std::mem::take(&mut self.owned));
+        self.notices.losing.extend(std::mem::take(&mut self.owned));
         self.generation = -1;
         if reset_member {
             self.member_id.clear();
@@ -369,8 +386,7 @@ impl Member {
 
     fn back_off(&mut self, now: Instant, reason: String) {
         self.failures = self.failures.saturating_add(1);
-        let exponent = self.failures.min(16) - 1;
-        let delay = self.config.retry_backoff.saturating_mul(1 << exponent).min(self.config.retry_backoff_max);
+        let delay = exponential(self.config.retry_backoff, self.config.retry_backoff_max, self.failures - 1);
         self.not_before = now + delay;
         self.phase = Phase::Unjoined;
         self.rejoin_reason = Some(reason);
@@ -389,8 +405,8 @@ impl Member {
             Outcome::Lost { reset_member, reason } => self.lose_all(&reason, reset_member),
             Outcome::Retry(reason) => self.back_off(now, reason),
             Outcome::Fatal(error) => {
-                self.losing.extend(std::mem::take(&mut self.owned));
-                self.fatal = Some(error);
+                self.notices.losing.extend(std::mem::take(&mut self.owned));
+                self.notices.fatal = Some(error);
             }
         }
         false
@@ -459,7 +475,7 @@ impl Member {
             Err(error) => {
                 // Unreadable: consume nothing this generation and rebalance.
                 tracing::warn!(target: "rill::cgrp", %error, "undecodable assignment");
-                self.reports.push(Error::protocol("group coordinator", error));
+                self.notices.reports.push(Error::protocol("group coordinator", error));
                 BTreeSet::new()
             }
         };

@@ -64,10 +64,7 @@ impl Hash {
 
 /// 32 random bytes, base64: printable and free of `,`.
 pub(crate) fn random_nonce() -> String {
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("the system's random source works");
-    STANDARD.encode(bytes)
+    STANDARD.encode(crate::net::random_bytes::<32>())
 }
 
 /// One SCRAM exchange.

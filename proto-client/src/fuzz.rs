@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::consumer::fetched::{Aborted, decode_partition};
+use crate::consumer::fetched::{Aborted, Rules, decode_partition};
 use crate::consumer::group::protocol::{decode_assignment, decode_subscription};
 use crate::records::{Batches, decode_batch};
 use crate::wire::frame::FrameReader;
@@ -68,7 +68,15 @@ pub fn record_batches(data: &[u8]) {
     let aborted = [Aborted { producer_id: i64::from(flags >> 4), first_offset: aborted_at }];
     let topic: Arc<str> = Arc::from("fuzz");
     let fetch_offset = i64::from(flags & 0x07);
-    let _ = decode_partition(&topic, 0, fetch_offset, records, &aborted, flags & 0x08 != 0, MAX_FRAME);
+    let _ = decode_partition(
+        &topic,
+        0,
+        fetch_offset,
+        records,
+        &aborted,
+        Rules { read_committed: flags & 0x08 != 0, max_uncompressed: MAX_FRAME, partition_max: MAX_FRAME },
+        &mut { usize::MAX },
+    );
 }
 
 /// A group member's JoinGroup metadata and a leader's assignment, as

@@ -12,6 +12,10 @@
 //!   aborted, up to its ABORT marker.
 //! - A batch that fails its CRC or does not parse stops the partition there:
 //!   records before it are returned, then the error.
+//! - Decoding stops once the answer's `allowance` of budget bytes is spent
+//!   (a batch is decoded whole, so by at most one batch past it): what is
+//!   left is fetched again. Compressed data can expand many times over, and
+//!   what arrived is only decompressed as far as the budget allows.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -36,16 +40,32 @@ pub(crate) struct Decoded {
     /// Where the next fetch starts: after the last complete batch (even one
     /// whose records were all skipped), or `None` if nothing advanced.
     pub(crate) next_offset: Option<i64>,
-    /// Uncompressed bytes of the records, for the prefetch budget.
+    /// Budget bytes of the records (key, value and 64 each).
     pub(crate) bytes: usize,
+    /// Bytes of the data that were walked (decoded or passed over).
+    pub(crate) wire: usize,
     /// The batch that could not be read, if any; decoding stopped there.
     pub(crate) error: Option<RecordError>,
-    /// Whether the data held only a partial batch larger than the fetch
-    /// asked for (KIP-74 says the broker should send it whole; ask for more).
+    /// Whether the data held only a partial batch larger than the
+    /// partition's fetch size (`partition_max`); KIP-74 says the broker
+    /// should have sent it whole. A partial batch that fits was cut by the
+    /// fetch's total size and comes whole in a later fetch.
     pub(crate) too_small: bool,
     /// With `error`: the offset after the batch that could not be read, as
     /// far as its header tells (a damaged header: none).
     pub(crate) skip_to: Option<i64>,
+}
+
+/// How a partition's data is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    /// Records of aborted transactions are dropped.
+    pub(crate) read_committed: bool,
+    /// How far one batch may expand when decompressed.
+    pub(crate) max_uncompressed: usize,
+    /// The partition's fetch size (`max.partition.fetch.bytes`): a lone
+    /// partial batch larger than it is [`Decoded::too_small`].
+    pub(crate) partition_max: usize,
 }
 
 /// The offset after a batch, read from its header alone (base offset and
@@ -64,9 +84,10 @@ pub(crate) fn decode_partition(
     fetch_offset: i64,
     records: Bytes,
     aborted: &[Aborted],
-    read_committed: bool,
-    max_uncompressed: usize,
+    rules: Rules,
+    allowance: &mut usize,
 ) -> Decoded {
+    let Rules { read_committed, max_uncompressed, partition_max } = rules;
     let mut out = Decoded::default();
     let total = records.len();
     let mut batches = Batches::new(records);
@@ -83,6 +104,11 @@ pub(crate) fn decode_partition(
         // passed over unopened, as Java's consumer does.
         if end.is_some_and(|end| end <= out.next_offset.unwrap_or(fetch_offset)) {
             continue;
+        }
+        if *allowance == 0 {
+            // The rest is fetched again; not a batch too large.
+            out.wire = total - batches.remaining() - batch.as_ref().map_or(0, Bytes::len);
+            return out;
         }
         let (header, body) = match batch.and_then(|bytes| open_batch(bytes, max_uncompressed)) {
             Ok(opened) => opened,
@@ -166,9 +192,14 @@ pub(crate) fn decode_partition(
             return out;
         }
         out.bytes += bytes;
+        *allowance = allowance.saturating_sub(bytes);
         out.next_offset = next_offset;
     }
-    out.too_small = out.next_offset.is_none() && batches.remaining() == total && total > 0;
+    out.wire = total - batches.remaining();
+    out.too_small = out.next_offset.is_none()
+        && batches.remaining() == total
+        && total > 0
+        && batches.partial_size().is_none_or(|size| size > partition_max);
     out
 }
 
@@ -222,10 +253,21 @@ mod tests {
         Arc::from("t")
     }
 
+    fn unlimited() -> usize {
+        usize::MAX
+    }
+
+    impl Rules {
+        fn test(read_committed: bool, max_uncompressed: usize) -> Self {
+            Rules { read_committed, max_uncompressed, partition_max: 1 << 20 }
+        }
+    }
+
     #[test]
     fn skips_records_before_the_fetch_offset_and_advances_past_the_batch() {
         let data = batch(10, &["a", "b", "c", "d"], 0, -1, Compression::Lz4);
-        let decoded = decode_partition(&topic(), 0, 12, Bytes::from(data), &[], false, 1 << 20);
+        let decoded =
+            decode_partition(&topic(), 0, 12, Bytes::from(data), &[], Rules::test(false, 1 << 20), &mut unlimited());
         assert_eq!(values(&decoded), [(12, "c".into()), (13, "d".into())]);
         assert_eq!(decoded.next_offset, Some(14));
         assert!(decoded.error.is_none());
@@ -236,14 +278,29 @@ mod tests {
         let mut data = batch(0, &["a", "b"], 0, -1, Compression::None);
         let second = batch(2, &["c"], 0, -1, Compression::None);
         data.extend_from_slice(&second[..second.len() - 3]);
-        let decoded = decode_partition(&topic(), 0, 0, Bytes::from(data), &[], false, 1 << 20);
+        let decoded =
+            decode_partition(&topic(), 0, 0, Bytes::from(data), &[], Rules::test(false, 1 << 20), &mut unlimited());
         assert_eq!(values(&decoded), [(0, "a".into()), (1, "b".into())]);
         assert_eq!(decoded.next_offset, Some(2));
         assert!(!decoded.too_small);
 
+        // Only part of a batch that fits the partition's fetch size: the
+        // fetch's total cut it; no error, the next fetch gets it.
         let only_partial = batch(0, &["x"], 0, -1, Compression::None);
-        let decoded =
-            decode_partition(&topic(), 0, 0, Bytes::copy_from_slice(&only_partial[..20]), &[], false, 1 << 20);
+        let cut = Bytes::copy_from_slice(&only_partial[..20]);
+        let decoded = decode_partition(&topic(), 0, 0, cut.clone(), &[], Rules::test(false, 1 << 20), &mut unlimited());
+        assert!(decoded.records.is_empty() && !decoded.too_small && decoded.error.is_none());
+        // One larger than the partition's fetch size: the broker should
+        // have sent it whole (KIP-74).
+        let decoded = decode_partition(
+            &topic(),
+            0,
+            0,
+            cut,
+            &[],
+            Rules { partition_max: 40, ..Rules::test(false, 1 << 20) },
+            &mut unlimited(),
+        );
         assert!(decoded.records.is_empty() && decoded.too_small);
     }
 
@@ -257,11 +314,53 @@ mod tests {
         data.extend(marker(4, 8, 1));
         data.extend(batch(5, &["plain"], 0, -1, Compression::None));
         let aborted = [Aborted { producer_id: 7, first_offset: 0 }];
-        let committed = decode_partition(&topic(), 0, 0, Bytes::from(data.clone()), &aborted, true, 1 << 20);
+        let committed = decode_partition(
+            &topic(),
+            0,
+            0,
+            Bytes::from(data.clone()),
+            &aborted,
+            Rules::test(true, 1 << 20),
+            &mut unlimited(),
+        );
         assert_eq!(values(&committed), [(2, "committed".into()), (5, "plain".into())]);
         assert_eq!(committed.next_offset, Some(6));
-        let uncommitted = decode_partition(&topic(), 0, 0, Bytes::from(data), &aborted, false, 1 << 20);
+        let uncommitted = decode_partition(
+            &topic(),
+            0,
+            0,
+            Bytes::from(data),
+            &aborted,
+            Rules::test(false, 1 << 20),
+            &mut unlimited(),
+        );
         assert_eq!(uncommitted.records.len(), 4, "read_uncommitted sees aborted records, never markers");
+    }
+
+    #[test]
+    fn decoding_stops_past_the_allowance_and_leaves_the_rest_for_the_next_fetch() {
+        let mut data = batch(0, &["a", "b"], 0, -1, Compression::Lz4);
+        data.extend(batch(2, &["c"], 0, -1, Compression::Lz4));
+        data.extend(batch(3, &["d"], 0, -1, Compression::Lz4));
+        // Each record counts 65 bytes: the first batch spends 130 of 150,
+        // the second (decoded whole) the rest, the third waits.
+        let mut allowance = 150;
+        let decoded = decode_partition(
+            &topic(),
+            0,
+            0,
+            Bytes::from(data.clone()),
+            &[],
+            Rules::test(false, 1 << 20),
+            &mut allowance,
+        );
+        assert_eq!(values(&decoded), [(0, "a".into()), (1, "b".into()), (2, "c".into())]);
+        assert_eq!((decoded.next_offset, allowance), (Some(3), 0));
+        assert_eq!(decoded.wire, data.len() - batch(3, &["d"], 0, -1, Compression::Lz4).len());
+        assert!(!decoded.too_small && decoded.error.is_none());
+        // A spent allowance decodes nothing, and that is no error either.
+        let decoded = decode_partition(&topic(), 0, 3, Bytes::from(data), &[], Rules::test(false, 1 << 20), &mut 0);
+        assert!(decoded.records.is_empty() && decoded.next_offset.is_none() && !decoded.too_small);
     }
 
     #[test]
@@ -271,7 +370,8 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0x55;
         data.extend(bad);
-        let decoded = decode_partition(&topic(), 0, 0, Bytes::from(data), &[], false, 1 << 20);
+        let decoded =
+            decode_partition(&topic(), 0, 0, Bytes::from(data), &[], Rules::test(false, 1 << 20), &mut unlimited());
         assert_eq!(values(&decoded), [(0, "good".into())]);
         assert!(matches!(decoded.error, Some(RecordError::Crc { base_offset: 1, .. })), "{:?}", decoded.error);
         assert_eq!(decoded.next_offset, Some(1), "the position stays at the bad batch");
@@ -283,7 +383,8 @@ mod tests {
         data[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
         let crc = crc32c::crc32c(&data[21..]);
         data[17..21].copy_from_slice(&crc.to_be_bytes());
-        let decoded = decode_partition(&topic(), 0, 0, Bytes::from(data), &[], false, 1 << 20);
+        let decoded =
+            decode_partition(&topic(), 0, 0, Bytes::from(data), &[], Rules::test(false, 1 << 20), &mut unlimited());
         assert!(matches!(decoded.error, Some(RecordError::Corrupt { .. })), "{:?}", decoded.error);
         assert!(decoded.records.is_empty());
     }
@@ -314,7 +415,7 @@ mod tests {
                     for topic in &response.responses {
                         for p in &topic.partitions {
                             let records = p.records.clone().unwrap_or_default();
-                            let _ = decode_partition(&super::topic(), p.partition_index, 0, records, &[], true, 1 << 16);
+                            let _ = decode_partition(&super::topic(), p.partition_index, 0, records, &[], Rules::test(true, 1 << 16), &mut unlimited());
                         }
                     }
                 }
@@ -339,7 +440,7 @@ mod tests {
                 bytes.truncate(cut % (bytes.len() + 1));
                 bytes.extend(tail);
                 let aborted = [Aborted { producer_id: 7, first_offset: 5 }];
-                let decoded = decode_partition(&topic(), 0, from, Bytes::from(bytes), &aborted, true, 1 << 16);
+                let decoded = decode_partition(&topic(), 0, from, Bytes::from(bytes), &aborted, Rules::test(true, 1 << 16), &mut unlimited());
                 let written = ["a", "bb", "ccc", "dddd", "e"];
                 let mut rest = written.iter();
                 let mut last = i64::MIN;

@@ -4,8 +4,9 @@
 //! ```text
 //!  loop:
 //!    plan (lock): partitions led by this broker with a position, not paused,
-//!                 not in flight; reserve budget bytes (the budget alone
-//!                 bounds how far ahead of the reader a partition gets)
+//!                 not in flight; reserve budget bytes, as many as keep the
+//!                 reader fed for two round trips (`readahead`), within the
+//!                 budget
 //!    fetch:       session request (KIP-227), long poll up to fetch.wait.max.ms
 //!    decode:      outside the lock, in this task (brokers decode in parallel)
 //!    apply (lock): drop what went stale (epoch moved), queue chunks, advance
@@ -15,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
@@ -25,7 +26,8 @@ use tracing::{debug, warn};
 
 use super::Event;
 use super::config::IsolationLevel;
-use super::fetched::{Aborted, Decoded, decode_partition};
+use super::fetched::{Aborted, Decoded, Rules, decode_partition};
+use super::readahead::ReadAhead;
 use super::session::{FetchSession, FetchState};
 use super::state::{Chunk, Item, Lookup, Shared};
 use super::truncation::{self, EpochPosition};
@@ -53,7 +55,10 @@ enum Plan {
     Fetch {
         partitions: BTreeMap<TopicPartition, Fetching>,
         wanted: BTreeMap<TopicPartition, FetchState>,
+        /// Budget bytes reserved.
         granted: usize,
+        /// What the fetch asks for on the wire.
+        fetch_bytes: usize,
     },
 }
 
@@ -62,6 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
     let mut failures = 0u32;
     let mut rotation = 0usize;
     let config = &shared.config;
+    let mut ahead = ReadAhead::new(config.max_partition_fetch_bytes as usize, shared.budget.limit());
     debug!(target: "rill::fetch", broker, "fetcher started");
     while !shared.closed.load(Ordering::Acquire) {
         // Register for wake-ups before looking, so a change in between is seen.
@@ -70,7 +76,7 @@ pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
         tokio::pin!(changed, freed);
         changed.as_mut().enable();
         freed.as_mut().enable();
-        let (partitions, wanted, granted) = match plan(&shared, broker) {
+        let (partitions, wanted, granted, fetch_bytes) = match plan(&shared, broker, &ahead) {
             Plan::Nothing => {
                 // Leadership may move here without an assignment change.
                 tokio::select! {
@@ -86,18 +92,22 @@ pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
                 }
                 continue;
             }
-            Plan::Fetch { partitions, wanted, granted } => (partitions, wanted, granted),
+            Plan::Fetch { partitions, wanted, granted, fetch_bytes } => (partitions, wanted, granted, fetch_bytes),
         };
         rotation = rotation.wrapping_add(1);
-        match fetch(&shared, broker, &mut session, &wanted, granted, rotation).await {
+        let sent = Instant::now();
+        match fetch(&shared, broker, &mut session, &wanted, fetch_bytes, rotation).await {
             Ok(response) => {
                 failures = 0;
-                apply(&shared, &partitions, response, granted);
+                let answered = Instant::now();
+                let (wire, decoded) = apply(&shared, &partitions, response, granted);
+                let round_trip = (decoded > 0).then(|| answered - sent);
+                ahead.sample_answer(answered, shared.budget.taken(), round_trip, wire, decoded);
             }
             Err(error) => {
                 session.on_failure();
                 unmark(&shared, &partitions);
-                shared.budget.release(granted);
+                shared.budget.cancel(granted);
                 let wait = delay(config.client.retry_backoff, config.client.retry_backoff_max, failures, jitter());
                 failures += 1;
                 debug!(target: "rill::fetch", broker, %error, retry_in = ?wait, "fetch failed");
@@ -108,7 +118,7 @@ pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
     }
 }
 
-fn plan(shared: &Shared, broker: i32) -> Plan {
+fn plan(shared: &Shared, broker: i32, ahead: &ReadAhead) -> Plan {
     let metadata = shared.client.cluster().metadata();
     let mut state = shared.lock();
     let mut partitions = BTreeMap::new();
@@ -151,14 +161,16 @@ fn plan(shared: &Shared, broker: i32) -> Plan {
     if partitions.is_empty() {
         return Plan::Nothing;
     }
-    let granted = shared.budget.reserve(shared.config.fetch_max_bytes as usize);
+    let ask = ahead.ask(shared.budget.buffered());
+    let granted = if ask == 0 { 0 } else { shared.budget.reserve(ask) };
     if granted == 0 {
         return Plan::NoBudget;
     }
+    let fetch_bytes = ahead.fetch_bytes(granted, shared.config.fetch_max_bytes as usize);
     for tp in partitions.keys() {
         state.partitions.get_mut(tp).expect("listed above").in_flight = true;
     }
-    Plan::Fetch { partitions, wanted, granted }
+    Plan::Fetch { partitions, wanted, granted, fetch_bytes }
 }
 
 /// The partitions of a fetch in the order they go out: the broker fills
@@ -191,7 +203,7 @@ async fn fetch(
     broker: i32,
     session: &mut FetchSession,
     wanted: &BTreeMap<TopicPartition, FetchState>,
-    granted: usize,
+    fetch_bytes: usize,
     rotation: usize,
 ) -> Result<FetchResponse, Error> {
     let config = &shared.config;
@@ -208,7 +220,11 @@ async fn fetch(
         let partition = FetchPartition::default()
             .with_partition(tp.partition)
             .with_fetch_offset(state.offset)
-            .with_partition_max_bytes(state.max_bytes.min(granted as i32))
+            // A batch larger than this comes whole when its partition is
+            // the first with data (KIP-74), cut otherwise; a cut batch
+            // within max.partition.fetch.bytes is fetched again, not an
+            // error (`decode_partition`).
+            .with_partition_max_bytes(state.max_bytes.min(fetch_bytes as i32))
             .with_current_leader_epoch(if version >= 9 { state.current_leader_epoch } else { -1 })
             // The broker checks its log agrees with what was read (KIP-320).
             .with_last_fetched_epoch(if version >= 12 { state.last_fetched_epoch } else { -1 });
@@ -226,7 +242,7 @@ async fn fetch(
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(config.fetch_max_wait.as_millis() as i32)
         .with_min_bytes(config.fetch_min_bytes)
-        .with_max_bytes(granted as i32)
+        .with_max_bytes(fetch_bytes as i32)
         .with_isolation_level(match config.isolation {
             IsolationLevel::ReadUncommitted => 0,
             IsolationLevel::ReadCommitted => 1,
@@ -290,12 +306,22 @@ fn readable_end(read_committed: bool, high_watermark: i64, last_stable_offset: i
     if read_committed && last_stable_offset >= 0 { last_stable_offset.min(high_watermark) } else { high_watermark }
 }
 
-fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, response: FetchResponse, granted: usize) {
+/// Applies an answer; returns the bytes of record data it decoded, and
+/// the budget bytes of the records they held.
+fn apply(
+    shared: &Shared,
+    partitions: &BTreeMap<TopicPartition, Fetching>,
+    response: FetchResponse,
+    granted: usize,
+) -> (usize, usize) {
     let config = &shared.config;
     let read_committed = config.isolation == IsolationLevel::ReadCommitted;
     // Decode outside the lock. Partitions absent from an incremental
     // answer had nothing new.
     let mut answers: BTreeMap<TopicPartition, Answer> = BTreeMap::new();
+    let mut wire = 0;
+    // Decode no more than was reserved (and one batch more).
+    let mut allowance = granted;
     for topic in response.responses {
         for data in topic.partitions {
             let tp = TopicPartition::new(topic.topic.0.as_str(), data.partition_index);
@@ -319,12 +345,17 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
                         fetching.offset,
                         records,
                         &aborted,
-                        read_committed,
-                        config.queued_max_bytes,
+                        Rules {
+                            read_committed,
+                            max_uncompressed: config.queued_max_bytes,
+                            partition_max: config.max_partition_fetch_bytes as usize,
+                        },
+                        &mut allowance,
                     )
                 }
                 _ => Decoded::default(),
             };
+            wire += decoded.wire;
             let end = readable_end(read_committed, data.high_watermark, data.last_stable_offset);
             answers.insert(tp, Answer { error, high_watermark: data.high_watermark, end, diverging, decoded });
         }
@@ -442,6 +473,7 @@ fn apply(shared: &Shared, partitions: &BTreeMap<TopicPartition, Fetching>, respo
     if shared.budget.used() > config.queued_max_bytes {
         warn!(target: "rill::fetch", used = shared.budget.used(), "prefetch over budget after decompression");
     }
+    (wire, total)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! - `state`: the assignment, positions, queue and budget, shared.
 //! - `fetched` (pure): a partition's fetched bytes to records.
 //! - `session` (pure): fetch sessions (KIP-227).
+//! - `readahead` (pure): how far ahead of the reader a fetcher runs.
 //! - `fetcher`: the per-broker fetch task.
 //! - `coordinator`: the group coordinator; committed offsets.
 //! - `engine`: the background task.
@@ -23,6 +24,7 @@ pub(crate) mod engine;
 pub(crate) mod fetched;
 pub(crate) mod fetcher;
 pub(crate) mod group;
+pub(crate) mod readahead;
 pub mod record;
 pub(crate) mod session;
 pub(crate) mod state;

@@ -25,14 +25,41 @@ use crate::error::Error;
 /// Budget for fetched-but-unread data, in bytes, over all partitions.
 #[derive(Debug)]
 pub(crate) struct Budget {
+    /// Bytes buffered and reserved by fetches in flight.
     used: AtomicUsize,
+    /// Of `used`, what fetches in flight reserved.
+    in_flight: AtomicUsize,
     limit: usize,
+    /// Bytes of chunks dropped so far: what the reader has taken.
+    taken: AtomicU64,
     pub(crate) freed: Notify,
 }
 
 impl Budget {
     pub(crate) fn new(limit: usize) -> Self {
-        Budget { used: AtomicUsize::new(0), limit, freed: Notify::new() }
+        Budget {
+            used: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            limit,
+            taken: AtomicU64::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Bytes fetched and not yet read (fetches in flight not counted: a
+    /// long poll's reservation says nothing of how far ahead the reader is).
+    pub(crate) fn buffered(&self) -> usize {
+        self.used().saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    /// The bound on what may be buffered.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes of chunks dropped so far (read, or dropped as stale).
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
     }
 
     /// Reserves up to `want` bytes; returns what was granted (0 when full).
@@ -44,7 +71,10 @@ impl Budget {
                 return 0;
             }
             match self.used.compare_exchange(used, used + grant, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return grant,
+                Ok(_) => {
+                    self.in_flight.fetch_add(grant, Ordering::AcqRel);
+                    return grant;
+                }
                 Err(now) => used = now,
             }
         }
@@ -54,11 +84,18 @@ impl Budget {
     /// take more than the fetch asked for; the overshoot is bounded by one
     /// fetch per broker).
     pub(crate) fn settle(&self, granted: usize, actual: usize) {
+        self.in_flight.fetch_sub(granted, Ordering::AcqRel);
         if actual >= granted {
             self.used.fetch_add(actual - granted, Ordering::AcqRel);
         } else {
             self.release(granted - actual);
         }
+    }
+
+    /// Gives back a grant whose fetch failed.
+    pub(crate) fn cancel(&self, granted: usize) {
+        self.in_flight.fetch_sub(granted, Ordering::AcqRel);
+        self.release(granted);
     }
 
     pub(crate) fn release(&self, bytes: usize) {
@@ -135,6 +172,7 @@ impl Progress {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        self.budget.taken.fetch_add(self.bytes as u64, Ordering::AcqRel);
         self.budget.release(self.bytes);
     }
 }

@@ -154,11 +154,11 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
             }
             Ok(input.to_vec())
         }
-        Compression::Gzip => read_bounded(codec, flate2::read::GzDecoder::new(input), limit),
-        Compression::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(input), limit),
+        Compression::Gzip => read_bounded(codec, flate2::read::GzDecoder::new(input), input.len(), limit),
+        Compression::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(input), input.len(), limit),
         Compression::Zstd => {
             let decoder = ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| corrupt(&e))?;
-            read_bounded(codec, decoder, limit)
+            read_bounded(codec, decoder, input.len(), limit)
         }
         Compression::Snappy => {
             if input.len() >= 16 && input[..8] == XERIAL_MAGIC {
@@ -176,6 +176,7 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
                     snappy_block(block, limit, &mut out).map_err(|e| e.with(codec))?;
                     rest = &tail[block.len()..];
                 }
+                trim(&mut out);
                 Ok(out)
             } else {
                 let mut out = Vec::new();
@@ -215,8 +216,13 @@ fn snappy_block(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Blo
     Ok(())
 }
 
-fn read_bounded(codec: Compression, reader: impl Read, limit: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::new();
+/// Reads a decoder to its end, at most `limit` bytes. The output starts
+/// with room for four times the compressed size, and is trimmed to what
+/// it holds: the fetched records are slices of it and keep all of it
+/// alive until the last is dropped, so growth's slack (up to half of it)
+/// would be held, uncounted, for as long as the records are.
+fn read_bounded(codec: Compression, reader: impl Read, compressed: usize, limit: usize) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(compressed.saturating_mul(4).min(limit));
     let read = reader
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
@@ -224,7 +230,15 @@ fn read_bounded(codec: Compression, reader: impl Read, limit: usize) -> Result<V
     if read > limit {
         return Err(CodecError::TooLarge { codec, limit });
     }
+    trim(&mut out);
     Ok(out)
+}
+
+/// Gives back a buffer's spare room when it is more than an eighth.
+fn trim(out: &mut Vec<u8>) {
+    if out.capacity() - out.len() > out.len() / 8 {
+        out.shrink_to_fit();
+    }
 }
 
 #[cfg(test)]

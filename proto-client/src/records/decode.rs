@@ -152,6 +152,13 @@ impl Batches {
     pub fn remaining(&self) -> usize {
         self.rest.len()
     }
+
+    /// The whole size of the partial batch left at the end, as its header
+    /// says, when the header is there.
+    pub fn partial_size(&self) -> Option<usize> {
+        let length = i32::from_be_bytes(self.rest.get(8..12)?.try_into().ok()?);
+        usize::try_from(length).ok().map(|length| 12 + length)
+    }
 }
 
 impl Iterator for Batches {

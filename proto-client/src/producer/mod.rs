@@ -22,6 +22,10 @@ pub mod delivery;
 pub mod partitioner;
 pub(crate) mod sender;
 pub(crate) mod sequencer;
+// The transactional producer's pure state machine; the driver that runs it
+// (and the public API over it) is still to come (#14).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod transaction;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -237,7 +237,9 @@ impl ProducerConfig {
     }
 
     /// Records and bytes the producer holds before `send` waits and
-    /// `try_send` returns `QueueFull`. Defaults 100,000 records and 64 MiB.
+    /// `try_send` returns `QueueFull`. Defaults 100,000 records and 64 MiB,
+    /// whatever the partition count; besides, about 2-4 KiB per partition
+    /// written to (metadata and the partition's queue).
     pub fn buffer_limits(mut self, records: usize, bytes: usize) -> Self {
         self.buffer_records = records;
         self.buffer_bytes = bytes;

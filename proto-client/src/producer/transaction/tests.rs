@@ -33,6 +33,17 @@ fn ready(now: Instant) -> Transactions {
     txn
 }
 
+/// A transaction begun, with partition 0 added.
+fn writing_to_partition_0(now: Instant) -> Transactions {
+    let mut txn = ready(now);
+    txn.begin().unwrap();
+    txn.record_to(&tp(0)).unwrap();
+    assert_eq!(txn.next(now, false), Some(Call::AddPartitions { producer: (7, 0), partitions: vec![tp(0)] }));
+    txn.on_answer(now, Answer::Partitions(vec![(tp(0), None)]));
+    assert!(txn.may_send(&tp(0)));
+    txn
+}
+
 #[test]
 fn partitions_are_added_together_before_any_batch_goes_to_them() {
     let now = Instant::now();
@@ -55,11 +66,7 @@ fn partitions_are_added_together_before_any_batch_goes_to_them() {
 #[test]
 fn commit_waits_for_every_batch_then_ends_the_transaction() {
     let now = Instant::now();
-    let mut txn = ready(now);
-    txn.begin().unwrap();
-    txn.record_to(&tp(0)).unwrap();
-    txn.next(now, false).unwrap();
-    txn.on_answer(now, Answer::Partitions(vec![(tp(0), None)]));
+    let mut txn = writing_to_partition_0(now);
     txn.commit().unwrap();
     assert_eq!(txn.next(now, false), None, "a batch is still unanswered");
     assert_eq!(txn.next(now, true), Some(Call::EndTxn { producer: (7, 0), commit: true }));
@@ -108,11 +115,7 @@ fn offsets_go_after_the_partitions_to_the_group_coordinator() {
 #[test]
 fn a_failed_batch_makes_the_transaction_abortable_and_commit_refused() {
     let now = Instant::now();
-    let mut txn = ready(now);
-    txn.begin().unwrap();
-    txn.record_to(&tp(0)).unwrap();
-    txn.next(now, false).unwrap();
-    txn.on_answer(now, Answer::Code(None));
+    let mut txn = writing_to_partition_0(now);
     txn.on_produce_error(Some(ResponseError::MessageTooLarge), "out-0: too large".into());
     assert_eq!(txn.state(), TxnState::AbortableError);
     assert!(matches!(txn.commit(), Err(TxnError::Abortable(_))));
@@ -128,11 +131,7 @@ fn a_failed_batch_makes_the_transaction_abortable_and_commit_refused() {
 #[test]
 fn a_failure_while_committing_fails_the_commit() {
     let now = Instant::now();
-    let mut txn = ready(now);
-    txn.begin().unwrap();
-    txn.record_to(&tp(0)).unwrap();
-    txn.next(now, false).unwrap();
-    txn.on_answer(now, Answer::Code(None));
+    let mut txn = writing_to_partition_0(now);
     txn.commit().unwrap();
     txn.on_produce_error(Some(ResponseError::NotEnoughReplicas), "out-0".into());
     assert!(matches!(txn.take_done()[..], [(Done::Committed, Err(TxnError::Abortable(_)))]));
@@ -144,11 +143,7 @@ fn a_failure_while_committing_fails_the_commit() {
 #[test]
 fn an_unknown_producer_id_aborts_then_bumps_the_epoch() {
     let now = Instant::now();
-    let mut txn = ready(now);
-    txn.begin().unwrap();
-    txn.record_to(&tp(0)).unwrap();
-    txn.next(now, false).unwrap();
-    txn.on_answer(now, Answer::Code(None));
+    let mut txn = writing_to_partition_0(now);
     txn.on_produce_error(Some(ResponseError::UnknownProducerId), "out-0".into());
     txn.abort().unwrap();
     assert_eq!(txn.next(now, true), Some(Call::EndTxn { producer: (7, 0), commit: false }));
@@ -195,11 +190,7 @@ fn a_fenced_producer_never_asks_anything_again() {
 #[test]
 fn a_moved_coordinator_is_found_again_and_a_lost_answer_asked_again_after_a_backoff() {
     let now = Instant::now();
-    let mut txn = ready(now);
-    txn.begin().unwrap();
-    txn.record_to(&tp(0)).unwrap();
-    txn.next(now, false).unwrap();
-    txn.on_answer(now, Answer::Code(None));
+    let mut txn = writing_to_partition_0(now);
     txn.commit().unwrap();
     let end = Call::EndTxn { producer: (7, 0), commit: true };
     assert_eq!(txn.next(now, true), Some(end.clone()));

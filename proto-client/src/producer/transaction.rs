@@ -25,20 +25,32 @@
 //! - EndTxn goes only when every batch of the transaction was answered
 //!   (`produce_idle`) and every add and offset commit was answered. A
 //!   transaction that added nothing ends without a request.
-//! - Errors: retriable ones (a coordinator loading, moved or busy,
-//!   CONCURRENT_TRANSACTIONS) are retried with backoff inside a call;
-//!   abortable ones (a produce failure, an unauthorized topic or group, a
-//!   group generation that moved on) leave the transaction to be aborted;
-//!   fatal ones (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH,
+//! - Coordinator errors ([`txn_action`]): retriable ones (a coordinator
+//!   loading, moved or busy, CONCURRENT_TRANSACTIONS, any retriable code)
+//!   are retried with backoff inside a call; abortable ones (an
+//!   unauthorized topic or group, a group generation that moved on,
+//!   TRANSACTION_ABORTABLE) leave the transaction to be aborted; fatal ones
+//!   (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, INVALID_PRODUCER_ID_MAPPING,
 //!   TRANSACTIONAL_ID_AUTHORIZATION_FAILED, INVALID_TXN_STATE, an unknown
 //!   code) end the producer: nothing is sent again.
-//! - UNKNOWN_PRODUCER_ID, OUT_OF_ORDER_SEQUENCE_NUMBER and
-//!   INVALID_PRODUCER_ID_MAPPING are abortable with an epoch bump (KIP-360):
-//!   after the abort, InitProducerId with the current id and epoch gives
-//!   the next epoch and sequences restart. A broker without InitProducerId
-//!   v3 cannot bump: those errors are fatal there.
+//! - A failed batch ([`produce_action`]) is fatal only when the producer is
+//!   fenced or unauthorized; anything else (INVALID_PRODUCER_EPOCH from a
+//!   transaction the coordinator timed out included) is abortable, with an
+//!   epoch bump (KIP-360) where the broker can bump and the transaction is
+//!   not already ending: after the abort, InitProducerId with the current
+//!   id and epoch gives the next epoch, and late batches of the aborted
+//!   transaction are fenced.
+//! - UNKNOWN_PRODUCER_ID from the coordinator is abortable with a bump
+//!   (fatal where the broker cannot bump); on EndTxn(abort) the bump
+//!   follows at once.
 //! - An answer that never came (timeout, cut connection) is retried as it
-//!   was: each call is idempotent at the coordinator for the same epoch.
+//!   was: each call is idempotent at the coordinator for the same epoch. An
+//!   add whose answer was lost, or still in flight, when the transaction is
+//!   aborted is sent again before EndTxn(abort): the coordinator may have
+//!   started the transaction, and one left open is aborted at
+//!   `transaction.timeout.ms` with the epoch bumped (fencing this producer).
+//! - Once aborting, no batch goes out that was not already in flight (the
+//!   driver fails the rest unsent).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -163,37 +175,47 @@ pub(crate) enum TxnAction {
     Fatal,
 }
 
-/// The meaning of a transactional call's error code, as Java's handlers.
+/// The meaning of a coordinator's error code, as Java's handlers.
 pub(crate) fn txn_action(code: ResponseError) -> TxnAction {
     use ResponseError as E;
     match code {
         E::CoordinatorNotAvailable | E::NotCoordinator => TxnAction::FindCoordinator,
-        E::CoordinatorLoadInProgress
-        | E::ConcurrentTransactions
-        | E::UnknownTopicOrPartition
-        | E::RequestTimedOut
-        | E::NetworkException => TxnAction::Retry,
-        E::UnknownProducerId | E::OutOfOrderSequenceNumber | E::InvalidProducerIdMapping => {
-            TxnAction::Abortable { bump: true }
-        }
+        E::UnknownProducerId => TxnAction::Abortable { bump: true },
+        E::ProducerFenced
+        | E::InvalidProducerEpoch
+        | E::InvalidProducerIdMapping
+        | E::TransactionalIdAuthorizationFailed
+        | E::ClusterAuthorizationFailed
+        | E::InvalidTxnState
+        | E::UnsupportedVersion => TxnAction::Fatal,
         E::TopicAuthorizationFailed
         | E::GroupAuthorizationFailed
         | E::OperationNotAttempted
         | E::TransactionAbortable
         | E::UnknownMemberId
         | E::IllegalGeneration
-        | E::FencedInstanceId
-        | E::RecordListTooLarge
-        | E::MessageTooLarge
-        | E::InvalidRecord
-        | E::CorruptMessage
-        | E::NotEnoughReplicas
-        | E::NotEnoughReplicasAfterAppend
-        | E::NotLeaderOrFollower
-        | E::LeaderNotAvailable
-        | E::InvalidTimestamp => TxnAction::Abortable { bump: false },
+        | E::FencedInstanceId => TxnAction::Abortable { bump: false },
+        code if code.is_retriable() => TxnAction::Retry,
+        E::ConcurrentTransactions | E::CoordinatorLoadInProgress | E::UnknownTopicOrPartition => TxnAction::Retry,
         _ => TxnAction::Fatal,
     }
+}
+
+/// Whether a failed batch (`None`: failed without an answer, as a delivery
+/// timeout) ends the producer (`true`) or only its transaction, as Java's
+/// `maybeTransitionToErrorState`.
+pub(crate) fn produce_is_fatal(code: Option<ResponseError>) -> bool {
+    use ResponseError as E;
+    matches!(
+        code,
+        Some(
+            E::ProducerFenced
+                | E::TransactionalIdAuthorizationFailed
+                | E::ClusterAuthorizationFailed
+                | E::UnsupportedVersion
+                | E::InvalidProducerIdMapping
+        )
+    )
 }
 
 /// The manager's settings.
@@ -214,6 +236,12 @@ struct PendingOffsets {
     offsets: Vec<(TopicPartition, i64, Option<i32>)>,
     /// AddOffsetsToTxn was answered.
     added: bool,
+    /// AddOffsetsToTxn was sent and its answer lost: the coordinator may
+    /// have the group in the transaction.
+    in_doubt: bool,
+    /// The offsets are still to be committed (false once the transaction
+    /// aborts: only an add in doubt is sent again).
+    commit: bool,
 }
 
 #[derive(Debug)]
@@ -223,9 +251,11 @@ pub(crate) struct Transactions {
     producer: Option<(i64, i16)>,
     txn_coordinator: Option<i32>,
     group_coordinators: BTreeMap<String, i32>,
-    /// Partitions in this transaction, and those still to be added.
+    /// Partitions in this transaction, those still to be added, and those
+    /// sent in an AddPartitionsToTxn whose answer was lost.
     added: BTreeSet<TopicPartition>,
     to_add: BTreeSet<TopicPartition>,
+    in_doubt: BTreeSet<TopicPartition>,
     offsets: Option<PendingOffsets>,
     /// Anything was added to the coordinator's transaction (partitions or
     /// offsets): ending it takes an EndTxn.
@@ -252,6 +282,7 @@ impl Transactions {
             group_coordinators: BTreeMap::new(),
             added: BTreeSet::new(),
             to_add: BTreeSet::new(),
+            in_doubt: BTreeSet::new(),
             offsets: None,
             started: false,
             bump_required: false,
@@ -310,10 +341,6 @@ impl Transactions {
             return Err(self.refuse("begin a transaction"));
         }
         self.state = TxnState::InTransaction;
-        self.added.clear();
-        self.to_add.clear();
-        self.offsets = None;
-        self.started = false;
         Ok(())
     }
 
@@ -328,10 +355,10 @@ impl Transactions {
         Ok(())
     }
 
-    /// Whether a batch of `partition` may be sent: it was added.
+    /// Whether a batch of `partition` may be sent: it was added, and the
+    /// transaction is not aborting.
     pub(crate) fn may_send(&self, partition: &TopicPartition) -> bool {
-        self.added.contains(partition)
-            && matches!(self.state, TxnState::InTransaction | TxnState::Committing | TxnState::Aborting)
+        self.added.contains(partition) && matches!(self.state, TxnState::InTransaction | TxnState::Committing)
     }
 
     /// `send_offsets_to_transaction`: the consumer's offsets commit with
@@ -347,7 +374,7 @@ impl Transactions {
         if self.offsets.is_some() {
             return Err(TxnError::State("offsets are already being sent in this transaction".into()));
         }
-        self.offsets = Some(PendingOffsets { group, offsets, added: false });
+        self.offsets = Some(PendingOffsets { group, offsets, added: false, in_doubt: false, commit: true });
         Ok(())
     }
 
@@ -360,27 +387,51 @@ impl Transactions {
         Ok(())
     }
 
-    /// `abort_transaction`. Batches not yet sent are the driver's to fail.
+    /// `abort_transaction`. Batches not yet sent are the driver's to fail;
+    /// those in flight are waited for.
     pub(crate) fn abort(&mut self) -> Result<(), TxnError> {
         if !matches!(self.state, TxnState::InTransaction | TxnState::AbortableError) {
             return Err(self.refuse("abort"));
         }
+        if self.state == TxnState::InTransaction {
+            self.notify_offsets(TxnError::State("the transaction was aborted".into()));
+        }
         self.state = TxnState::Aborting;
-        self.to_add.clear();
-        self.offsets = None;
         self.error = None;
+        // Only what the coordinator may have without our knowing is sent
+        // again: the adds in flight or lost.
+        let in_flight: BTreeSet<TopicPartition> = match &self.in_flight {
+            Some(Call::AddPartitions { partitions, .. }) => partitions.iter().cloned().collect(),
+            _ => BTreeSet::new(),
+        };
+        let offsets_in_flight = matches!(self.in_flight, Some(Call::AddOffsets { .. }));
+        self.to_add.retain(|p| in_flight.contains(p) || self.in_doubt.contains(p));
+        if let Some(pending) = &mut self.offsets {
+            pending.commit = false;
+            if pending.added || !(pending.in_doubt || offsets_in_flight) {
+                self.offsets = None;
+            }
+        }
         Ok(())
+    }
+
+    /// Fails the waiter of offsets not yet committed.
+    fn notify_offsets(&mut self, error: TxnError) {
+        if self.offsets.as_ref().is_some_and(|o| o.commit) {
+            self.done.push((Done::OffsetsSent, Err(error)));
+        }
     }
 
     /// A batch of the transaction failed with `code` (or could not be
     /// written at all: `None`).
     pub(crate) fn on_produce_error(&mut self, code: Option<ResponseError>, reason: String) {
-        match code.map_or(TxnAction::Abortable { bump: false }, txn_action) {
-            TxnAction::Fatal => self.fail(TxnError::Fatal(reason)),
-            TxnAction::Abortable { bump } => self.abortable(bump, reason),
-            // The sequencer retries those; one that reaches here failed.
-            TxnAction::Retry | TxnAction::FindCoordinator => self.abortable(false, reason),
+        if produce_is_fatal(code) {
+            return self.fail(TxnError::Fatal(reason));
         }
+        // A bump fences this transaction's late batches; not when it is
+        // already ending (as Java).
+        let bump = self.config.can_bump && !matches!(self.state, TxnState::Committing | TxnState::Aborting);
+        self.abortable(bump, reason);
     }
 
     fn fail(&mut self, error: TxnError) {
@@ -403,12 +454,11 @@ impl Transactions {
                 if self.state == TxnState::Committing {
                     self.done.push((Done::Committed, Err(error.clone())));
                 }
-                if self.offsets.is_some() {
-                    self.done.push((Done::OffsetsSent, Err(error.clone())));
+                self.notify_offsets(error.clone());
+                if let Some(pending) = &mut self.offsets {
+                    pending.commit = false;
                 }
                 self.state = TxnState::AbortableError;
-                self.to_add.clear();
-                self.offsets = None;
                 self.error = Some(error);
             }
             // Aborting anyway; a failure while initializing is fatal.
@@ -481,6 +531,14 @@ impl Transactions {
             }
             TxnState::Aborting => {
                 let producer = self.producer?;
+                // Adds the coordinator may have applied unseen, again.
+                if !self.to_add.is_empty() {
+                    let partitions = self.to_add.iter().cloned().collect();
+                    return Some(Call::AddPartitions { producer, partitions });
+                }
+                if let Some(pending) = &self.offsets {
+                    return Some(Call::AddOffsets { producer, group_id: pending.group.group_id.clone() });
+                }
                 if !produce_idle {
                     return None;
                 }
@@ -501,6 +559,7 @@ impl Transactions {
         self.state = TxnState::Ready;
         self.added.clear();
         self.to_add.clear();
+        self.in_doubt.clear();
         self.offsets = None;
         self.started = false;
         self.error = None;
@@ -530,7 +589,17 @@ impl Transactions {
         }
         let code = match &answer {
             Answer::Lost => {
-                // Asked again as it was: idempotent for the same epoch.
+                // Asked again as it was: idempotent for the same epoch. An
+                // add may have been applied.
+                match &call {
+                    Call::AddPartitions { partitions, .. } => self.in_doubt.extend(partitions.iter().cloned()),
+                    Call::AddOffsets { .. } => {
+                        if let Some(pending) = &mut self.offsets {
+                            pending.in_doubt = true;
+                        }
+                    }
+                    _ => {}
+                }
                 self.forget_coordinator(&call);
                 self.backoff(now);
                 return;
@@ -576,13 +645,17 @@ impl Transactions {
                 for (partition, code) in codes {
                     match code.map(txn_action) {
                         None => {
-                            if partitions.contains(&partition) && self.to_add.remove(&partition) {
-                                self.added.insert(partition);
-                                self.started = true;
+                            if partitions.contains(&partition) {
+                                self.confirm_added(partition);
                             }
                         }
-                        Some(TxnAction::Retry | TxnAction::FindCoordinator) => retry = true,
+                        Some(TxnAction::Retry) => retry = true,
+                        Some(TxnAction::FindCoordinator) => {
+                            self.txn_coordinator = None;
+                            retry = true;
+                        }
                         Some(TxnAction::Abortable { bump }) => {
+                            self.refused(&partition);
                             return self.abortable(bump, format!("adding {partition}: {code:?}"));
                         }
                         Some(TxnAction::Fatal) => {
@@ -596,33 +669,39 @@ impl Transactions {
             }
             (Call::AddPartitions { partitions, .. }, Answer::Code(None)) => {
                 for partition in partitions {
-                    if self.to_add.remove(&partition) {
-                        self.added.insert(partition);
-                    }
+                    self.confirm_added(partition);
                 }
-                self.started = true;
             }
             (Call::AddOffsets { .. }, Answer::Code(None)) => {
+                // The coordinator has the group in its transaction, whatever
+                // happened here meanwhile.
+                self.started = true;
                 if let Some(pending) = &mut self.offsets {
                     pending.added = true;
-                    self.started = true;
+                    pending.in_doubt = false;
+                    if !pending.commit {
+                        self.offsets = None;
+                    }
                 }
+            }
+            (Call::TxnOffsetCommit { .. }, _) if !self.offsets.as_ref().is_some_and(|o| o.commit) => {
+                // The transaction ended meanwhile; its waiter was told.
             }
             (Call::TxnOffsetCommit { group, .. }, Answer::Partitions(codes)) => {
                 let mut retry = false;
                 for (partition, code) in codes {
-                    match code.map(txn_action) {
+                    match code.map(|code| (code, txn_action(code))) {
                         None => {}
-                        Some(TxnAction::Retry) => retry = true,
-                        Some(TxnAction::FindCoordinator) => {
+                        Some((ResponseError::RequestTimedOut, _) | (_, TxnAction::FindCoordinator)) => {
                             self.group_coordinators.remove(&group.group_id);
                             retry = true;
                         }
-                        Some(TxnAction::Abortable { bump }) => {
-                            return self.abortable(bump, format!("committing {partition}: {code:?}"));
+                        Some((_, TxnAction::Retry)) => retry = true,
+                        Some((code, TxnAction::Abortable { bump })) => {
+                            return self.abortable(bump, format!("committing {partition}: {code}"));
                         }
-                        Some(TxnAction::Fatal) => {
-                            return self.fail(TxnError::Fatal(format!("committing {partition}: {code:?}")));
+                        Some((code, TxnAction::Fatal)) => {
+                            return self.fail(TxnError::Fatal(format!("committing {partition}: {code}")));
                         }
                     }
                 }
@@ -653,12 +732,58 @@ impl Transactions {
     }
 
     fn call_abortable(&mut self, call: &Call, bump: bool, code: ResponseError) {
-        if matches!(call, Call::InitProducerId { .. } | Call::EndTxn { .. }) {
-            // Nothing to abort into: the coordinator refused the end or the
-            // id itself.
-            return self.fail(TxnError::Fatal(format!("{}: {code}", name(call))));
+        let reason = format!("{}: {code}", name(call));
+        match call {
+            // Nothing to abort into: the coordinator refused the id itself.
+            Call::InitProducerId { .. } => self.fail(TxnError::Fatal(reason)),
+            Call::EndTxn { commit: false, .. } => {
+                if bump && self.config.can_bump {
+                    // The coordinator does not know this producer's
+                    // transaction any more: bump, and the abort is done.
+                    self.started = false;
+                    self.bump_required = true;
+                } else if bump {
+                    self.fail(TxnError::Fatal(format!("{reason} (the broker cannot bump the epoch)")));
+                } else {
+                    let error = TxnError::Abortable(reason);
+                    self.done.push((Done::Aborted, Err(error.clone())));
+                    self.state = TxnState::AbortableError;
+                    self.error = Some(error);
+                }
+            }
+            Call::AddPartitions { partitions, .. } => {
+                for partition in partitions {
+                    self.refused(partition);
+                }
+                self.abortable(bump, reason);
+            }
+            Call::AddOffsets { .. } => {
+                if self.state == TxnState::Aborting {
+                    // Refused: the coordinator does not have the group.
+                    self.offsets = None;
+                }
+                self.abortable(bump, reason);
+            }
+            _ => self.abortable(bump, reason),
         }
-        self.abortable(bump, format!("{}: {code}", name(call)));
+    }
+
+    /// The coordinator refused to add `partition`: nothing to send again.
+    fn refused(&mut self, partition: &TopicPartition) {
+        if self.state == TxnState::Aborting {
+            self.to_add.remove(partition);
+        }
+        self.in_doubt.remove(partition);
+    }
+
+    /// `partition` is in the coordinator's transaction.
+    fn confirm_added(&mut self, partition: TopicPartition) {
+        self.started = true;
+        self.in_doubt.remove(&partition);
+        self.to_add.remove(&partition);
+        if matches!(self.state, TxnState::InTransaction | TxnState::Committing) {
+            self.added.insert(partition);
+        }
     }
 
     fn forget_coordinator(&mut self, call: &Call) {

@@ -121,11 +121,17 @@ fn a_failed_batch_makes_the_transaction_abortable_and_commit_refused() {
     assert!(matches!(txn.commit(), Err(TxnError::Abortable(_))));
     assert!(matches!(txn.record_to(&tp(1)), Err(TxnError::Abortable(_))));
     txn.abort().unwrap();
+    assert!(!txn.may_send(&tp(0)), "nothing more goes out once aborting");
     assert_eq!(txn.next(now, false), None, "the abort waits for batches in flight");
     assert_eq!(txn.next(now, true), Some(Call::EndTxn { producer: (7, 0), commit: false }));
     txn.on_answer(now, Answer::Code(None));
+    // Every failed batch bumps the epoch where the broker can: a late
+    // batch of the aborted transaction is fenced.
+    assert!(txn.take_done().is_empty());
+    assert_eq!(txn.next(now, true), Some(Call::InitProducerId { timeout_ms: 60_000, current: Some((7, 0)) }));
+    txn.on_answer(now, Answer::Producer { id: 7, epoch: 1 });
     assert_eq!(txn.take_done(), [(Done::Aborted, Ok(()))]);
-    assert_eq!((txn.state(), txn.producer()), (TxnState::Ready, Some((7, 0))));
+    assert_eq!((txn.state(), txn.producer()), (TxnState::Ready, Some((7, 1))));
 }
 
 #[test]
@@ -155,19 +161,127 @@ fn an_unknown_producer_id_aborts_then_bumps_the_epoch() {
     assert_eq!((txn.state(), txn.producer()), (TxnState::Ready, Some((7, 1))));
 }
 
-#[test]
-fn without_epoch_bumps_an_unknown_producer_id_is_fatal() {
-    let now = Instant::now();
+/// A manager whose broker cannot bump epochs (InitProducerId below v3).
+fn ready_without_bumps(now: Instant) -> Transactions {
     let mut txn = Transactions::new(config(false));
     txn.init().unwrap();
     txn.next(now, true);
     txn.on_answer(now, Answer::Found(1));
     txn.next(now, true);
     txn.on_answer(now, Answer::Producer { id: 7, epoch: 0 });
+    assert_eq!(txn.take_done(), [(Done::Initialized, Ok(()))]);
+    txn
+}
+
+#[test]
+fn without_epoch_bumps_a_failed_batch_aborts_and_the_coordinators_unknown_producer_id_is_fatal() {
+    let now = Instant::now();
+    let mut txn = ready_without_bumps(now);
     txn.begin().unwrap();
     txn.on_produce_error(Some(ResponseError::OutOfOrderSequenceNumber), "out-0".into());
+    assert_eq!(txn.state(), TxnState::AbortableError);
+    txn.abort().unwrap();
+    assert_eq!(txn.next(now, true), None);
+    assert_eq!(txn.take_done(), [(Done::Aborted, Ok(()))], "nothing added, no EndTxn, no bump");
+
+    txn.begin().unwrap();
+    txn.record_to(&tp(0)).unwrap();
+    txn.next(now, false).unwrap();
+    txn.on_answer(now, Answer::Code(Some(ResponseError::UnknownProducerId)));
     assert_eq!(txn.state(), TxnState::Fatal);
     assert!(matches!(txn.error(), Some(TxnError::Fatal(reason)) if reason.contains("cannot bump")));
+}
+
+#[test]
+fn a_transaction_the_coordinator_timed_out_is_abortable_not_fatal() {
+    // The coordinator aborted it and bumped the epoch; the next batch is
+    // refused with INVALID_PRODUCER_EPOCH (KIP-588).
+    let now = Instant::now();
+    let mut txn = writing_to_partition_0(now);
+    txn.on_produce_error(Some(ResponseError::InvalidProducerEpoch), "out-0".into());
+    assert!(matches!(txn.error(), Some(TxnError::Abortable(_))));
+    // Fenced or unauthorized batches end the producer.
+    txn.on_produce_error(Some(ResponseError::ProducerFenced), "out-0".into());
+    assert_eq!(txn.state(), TxnState::Fatal);
+}
+
+#[test]
+fn an_ending_refused_as_abortable_leaves_the_transaction_to_abort() {
+    let now = Instant::now();
+    let mut txn = writing_to_partition_0(now);
+    txn.commit().unwrap();
+    assert!(matches!(txn.next(now, true), Some(Call::EndTxn { commit: true, .. })));
+    txn.on_answer(now, Answer::Code(Some(ResponseError::TransactionAbortable)));
+    assert!(matches!(txn.take_done()[..], [(Done::Committed, Err(TxnError::Abortable(_)))]));
+    txn.abort().unwrap();
+    assert_eq!(txn.next(now, true), Some(Call::EndTxn { producer: (7, 0), commit: false }));
+    // The coordinator no longer knows the producer: bump, and it is done.
+    txn.on_answer(now, Answer::Code(Some(ResponseError::UnknownProducerId)));
+    assert_eq!(txn.next(now, true), Some(Call::InitProducerId { timeout_ms: 60_000, current: Some((7, 0)) }));
+    txn.on_answer(now, Answer::Producer { id: 7, epoch: 1 });
+    assert_eq!(txn.take_done(), [(Done::Aborted, Ok(()))]);
+}
+
+#[test]
+fn a_partition_whose_coordinator_moved_is_added_after_a_new_lookup() {
+    let now = Instant::now();
+    let mut txn = ready(now);
+    txn.begin().unwrap();
+    txn.record_to(&tp(0)).unwrap();
+    txn.next(now, false).unwrap();
+    txn.on_answer(now, Answer::Partitions(vec![(tp(0), Some(ResponseError::NotCoordinator))]));
+    let later = txn.wake_at().unwrap();
+    assert_eq!(txn.next(later, false), Some(Call::FindCoordinator(Coordinator::Transaction)));
+}
+
+#[test]
+fn an_add_answered_after_the_abort_still_ends_the_coordinators_transaction() {
+    let now = Instant::now();
+    let mut txn = ready(now);
+    txn.begin().unwrap();
+    txn.record_to(&tp(0)).unwrap();
+    txn.record_to(&tp(1)).unwrap();
+    let add = txn.next(now, false).unwrap();
+    txn.abort().unwrap();
+    txn.on_answer(now, Answer::Partitions(vec![(tp(0), None), (tp(1), None)]));
+    assert_eq!(txn.next(now, true), Some(Call::EndTxn { producer: (7, 0), commit: false }));
+    txn.on_answer(now, Answer::Code(None));
+    assert_eq!(txn.take_done(), [(Done::Aborted, Ok(()))]);
+
+    // Its answer lost: sent again (the coordinator may have it), then ended.
+    txn.begin().unwrap();
+    txn.record_to(&tp(0)).unwrap();
+    txn.record_to(&tp(1)).unwrap();
+    assert_eq!(txn.next(now, false), Some(add.clone()));
+    txn.abort().unwrap();
+    txn.on_answer(now, Answer::Lost);
+    let later = txn.wake_at().unwrap();
+    assert_eq!(txn.next(later, true), Some(Call::FindCoordinator(Coordinator::Transaction)));
+    txn.on_answer(later, Answer::Found(1));
+    assert_eq!(txn.next(later, true), Some(add.clone()));
+    txn.on_answer(later, Answer::Code(None));
+    assert_eq!(txn.next(later, true), Some(Call::EndTxn { producer: (7, 0), commit: false }));
+    txn.on_answer(later, Answer::Code(None));
+    assert_eq!(txn.take_done(), [(Done::Aborted, Ok(()))]);
+
+    // Refused: nothing to end.
+    txn.begin().unwrap();
+    txn.record_to(&tp(0)).unwrap();
+    txn.next(later, false).unwrap();
+    txn.abort().unwrap();
+    txn.on_answer(later, Answer::Partitions(vec![(tp(0), Some(ResponseError::TopicAuthorizationFailed))]));
+    assert_eq!(txn.next(later, true), None);
+    assert_eq!(txn.take_done(), [(Done::Aborted, Ok(()))]);
+}
+
+#[test]
+fn offsets_waiting_when_the_transaction_aborts_are_told() {
+    let now = Instant::now();
+    let mut txn = writing_to_partition_0(now);
+    txn.send_offsets(group(5), vec![(TopicPartition::new("in", 0), 1, None)]).unwrap();
+    txn.abort().unwrap();
+    assert!(matches!(txn.take_done()[..], [(Done::OffsetsSent, Err(TxnError::State(_)))]));
+    assert_eq!(txn.next(now, true), Some(Call::EndTxn { producer: (7, 0), commit: false }), "no offsets sent");
 }
 
 #[test]
@@ -253,20 +367,33 @@ fn operations_out_of_order_are_refused_with_the_state() {
 #[test]
 fn error_codes_are_classified_as_java_does() {
     use ResponseError as E;
-    for code in [E::ProducerFenced, E::InvalidProducerEpoch, E::TransactionalIdAuthorizationFailed, E::InvalidTxnState]
-    {
+    for code in [
+        E::ProducerFenced,
+        E::InvalidProducerEpoch,
+        E::InvalidProducerIdMapping,
+        E::TransactionalIdAuthorizationFailed,
+        E::InvalidTxnState,
+        E::UnknownServerError,
+    ] {
         assert_eq!(txn_action(code), TxnAction::Fatal, "{code:?}");
     }
-    for code in [E::UnknownProducerId, E::OutOfOrderSequenceNumber, E::InvalidProducerIdMapping] {
-        assert_eq!(txn_action(code), TxnAction::Abortable { bump: true }, "{code:?}");
-    }
+    assert_eq!(txn_action(E::UnknownProducerId), TxnAction::Abortable { bump: true });
     for code in
         [E::TopicAuthorizationFailed, E::GroupAuthorizationFailed, E::TransactionAbortable, E::IllegalGeneration]
     {
         assert_eq!(txn_action(code), TxnAction::Abortable { bump: false }, "{code:?}");
     }
-    assert_eq!(txn_action(E::ConcurrentTransactions), TxnAction::Retry);
+    for code in [E::ConcurrentTransactions, E::CoordinatorLoadInProgress, E::NotEnoughReplicas, E::RequestTimedOut] {
+        assert_eq!(txn_action(code), TxnAction::Retry, "{code:?}");
+    }
     assert_eq!(txn_action(E::NotCoordinator), TxnAction::FindCoordinator);
+    // A batch: fatal only when fenced or unauthorized.
+    for code in [E::ProducerFenced, E::TransactionalIdAuthorizationFailed, E::ClusterAuthorizationFailed] {
+        assert!(produce_is_fatal(Some(code)), "{code:?}");
+    }
+    for code in [Some(E::InvalidProducerEpoch), Some(E::InvalidTxnState), Some(E::UnknownServerError), None] {
+        assert!(!produce_is_fatal(code), "{code:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -300,6 +427,8 @@ struct Model {
     /// How the last transaction ended, for a retried EndTxn.
     last_end: Option<((i64, i16), bool)>,
     log: Vec<Written>,
+    /// Each committed transaction's records and offset, in order.
+    committed: Vec<(Vec<u32>, Option<i64>)>,
     /// The id and epoch of the last bump (KIP-360's last producer epoch).
     bumped_from: Option<(i64, i16)>,
     generation: i32,
@@ -310,13 +439,17 @@ struct Model {
 impl Model {
     fn end(&mut self, commit: bool) {
         let status = if commit { Status::Committed } else { Status::Aborted };
+        let mut values = Vec::new();
         for written in &mut self.log {
             if written.status == Status::Open {
                 written.status = status;
+                values.push(written.value);
             }
         }
         let pending = std::mem::take(&mut self.pending_offsets);
         if commit {
+            let offset = pending.get(&TopicPartition::new("in", 0)).copied();
+            self.committed.push((values, offset));
             self.committed_offsets.extend(pending);
         }
         self.ongoing = false;
@@ -488,7 +621,12 @@ struct Harness {
     next_value: u32,
     faults: std::vec::IntoIter<Fault>,
     coins: std::vec::IntoIter<bool>,
+    /// Whether a call stays in flight across the next operation.
+    holds: std::vec::IntoIter<bool>,
+    held: Option<Call>,
     calls_after_fatal: u32,
+    /// The client saw a transaction end while the model's was still open.
+    ended_but_open: u32,
 }
 
 impl Harness {
@@ -512,7 +650,24 @@ impl Harness {
         }
     }
 
+    fn answer(&mut self, model: &mut Model, call: &Call) {
+        let answer = match self.faults.next().unwrap_or(Fault::None) {
+            Fault::None => model.answer(call),
+            Fault::Before(code) if !matches!(call, Call::FindCoordinator(_)) => Answer::Code(Some(code)),
+            Fault::Before(_) => model.answer(call),
+            Fault::Lost => {
+                model.answer(call);
+                Answer::Lost
+            }
+            Fault::Dropped => Answer::Lost,
+        };
+        self.txn.on_answer(self.now, answer);
+    }
+
     fn pump(&mut self, model: &mut Model) {
+        if let Some(call) = self.held.take() {
+            self.answer(model, &call);
+        }
         for _ in 0..200 {
             // Batches are sent now, or stay in flight while the manager
             // goes on, as a coin says.
@@ -541,19 +696,18 @@ impl Harness {
             if self.txn.state() == TxnState::Fatal {
                 self.calls_after_fatal += 1;
             }
-            let answer = match self.faults.next().unwrap_or(Fault::None) {
-                Fault::None => model.answer(&call),
-                Fault::Before(code) if !matches!(call, Call::FindCoordinator(_)) => Answer::Code(Some(code)),
-                Fault::Before(_) => model.answer(&call),
-                Fault::Lost => {
-                    model.answer(&call);
-                    Answer::Lost
-                }
-                Fault::Dropped => Answer::Lost,
-            };
-            self.txn.on_answer(self.now, answer);
+            if self.holds.next().unwrap_or(false) {
+                self.held = Some(call);
+                break;
+            }
+            self.answer(model, &call);
         }
         for (done, result) in self.txn.take_done() {
+            if let (Done::Committed | Done::Aborted, Ok(())) = (&done, &result)
+                && model.ongoing
+            {
+                self.ended_but_open += 1;
+            }
             if let (Done::Committed | Done::Aborted, Ok(())) = (&done, &result)
                 && let Some(last) = self.transactions.last_mut()
             {
@@ -575,6 +729,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         faults in proptest::collection::vec(fault(), 0..200),
         coins in proptest::collection::vec(any::<bool>(), 0..400),
+        holds in proptest::collection::vec(proptest::bool::weighted(0.2), 0..100),
         can_bump in any::<bool>(),
     ) {
         let mut model = Model::default();
@@ -587,10 +742,15 @@ proptest! {
             next_value: 0,
             faults: faults.into_iter(),
             coins: coins.into_iter(),
+            holds: holds.into_iter(),
+            held: None,
             calls_after_fatal: 0,
+            ended_but_open: 0,
         };
         harness.txn.init().unwrap();
-        harness.pump(&mut model);
+        while harness.txn.state() == TxnState::Initializing {
+            harness.pump(&mut model);
+        }
         prop_assert_eq!(harness.txn.state(), TxnState::Ready, "initialized through any fault");
         for op in ops {
             let txn = &mut harness.txn;
@@ -639,22 +799,54 @@ proptest! {
                 harness.pump(&mut model);
             }
         }
+        // Everything in flight is answered, and an open transaction ended.
+        while harness.held.is_some() {
+            harness.pump(&mut model);
+        }
+        match harness.txn.state() {
+            TxnState::InTransaction => harness.txn.abort().unwrap(),
+            TxnState::AbortableError => harness.txn.abort().unwrap(),
+            _ => {}
+        }
+        harness.pump(&mut model);
+        while harness.held.is_some() {
+            harness.pump(&mut model);
+        }
+        prop_assert_eq!(harness.ended_but_open, 0, "a transaction seen ended was left open at the coordinator");
+        if harness.txn.state() == TxnState::Ready {
+            prop_assert!(!model.ongoing, "the producer is ready, its transaction still open");
+        }
         prop_assert_eq!(model.unverified_writes, 0, "a batch went to a partition not in the transaction");
         prop_assert_eq!(harness.calls_after_fatal, 0);
-        let committed: BTreeSet<u32> =
-            model.log.iter().filter(|w| w.status == Status::Committed).map(|w| w.value).collect();
-        let mut expected = BTreeSet::new();
-        let mut last_offset = None;
-        for ((values, end), offset) in harness.transactions.iter().zip(&harness.offsets) {
-            if *end == Some(Done::Committed) {
-                expected.extend(values.iter().copied());
-                if offset.is_some() {
-                    last_offset = *offset;
-                }
+        // What the model committed is whole transactions of the
+        // application's, none it saw aborted, each with its offsets; every
+        // one it saw committed is there. (A commit whose answer never came
+        // before the producer was fenced may have gone either way.)
+        let mut seen_committed = Vec::new();
+        for (values, offset) in &model.committed {
+            let found = harness
+                .transactions
+                .iter()
+                .zip(&harness.offsets)
+                .position(|((written, _), sent)| {
+                    let mut written = written.clone();
+                    written.sort_unstable();
+                    let mut values = values.clone();
+                    values.sort_unstable();
+                    written == values && (sent == offset || values.is_empty() && offset.is_none())
+                });
+            let Some(index) = found else {
+                return Err(TestCaseError::fail(format!("committed {values:?} / {offset:?}: no such transaction")));
+            };
+            prop_assert_ne!(harness.transactions[index].1.clone(), Some(Done::Aborted), "committed what was seen aborted");
+            seen_committed.push(index);
+        }
+        for (index, (values, end)) in harness.transactions.iter().enumerate() {
+            let sent_something = !values.is_empty() || harness.offsets[index].is_some();
+            if *end == Some(Done::Committed) && sent_something {
+                prop_assert!(seen_committed.contains(&index), "transaction {index} seen committed is not");
             }
         }
-        prop_assert_eq!(&committed, &expected);
-        prop_assert_eq!(model.committed_offsets.get(&TopicPartition::new("in", 0)).copied(), last_offset);
         // Every write of this producer is at an epoch the model knew then:
         // none after a fence (the model refuses those, and they are not in
         // the log).

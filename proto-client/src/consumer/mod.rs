@@ -183,6 +183,7 @@ impl Consumer {
             changed: Notify::new(),
             closed: AtomicBool::new(false),
             polls: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             group: Mutex::new(None),
             rebalancing: tokio::sync::watch::Sender::new(false),
@@ -316,6 +317,7 @@ impl Consumer {
                     if shared.closed.load(Ordering::Acquire) {
                         return Err(Error::Closed);
                     }
+                    shared.waits.fetch_add(1, Ordering::AcqRel);
                     let _polling = Polling::start(shared);
                     queued.await;
                 }

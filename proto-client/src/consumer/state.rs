@@ -30,20 +30,12 @@ pub(crate) struct Budget {
     /// Of `used`, what fetches in flight reserved.
     in_flight: AtomicUsize,
     limit: usize,
-    /// Bytes of chunks dropped so far: what the reader has taken.
-    taken: AtomicU64,
     pub(crate) freed: Notify,
 }
 
 impl Budget {
     pub(crate) fn new(limit: usize) -> Self {
-        Budget {
-            used: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            limit,
-            taken: AtomicU64::new(0),
-            freed: Notify::new(),
-        }
+        Budget { used: AtomicUsize::new(0), in_flight: AtomicUsize::new(0), limit, freed: Notify::new() }
     }
 
     /// Bytes fetched and not yet read (fetches in flight not counted: a
@@ -55,11 +47,6 @@ impl Budget {
     /// The bound on what may be buffered.
     pub(crate) fn limit(&self) -> usize {
         self.limit
-    }
-
-    /// Bytes of chunks dropped so far (read, or dropped as stale).
-    pub(crate) fn taken(&self) -> u64 {
-        self.taken.load(Ordering::Acquire)
     }
 
     /// Reserves up to `want` bytes; returns what was granted (0 when full).
@@ -172,7 +159,6 @@ impl Progress {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        self.budget.taken.fetch_add(self.bytes as u64, Ordering::AcqRel);
         self.budget.release(self.bytes);
     }
 }
@@ -437,6 +423,9 @@ pub(crate) struct Shared {
     /// how the group driver knows the application still polls.
     pub(crate) polls: AtomicU64,
     pub(crate) polling: AtomicBool,
+    /// Times the reader found nothing to read: the fetchers' read-ahead
+    /// grows when it had to wait.
+    pub(crate) waits: AtomicU64,
     /// The group driver, once subscribed.
     pub(crate) group: Mutex<Option<GroupControl>>,
     /// A JoinGroup or SyncGroup is under way. The coordinator may hold it

@@ -229,6 +229,11 @@ pub enum Error {
         floor: i64,
     },
 
+    /// A transactional producer's operation failed: the transaction must
+    /// be aborted, the producer closed, or the call did not fit its state.
+    #[error(transparent)]
+    Transaction(#[from] crate::producer::TxnError),
+
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -279,6 +284,7 @@ impl Error {
             | Error::NoOffset(_)
             | Error::LogTruncated { .. }
             | Error::OffsetBehind { .. }
+            | Error::Transaction(_)
             | Error::Closed => ErrorAction::Fatal,
             Error::MaxPollIntervalExceeded { .. } => ErrorAction::Retry,
         }

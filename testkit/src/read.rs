@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rill_client::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use rill_client::kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
 use rill_client::kafka_protocol::protocol::StrBytes;
-use rill_client::records::{Batches, DecodedRecord, decode_batch};
+use rill_client::records::{Batches, DecodedBatch, DecodedRecord, decode_batch};
 use rill_client::{Client, TopicScope};
 
 /// Every record of `topic`/`partition` from offset 0 until `expected`
@@ -21,16 +21,42 @@ pub async fn fetch_all(
     expected: usize,
     timeout: Duration,
 ) -> Vec<DecodedRecord> {
+    let count = |batches: &[DecodedBatch]| -> usize {
+        batches.iter().filter(|b| !b.header.is_control()).map(|b| b.records.len()).sum()
+    };
+    let batches = fetch_batches(
+        client,
+        topic,
+        partition,
+        |batches, offset, high_watermark| {
+            if expected == 0 { offset >= high_watermark } else { count(batches) >= expected }
+        },
+        timeout,
+    )
+    .await;
+    batches.into_iter().filter(|b| !b.header.is_control()).flat_map(|b| b.records).collect()
+}
+
+/// Every batch of `topic`/`partition` from offset 0, control batches
+/// (transaction markers) included, until `done(batches, next offset, high
+/// watermark)` or `timeout`. Records before the offset a fetch asked for
+/// (a compressed batch comes whole) are dropped.
+pub async fn fetch_batches(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    done: impl Fn(&[DecodedBatch], i64, i64) -> bool,
+    timeout: Duration,
+) -> Vec<DecodedBatch> {
     let metadata = client.refresh_metadata(TopicScope::Named(vec![topic.to_owned()])).await.unwrap();
     let leader = metadata.topics[topic].partitions[partition as usize].leader.unwrap();
     let connection = client.broker_connection(leader).await.unwrap();
     let mut offset = 0;
-    let mut out = Vec::new();
+    let mut out: Vec<DecodedBatch> = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut high_watermark = i64::MAX;
     loop {
-        let done = if expected == 0 { offset >= high_watermark } else { out.len() >= expected };
-        if done || Instant::now() >= deadline {
+        if done(&out, offset, high_watermark) || Instant::now() >= deadline {
             break;
         }
         let fetch_offset = offset;
@@ -56,14 +82,10 @@ pub async fn fetch_all(
         high_watermark = data.high_watermark;
         let Some(records) = data.records.clone() else { continue };
         for batch in Batches::new(records) {
-            let batch = decode_batch(batch.unwrap(), 64 << 20).unwrap();
+            let mut batch = decode_batch(batch.unwrap(), 64 << 20).unwrap();
             offset = offset.max(batch.header.last_offset() + 1);
-            if batch.header.is_control() {
-                continue;
-            }
-            // A compressed batch comes whole, records before the offset asked
-            // for included.
-            out.extend(batch.records.into_iter().filter(|r| r.offset >= fetch_offset));
+            batch.records.retain(|r| r.offset >= fetch_offset);
+            out.push(batch);
         }
     }
     out

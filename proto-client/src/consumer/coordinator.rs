@@ -61,6 +61,8 @@ pub(crate) struct CommitOffset {
 pub(crate) struct GroupCoordinator {
     client: Client,
     group: String,
+    /// FindCoordinator's key type: 0 a group, 1 a transactional id.
+    key_type: i8,
     current: Mutex<Option<Arc<BrokerLink>>>,
 }
 
@@ -70,7 +72,17 @@ fn str(text: &str) -> StrBytes {
 
 impl GroupCoordinator {
     pub(crate) fn new(client: Client, group: String) -> Self {
-        GroupCoordinator { client, group, current: Mutex::new(None) }
+        GroupCoordinator { client, group, key_type: 0, current: Mutex::new(None) }
+    }
+
+    /// The transaction coordinator of `transactional_id`.
+    pub(crate) fn for_transactions(client: Client, transactional_id: String) -> Self {
+        GroupCoordinator { client, group: transactional_id, key_type: 1, current: Mutex::new(None) }
+    }
+
+    /// Looks the coordinator up (or takes the one known) and says its node.
+    pub(crate) async fn find_node(&self) -> Result<i32> {
+        self.find().await.map(|link| link.id())
     }
 
     fn cached(&self) -> Option<Arc<BrokerLink>> {
@@ -88,7 +100,15 @@ impl GroupCoordinator {
         }
         let connection = self.client.any_connection().await?;
         let version = connection.version_for::<FindCoordinatorRequest>()?;
-        let mut request = FindCoordinatorRequest::default();
+        if self.key_type != 0 && version < 1 {
+            return Err(Error::UnsupportedApi {
+                broker: connection.broker().to_owned(),
+                api: ApiKey::FindCoordinator,
+                ours: "1.. (for transactions)".to_owned(),
+                theirs: "0".to_owned(),
+            });
+        }
+        let mut request = FindCoordinatorRequest::default().with_key_type(self.key_type);
         if version >= 4 {
             request.coordinator_keys = vec![str(&self.group)];
         } else {

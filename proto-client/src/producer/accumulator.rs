@@ -54,7 +54,6 @@ pub(crate) struct AppendOutcome {
     pub(crate) delivery: Arc<BatchDelivery>,
     /// Index of the record in its batch.
     pub(crate) index: u32,
-    #[cfg_attr(not(test), allow(dead_code, reason = "the producer reads the partition from the delivery"))]
     pub(crate) partition: i32,
     /// A batch opened (its linger timer must start) or closed (it is
     /// ready): the sender should look.

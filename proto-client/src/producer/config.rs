@@ -50,6 +50,8 @@ pub struct ProducerConfig {
     pub(crate) buffer_bytes: usize,
     pub(crate) max_message_bytes: usize,
     pub(crate) partitioner: PartitionerKind,
+    pub(crate) transactional_id: Option<String>,
+    pub(crate) transaction_timeout: Duration,
 }
 
 impl ProducerConfig {
@@ -70,6 +72,8 @@ impl ProducerConfig {
             buffer_bytes: 64 * 1024 * 1024,
             max_message_bytes: 1_000_000,
             partitioner: PartitionerKind::Murmur2,
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
         }
     }
 
@@ -91,6 +95,8 @@ impl ProducerConfig {
     /// | `queue.buffering.max.kbytes`, `buffer.memory` (bytes) | [`Self::buffer_limits`] (bytes) |
     /// | `message.max.bytes`, `max.request.size` | [`Self::max_message_bytes`] |
     /// | `partitioner` | `murmur2` or `consistent_random` |
+    /// | `transactional.id` | [`Self::transactional`] (the id) |
+    /// | `transaction.timeout.ms` | [`Self::transactional`] (the timeout) |
     pub fn from_properties<K: AsRef<str>, V: AsRef<str>>(
         properties: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
@@ -137,6 +143,11 @@ impl ProducerConfig {
                 self.max_message_bytes = parse::number(key, value, 1000usize, 1_000_000_000)?;
             }
             "partitioner" => self.partitioner = value.parse().map_err(|e: String| invalid(&e))?,
+            "transactional.id" => {
+                let id = value.trim();
+                self.transactional_id = (!id.is_empty()).then(|| id.to_owned());
+            }
+            "transaction.timeout.ms" => self.transaction_timeout = parse::positive_millis(key, value)?,
             _ => return self.client.set_property(key, value),
         }
         Ok(true)
@@ -145,6 +156,9 @@ impl ProducerConfig {
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.client.validate()?;
+        if self.transactional_id.is_some() && !self.idempotence {
+            return Err(ConfigError::Invalid("`transactional.id` requires `enable.idempotence`".into()));
+        }
         if self.idempotence && self.acks != Acks::All {
             return Err(ConfigError::Invalid("`enable.idempotence` requires `acks=all`".into()));
         }
@@ -233,6 +247,17 @@ impl ProducerConfig {
     /// included. Default 120 s.
     pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
         self.delivery_timeout = timeout;
+        self
+    }
+
+    /// Makes the producer transactional (`transactional.id`): records are
+    /// sent inside transactions ([`crate::producer::Producer::begin_transaction`]),
+    /// and a newer producer with the same id fences this one. The
+    /// coordinator aborts a transaction open longer than `timeout`
+    /// (`transaction.timeout.ms`, default 60 s). Requires idempotence.
+    pub fn transactional(mut self, id: impl Into<String>, timeout: Duration) -> Self {
+        self.transactional_id = Some(id.into());
+        self.transaction_timeout = timeout;
         self
     }
 

@@ -15,6 +15,8 @@
 //! - `sequencer` (pure): send order, retries, idempotence, epoch bumps.
 //! - `sender`: the task that turns batches into requests.
 //! - `delivery`: the futures records resolve through.
+//! - `transaction` (pure): a transactional producer's state machine.
+//! - `txn_driver`: the task that runs it against the coordinators.
 
 pub(crate) mod accumulator;
 pub mod config;
@@ -22,10 +24,8 @@ pub mod delivery;
 pub mod partitioner;
 pub(crate) mod sender;
 pub(crate) mod sequencer;
-// The transactional producer's pure state machine; the driver that runs it
-// (and the public API over it) is still to come (#14).
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod transaction;
+pub(crate) mod txn_driver;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,10 +36,12 @@ use tokio::time::Instant;
 
 use accumulator::{Accumulator, AppendError, Appended, Limits, Target};
 use sequencer::{Sequencer, SequencerConfig};
+use transaction::{Done, Transactions, TxnConfig, TxnState};
 
 pub use config::{Acks, ProducerConfig};
 pub use delivery::{DeliveryFuture, RecordMetadata};
 pub use partitioner::{Partitioner, PartitionerKind, murmur2, murmur2_partition};
+pub use transaction::{GroupMetadata, TxnError};
 
 use crate::client::Client;
 use crate::cluster::TopicScope;
@@ -130,6 +132,10 @@ pub(crate) struct Shared {
     /// Batches finished: buffer space freed, flushes may be done.
     pub(crate) progress: Notify,
     pub(crate) closing: AtomicBool,
+    /// Wakes the transaction driver: an operation or a partition to add.
+    pub(crate) txn_wake: Notify,
+    /// A transactional operation finished (see `State::txn_results`).
+    pub(crate) txn_done: Notify,
 }
 
 #[derive(Debug)]
@@ -139,6 +145,33 @@ pub(crate) struct State {
     flushes: usize,
     /// The close deadline passed: fail what is left.
     pub(crate) abort: bool,
+    /// A transactional producer's state machine.
+    pub(crate) transactions: Option<Transactions>,
+    /// Transactional operations finished, for their waiters.
+    txn_results: Vec<(Done, std::result::Result<(), TxnError>)>,
+}
+
+impl State {
+    /// No record of the transaction is waiting or unanswered.
+    pub(crate) fn produce_idle(&self) -> bool {
+        self.accumulator.buffered() == (0, 0)
+            && self.sequencer.in_flight() == 0
+            && self.sequencer.partitions_with_retries().is_empty()
+    }
+
+    /// Moves what the state machine finished to the waiters' list.
+    pub(crate) fn collect_txn_done(&mut self) {
+        if let Some(txn) = &mut self.transactions {
+            self.txn_results.extend(txn.take_done());
+        }
+    }
+
+    /// The transaction manager, or an error for a producer without one.
+    fn transactions(&mut self) -> Result<&mut Transactions> {
+        self.transactions
+            .as_mut()
+            .ok_or_else(|| Error::Transaction(TxnError::State("the producer has no `transactional.id`".into())))
+    }
 }
 
 impl Shared {
@@ -193,15 +226,38 @@ impl Producer {
             retry_backoff: config.client.retry_backoff,
             retry_backoff_max: config.client.retry_backoff_max,
         });
+        let transactions = config.transactional_id.as_ref().map(|_| {
+            Transactions::new(TxnConfig {
+                timeout: config.transaction_timeout,
+                // A coordinator below InitProducerId v3 takes the bump as
+                // a new initialization: the epoch moves on either way.
+                can_bump: true,
+                retry_backoff: config.client.retry_backoff,
+                retry_backoff_max: config.client.retry_backoff_max,
+            })
+        });
+        let transactional = transactions.is_some();
         let shared = Arc::new(Shared {
             config,
             client,
-            state: Mutex::new(State { accumulator: Accumulator::new(limits), sequencer, flushes: 0, abort: false }),
+            state: Mutex::new(State {
+                accumulator: Accumulator::new(limits),
+                sequencer,
+                flushes: 0,
+                abort: false,
+                transactions,
+                txn_results: Vec::new(),
+            }),
             wake: Notify::new(),
             progress: Notify::new(),
             closing: AtomicBool::new(false),
+            txn_wake: Notify::new(),
+            txn_done: Notify::new(),
         });
         tokio::spawn(sender::Sender::new(shared.clone()).run());
+        if transactional {
+            tokio::spawn(txn_driver::run(shared.clone()));
+        }
         Ok(Producer { inner: Arc::new(Inner { shared }) })
     }
 
@@ -265,6 +321,14 @@ impl Producer {
         if let Some(error) = state.sequencer.fatal() {
             return Err(TrySendError::Failed(error.clone()));
         }
+        if let Some(txn) = &state.transactions
+            && txn.state() != TxnState::InTransaction
+        {
+            let error = txn.error().cloned().unwrap_or_else(|| {
+                TxnError::State("a transactional producer sends inside a transaction (begin_transaction)".into())
+            });
+            return Err(TrySendError::Failed(Error::Transaction(error)));
+        }
         let target = |partitions| match (record.partition, record.key) {
             (Some(partition), _) => Target::Partition(partition),
             (None, Some(key)) => Target::Partition(shared.config.partitioner.keyed(record.topic, key, partitions)),
@@ -275,6 +339,12 @@ impl Producer {
         let random = || (jitter() * u32::MAX as f64) as u64;
         match state.accumulator.append(record.topic, target, appended, now, random) {
             Ok(outcome) => {
+                if let Some(txn) = &mut state.transactions {
+                    // In the transaction (checked above); added before any
+                    // batch of the partition goes out.
+                    let _ = txn.record_to(&crate::TopicPartition::new(record.topic, outcome.partition));
+                    shared.txn_wake.notify_one();
+                }
                 drop(state);
                 if outcome.wake_sender {
                     shared.wake.notify_one();
@@ -340,6 +410,95 @@ impl Producer {
                 });
             }
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Initializes a transactional producer (`transactional.id`): gets its
+    /// producer id and epoch from the transaction coordinator, which
+    /// fences any older producer of the same id and aborts what it left
+    /// open. Call once, before the first transaction.
+    pub async fn init_transactions(&self) -> Result<()> {
+        self.transact(Done::Initialized, Transactions::init).await
+    }
+
+    /// Begins a transaction: records sent from now on commit or abort
+    /// together.
+    pub fn begin_transaction(&self) -> Result<()> {
+        let mut state = self.shared().lock();
+        state.transactions()?.begin().map_err(Error::Transaction)
+    }
+
+    /// Commits a consumer's offsets inside the transaction (KIP-447):
+    /// they count only if the transaction commits. `group` is the
+    /// consumer's [`GroupMetadata`], so that a consumer of an older
+    /// generation (a zombie) is fenced. Offsets are the next ones to read,
+    /// with the leader epoch of the record before, when known.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(crate::TopicPartition, i64, Option<i32>)],
+        group: &GroupMetadata,
+    ) -> Result<()> {
+        let offsets = offsets.to_vec();
+        let group = group.clone();
+        self.transact(Done::OffsetsSent, move |txn| txn.send_offsets(group, offsets)).await
+    }
+
+    /// Commits the transaction: sends what is queued, waits until every
+    /// record of it is written, then ends it. An abortable error (a record
+    /// that failed) leaves the transaction to abort.
+    pub async fn commit_transaction(&self) -> Result<()> {
+        {
+            let mut state = self.shared().lock();
+            let txn = state.transactions()?;
+            if txn.state() != TxnState::InTransaction {
+                return Err(Error::Transaction(txn.commit().expect_err("not in a transaction")));
+            }
+        }
+        // Without waiting for linger; the records' own failures are the
+        // transaction's (the commit then fails as abortable).
+        let _ = self.flush().await;
+        self.transact(Done::Committed, Transactions::commit).await
+    }
+
+    /// Aborts the transaction: records not yet sent fail
+    /// ([`TxnError::Aborted`]), those in flight are waited for, and the
+    /// coordinator writes abort markers. After a failed batch the epoch is
+    /// bumped, so late writes of the aborted transaction are fenced.
+    pub async fn abort_transaction(&self) -> Result<()> {
+        self.transact(Done::Aborted, Transactions::abort).await
+    }
+
+    /// Runs a transactional operation and waits for it to finish.
+    async fn transact(
+        &self,
+        done: Done,
+        operation: impl FnOnce(&mut Transactions) -> std::result::Result<(), TxnError>,
+    ) -> Result<()> {
+        let shared = self.shared();
+        {
+            let mut state = shared.lock();
+            operation(state.transactions()?).map_err(Error::Transaction)?;
+            state.collect_txn_done();
+        }
+        shared.txn_wake.notify_one();
+        shared.wake.notify_one();
+        loop {
+            let finished = shared.txn_done.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            {
+                let mut state = shared.lock();
+                state.collect_txn_done();
+                if let Some(at) = state.txn_results.iter().position(|(kind, _)| *kind == done) {
+                    return state.txn_results.remove(at).1.map_err(Error::Transaction);
+                }
+                let txn = state.transactions()?;
+                if txn.state() == TxnState::Fatal {
+                    let error = txn.error().cloned().unwrap_or_else(|| TxnError::Fatal("the producer failed".into()));
+                    return Err(Error::Transaction(error));
+                }
+            }
+            finished.await;
         }
     }
 

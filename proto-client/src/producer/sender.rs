@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse, TopicName, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,7 +30,9 @@ use tracing::{debug, warn};
 use super::accumulator::ProducerBatch;
 use super::config::Acks;
 use super::sequencer::{BatchResult, Finished};
-use super::{Shared, State};
+use super::transaction::TxnState;
+use super::{Shared, State, TxnError};
+use crate::TopicPartition;
 use crate::cluster::{Metadata, TopicScope};
 use crate::error::{Error, ErrorAction, Result};
 use crate::net::Connection;
@@ -175,7 +177,16 @@ impl Sender {
                 finished.extend(state.sequencer.finish(batch, Err(error)));
             }
         }
-        if state.sequencer.wants_producer_id()
+        if state.transactions.as_ref().is_some_and(|txn| txn.state() == TxnState::Aborting) {
+            // Aborted before they were sent: never written.
+            for batch in state.accumulator.take_all() {
+                finished.extend(state.sequencer.finish(batch, Err(Error::Transaction(TxnError::Aborted))));
+            }
+        }
+        // A transactional producer's id and epoch come from its transaction
+        // coordinator (the transaction driver).
+        if state.transactions.is_none()
+            && state.sequencer.wants_producer_id()
             && !self.producer_id_pending
             && self.producer_id_retry_at.is_none_or(|at| at <= now)
         {
@@ -243,9 +254,13 @@ impl Sender {
             let mut batches = Vec::new();
             let mut bytes = 0;
             for (topic, partition) in partitions {
+                // A transaction's partition takes batches once added to it.
+                let added = |state: &State| {
+                    state.transactions.as_ref().is_none_or(|txn| txn.may_send(&TopicPartition::new(&*topic, partition)))
+                };
                 let batch = match state.sequencer.next_retry(&topic, partition, broker, std_now) {
                     Some(batch) => Some(batch),
-                    None if state.sequencer.can_send_new(&topic, partition, broker) => {
+                    None if state.sequencer.can_send_new(&topic, partition, broker) && added(state) => {
                         state.accumulator.drain(&topic, partition, std_now)
                     }
                     None => None,
@@ -276,6 +291,9 @@ impl Sender {
             let restamp = batch.stamped != Some(*stamp);
             let sealed = batch.seal(config.compression, config.compression_level);
             if restamp {
+                if config.transactional_id.is_some() {
+                    sealed.mark_transactional();
+                }
                 sealed.stamp(stamp.0, stamp.1, stamp.2);
             }
             batch.stamped = Some(*stamp);
@@ -434,6 +452,29 @@ impl Sender {
         if finished.is_empty() {
             return;
         }
+        if self.shared.config.transactional_id.is_some() {
+            // A record of the transaction failed: the transaction cannot
+            // commit (or the producer is fenced).
+            let mut state = self.shared.lock();
+            if let Some(txn) = &mut state.transactions {
+                for f in &finished {
+                    match &f.outcome {
+                        Err(Error::Transaction(TxnError::Aborted)) | Ok(_) => {}
+                        Err(error) => {
+                            let code = match error {
+                                Error::Broker { code, .. } => Some(*code),
+                                _ => None,
+                            };
+                            txn.on_produce_error(code, error.to_string());
+                        }
+                    }
+                }
+                state.collect_txn_done();
+            }
+            drop(state);
+            self.shared.txn_done.notify_waiters();
+            self.shared.txn_wake.notify_one();
+        }
         for f in finished {
             if let Err(error) = &f.outcome {
                 debug!(target: "rill::producer", %error, records = f.records, "batch failed");
@@ -459,7 +500,7 @@ impl Sender {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -489,7 +530,9 @@ fn produce_request(config: &super::ProducerConfig, batches: &mut [ProducerBatch]
             .push(PartitionProduceData::default().with_index(batch.partition).with_records(Some(records)));
     }
     ProduceRequest::default()
-        .with_transactional_id(None)
+        .with_transactional_id(
+            config.transactional_id.as_deref().map(|id| TransactionalId(StrBytes::from_string(id.to_owned()))),
+        )
         .with_acks(config.acks.wire())
         .with_timeout_ms(config.client.request_timeout.as_millis().min(i32::MAX as u128) as i32)
         .with_topic_data(

@@ -573,7 +573,6 @@ impl Sequencer {
     }
 
     /// Batches in flight, over all partitions.
-    #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.in_flight).sum()
     }

@@ -76,15 +76,15 @@ pub(crate) enum TxnState {
 /// The consumer group a transaction commits offsets for, as the consumer
 /// knows it (KIP-447): the coordinator fences a zombie by its generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct GroupMetadata {
+pub struct GroupMetadata {
     /// The group id.
-    pub(crate) group_id: String,
+    pub group_id: String,
     /// The generation (classic) or member epoch (KIP-848); -1 unknown.
-    pub(crate) generation_id: i32,
+    pub generation_id: i32,
     /// The member id; empty when unknown.
-    pub(crate) member_id: String,
+    pub member_id: String,
     /// The static member's instance id.
-    pub(crate) group_instance_id: Option<String>,
+    pub group_instance_id: Option<String>,
 }
 
 /// Which coordinator a lookup is for.
@@ -149,7 +149,8 @@ pub(crate) enum Done {
 
 /// Why a call or an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum TxnError {
+#[non_exhaustive]
+pub enum TxnError {
     /// The transaction cannot commit; abort it, then begin again.
     #[error("the transaction must be aborted: {0}")]
     Abortable(String),
@@ -159,6 +160,9 @@ pub(crate) enum TxnError {
     /// The operation does not fit the producer's state.
     #[error("{0}")]
     State(String),
+    /// The record was not sent: its transaction was aborted first.
+    #[error("the transaction was aborted before the record was sent")]
+    Aborted,
 }
 
 /// What an error code means to a transaction.
@@ -221,7 +225,6 @@ pub(crate) fn produce_is_fatal(code: Option<ResponseError>) -> bool {
 /// The manager's settings.
 #[derive(Debug, Clone)]
 pub(crate) struct TxnConfig {
-    pub(crate) transactional_id: String,
     pub(crate) timeout: Duration,
     /// The broker has InitProducerId v3+ (KIP-360 epoch bumps).
     pub(crate) can_bump: bool,
@@ -292,10 +295,6 @@ impl Transactions {
             error: None,
             done: Vec::new(),
         }
-    }
-
-    pub(crate) fn transactional_id(&self) -> &str {
-        &self.config.transactional_id
     }
 
     pub(crate) fn state(&self) -> TxnState {
@@ -570,15 +569,6 @@ impl Transactions {
         let wait = backoff::exponential(self.config.retry_backoff, self.config.retry_backoff_max, self.failures);
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(now + wait);
-    }
-
-    /// The coordinator the call goes to, as known now.
-    pub(crate) fn destination(&self, call: &Call) -> Option<i32> {
-        match call {
-            Call::FindCoordinator(_) => None,
-            Call::TxnOffsetCommit { group, .. } => self.group_coordinators.get(&group.group_id).copied(),
-            _ => self.txn_coordinator,
-        }
     }
 
     /// The answer to the call in flight.

@@ -221,6 +221,16 @@ impl SealedBatch {
     }
 
     /// Writes producer id, epoch and base sequence, and the CRC over them.
+    /// Marks the batch as part of a transaction (attribute bit 4); the CRC
+    /// is computed by [`Self::stamp`], which must follow.
+    pub(crate) fn mark_transactional(&mut self) {
+        if let Some(frozen) = self.frozen.take() {
+            self.bytes = frozen.to_vec();
+        }
+        let attributes = i16::from_be_bytes([self.bytes[ATTRIBUTES_OFFSET], self.bytes[ATTRIBUTES_OFFSET + 1]]) | 0x10;
+        self.bytes[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    }
+
     pub(crate) fn stamp(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
         if let Some(frozen) = self.frozen.take() {
             // Restamping after an epoch bump: rare, so a copy is fine.

@@ -3,7 +3,6 @@ use proptest::prelude::*;
 
 fn config(can_bump: bool) -> TxnConfig {
     TxnConfig {
-        transactional_id: "tx".into(),
         timeout: Duration::from_secs(60),
         can_bump,
         retry_backoff: Duration::from_millis(100),
@@ -22,7 +21,6 @@ fn group(generation_id: i32) -> GroupMetadata {
 /// A manager past `init_transactions`, at producer id 7, epoch 0.
 fn ready(now: Instant) -> Transactions {
     let mut txn = Transactions::new(config(true));
-    assert_eq!(txn.transactional_id(), "tx");
     txn.init().unwrap();
     assert_eq!(txn.next(now, true), Some(Call::FindCoordinator(Coordinator::Transaction)));
     txn.on_answer(now, Answer::Found(1));
@@ -107,7 +105,6 @@ fn offsets_go_after_the_partitions_to_the_group_coordinator() {
     txn.on_answer(now, Answer::Found(2));
     let call = txn.next(now, false).unwrap();
     assert_eq!(call, Call::TxnOffsetCommit { producer: (7, 0), group: group(5), offsets });
-    assert_eq!(txn.destination(&call), Some(2));
     txn.on_answer(now, Answer::Partitions(vec![(TopicPartition::new("in", 0), None)]));
     assert_eq!(txn.take_done(), [(Done::OffsetsSent, Ok(()))]);
 }

@@ -9,7 +9,7 @@
 //! | `rill_client_reconnects_total` | counter | |
 //! | `rill_producer_batch_bytes` | histogram | |
 //! | `rill_producer_batch_records` | histogram | |
-//! | `rill_consumer_lag` | gauge (records between the fetch position and the high watermark) | `topic`, `partition` |
+//! | `rill_consumer_lag` | gauge (records between the fetch position and the high watermark, or the last stable offset under read_committed) | `topic`, `partition` |
 
 use std::time::Instant;
 

@@ -402,9 +402,9 @@ impl ConsumerConfig {
 
     /// Fetched records held before the application takes them, in bytes,
     /// over all partitions together. Default 64 MiB. A bound, not a
-    /// target: the fetchers buffer what keeps the application from waiting
-    /// (at least one `max.partition.fetch.bytes`), and compressed data
-    /// counts as it decompresses. Records count their key,
+    /// target: the fetchers keep about two fetch round trips of what the
+    /// application reads (at least one `max.partition.fetch.bytes`), and
+    /// compressed data counts as it decompresses. Records count their key,
     /// value and 64 bytes. Fixed cost besides: about 3.5 KiB per assigned
     /// partition.
     pub fn prefetch_bytes(mut self, bytes: usize) -> Self {

@@ -5,7 +5,8 @@
 //!  loop:
 //!    plan (lock): partitions led by this broker with a position, not paused,
 //!                 not in flight; reserve budget bytes, as many as keep the
-//!                 reader from waiting (`readahead`), within the budget
+//!                 reader fed for two round trips (`readahead`), within the
+//!                 budget
 //!    fetch:       session request (KIP-227), long poll up to fetch.wait.max.ms
 //!    decode:      outside the lock, in this task (brokers decode in parallel)
 //!    apply (lock): drop what went stale (epoch moved), queue chunks, advance
@@ -15,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
@@ -94,11 +95,14 @@ pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
             Plan::Fetch { partitions, wanted, granted, fetch_bytes } => (partitions, wanted, granted, fetch_bytes),
         };
         rotation = rotation.wrapping_add(1);
+        let sent = Instant::now();
         match fetch(&shared, broker, &mut session, &wanted, fetch_bytes, rotation).await {
             Ok(response) => {
                 failures = 0;
+                let answered = Instant::now();
                 let (wire, decoded) = apply(&shared, &partitions, response, granted);
-                ahead.sample(shared.waits.load(Ordering::Acquire), wire, decoded);
+                let round_trip = (decoded > 0).then(|| answered - sent);
+                ahead.sample_answer(answered, shared.budget.taken(), round_trip, wire, decoded);
             }
             Err(error) => {
                 session.on_failure();
@@ -385,11 +389,13 @@ fn apply(
             match error {
                 None => {
                     ps.high_watermark = high_watermark;
+                    ps.readable_end = end;
                     if let Some(next) = decoded.next_offset {
                         ps.fetch_offset = Some(next);
                     }
                     if let Some(next) = ps.fetch_offset {
-                        crate::telemetry::consumer_lag(tp, (high_watermark - next).max(0));
+                        // Under read_committed, against the last stable offset.
+                        crate::telemetry::consumer_lag(tp, (end - next).max(0));
                     }
                     if !decoded.records.is_empty() {
                         total += decoded.bytes;

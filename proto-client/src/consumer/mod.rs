@@ -40,6 +40,8 @@ use tokio::time::Instant;
 
 pub use config::{AssignmentStrategy, ConsumerConfig, GroupProtocol, IsolationLevel, OffsetReset, TruncationReset};
 pub use record::{ConsumerRecord, TimestampType};
+
+pub use crate::producer::GroupMetadata;
 pub use truncation::Resume;
 
 use coordinator::{CommitOffset, GroupCoordinator};
@@ -183,7 +185,6 @@ impl Consumer {
             changed: Notify::new(),
             closed: AtomicBool::new(false),
             polls: AtomicU64::new(0),
-            waits: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             group: Mutex::new(None),
             rebalancing: tokio::sync::watch::Sender::new(false),
@@ -197,6 +198,11 @@ impl Consumer {
     /// The shareable handle.
     pub fn handle(&self) -> ConsumerHandle {
         self.handle.clone()
+    }
+
+    /// [`ConsumerHandle::group_metadata`].
+    pub fn group_metadata(&self) -> Option<GroupMetadata> {
+        self.handle.group_metadata()
     }
 
     /// Joins the consumer's group (`group.id`) and consumes the partitions
@@ -317,7 +323,6 @@ impl Consumer {
                     if shared.closed.load(Ordering::Acquire) {
                         return Err(Error::Closed);
                     }
-                    shared.waits.fetch_add(1, Ordering::AcqRel);
                     let _polling = Polling::start(shared);
                     queued.await;
                 }
@@ -380,6 +385,14 @@ impl ConsumerHandle {
         self.shared.lock().partitions.get(partition).map(|ps| ps.high_watermark).filter(|&hw| hw >= 0)
     }
 
+    /// Where this consumer stops reading a partition, as last fetched: the
+    /// high watermark, or with `isolation.level=read_committed` the last
+    /// stable offset (records of open transactions are not readable yet).
+    /// Lag is counted against it.
+    pub fn readable_end(&self, partition: &TopicPartition) -> Option<i64> {
+        self.shared.lock().partitions.get(partition).map(|ps| ps.readable_end).filter(|&end| end >= 0)
+    }
+
     /// The consumer's settings.
     pub fn config(&self) -> &ConsumerConfig {
         &self.shared.config
@@ -432,6 +445,24 @@ impl ConsumerHandle {
                 tracing::warn!(target: "rill::cgrp", %error, "asynchronous commit failed");
             }
         });
+    }
+
+    /// The consumer's group as a transactional producer sends it with the
+    /// offsets it commits in a transaction
+    /// ([`crate::producer::Producer::send_offsets_to_transaction`], KIP-447):
+    /// the group id, the generation (the member epoch with
+    /// `group.protocol=consumer`), the member id and the instance id, as of
+    /// now. A member of an older generation is then fenced by the group
+    /// coordinator. `None` without a `group.id`.
+    pub fn group_metadata(&self) -> Option<GroupMetadata> {
+        let group_id = self.shared.config.group_id.clone()?;
+        let committer = self.shared.lock().committer.clone();
+        Some(GroupMetadata {
+            group_id,
+            generation_id: committer.generation,
+            member_id: committer.member_id,
+            group_instance_id: committer.instance_id,
+        })
     }
 
     /// Commits these offsets (the next offset to consume per partition).

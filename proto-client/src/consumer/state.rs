@@ -30,12 +30,20 @@ pub(crate) struct Budget {
     /// Of `used`, what fetches in flight reserved.
     in_flight: AtomicUsize,
     limit: usize,
+    /// Bytes of chunks dropped so far: what the reader has taken.
+    taken: AtomicU64,
     pub(crate) freed: Notify,
 }
 
 impl Budget {
     pub(crate) fn new(limit: usize) -> Self {
-        Budget { used: AtomicUsize::new(0), in_flight: AtomicUsize::new(0), limit, freed: Notify::new() }
+        Budget {
+            used: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            limit,
+            taken: AtomicU64::new(0),
+            freed: Notify::new(),
+        }
     }
 
     /// Bytes fetched and not yet read (fetches in flight not counted: a
@@ -47,6 +55,11 @@ impl Budget {
     /// The bound on what may be buffered.
     pub(crate) fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Bytes of chunks dropped so far (read, or dropped as stale).
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
     }
 
     /// Reserves up to `want` bytes; returns what was granted (0 when full).
@@ -159,6 +172,7 @@ impl Progress {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        self.budget.taken.fetch_add(self.bytes as u64, Ordering::AcqRel);
         self.budget.release(self.bytes);
     }
 }
@@ -222,6 +236,9 @@ pub(crate) struct PartitionState {
     /// Last committed offset, as far as this consumer knows.
     pub(crate) committed: Option<i64>,
     pub(crate) high_watermark: i64,
+    /// Where a reader of the consumer's isolation level stops: the high
+    /// watermark, or under read_committed the last stable offset.
+    pub(crate) readable_end: i64,
     /// EOF was reported at this offset.
     pub(crate) eof_at: Option<i64>,
     /// Fetching stopped on an error until the application seeks.
@@ -251,6 +268,7 @@ impl PartitionState {
             store_floor: None,
             committed: None,
             high_watermark: -1,
+            readable_end: -1,
             eof_at: None,
             failed: false,
             revoking: false,
@@ -423,9 +441,6 @@ pub(crate) struct Shared {
     /// how the group driver knows the application still polls.
     pub(crate) polls: AtomicU64,
     pub(crate) polling: AtomicBool,
-    /// Times the reader found nothing to read: the fetchers' read-ahead
-    /// grows when it had to wait.
-    pub(crate) waits: AtomicU64,
     /// The group driver, once subscribed.
     pub(crate) group: Mutex<Option<GroupControl>>,
     /// A JoinGroup or SyncGroup is under way. The coordinator may hold it

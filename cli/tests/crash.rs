@@ -34,6 +34,10 @@ enum Setup {
     Classic,
     /// The mock cluster, KIP-848, 6 s sessions set on the broker.
     Kip848,
+    /// Classic on Tansu, `--exactly-once`.
+    ClassicExactlyOnce,
+    /// KIP-848 on the mock, `--exactly-once`.
+    Kip848ExactlyOnce,
 }
 
 impl Setup {
@@ -41,7 +45,19 @@ impl Setup {
         match self {
             Setup::Classic => &["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"],
             Setup::Kip848 => &["-X", "group.protocol=consumer"],
+            Setup::ClassicExactlyOnce => {
+                &["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500", "--exactly-once"]
+            }
+            Setup::Kip848ExactlyOnce => &["-X", "group.protocol=consumer", "--exactly-once"],
         }
+    }
+
+    fn kip848(self) -> bool {
+        matches!(self, Setup::Kip848 | Setup::Kip848ExactlyOnce)
+    }
+
+    fn exactly_once(self) -> bool {
+        matches!(self, Setup::ClassicExactlyOnce | Setup::Kip848ExactlyOnce)
     }
 }
 
@@ -161,8 +177,8 @@ enum Broker {
 async fn run_with_restarts(setup: Setup, kill: bool, restarts: usize, count: u64) -> u64 {
     let (input, output) = (rill_testkit::unique_topic("crash-in"), rill_testkit::unique_topic("crash-out"));
     let broker = match setup {
-        Setup::Classic => Broker::Tansu(rill_testkit::required(Tansu::start().await)),
-        Setup::Kip848 => {
+        Setup::Classic | Setup::ClassicExactlyOnce => Broker::Tansu(rill_testkit::required(Tansu::start().await)),
+        Setup::Kip848 | Setup::Kip848ExactlyOnce => {
             let mock = rill_testkit::required(MockKafka::start(3));
             mock.consumer_group_times(Duration::from_secs(6), Duration::from_millis(500)).unwrap();
             // The mock has no CreateTopics.
@@ -223,7 +239,10 @@ async fn run_with_restarts(setup: Setup, kill: bool, restarts: usize, count: u64
         count - seen.len() as u64,
         log.display()
     );
-    if setup == Setup::Kip848 {
+    if setup.exactly_once() {
+        check_transactional_output(&broker, &brokers, &output).await;
+    }
+    if setup.kip848() {
         // The processors were KIP-848 members (the classic member logs no
         // epoch), and were fenced or waited for the instance id as they
         // came back.
@@ -236,6 +255,34 @@ async fn run_with_restarts(setup: Setup, kill: bool, restarts: usize, count: u64
         if kill { "SIGKILLs" } else { "SIGTERMs" }
     );
     duplicates
+}
+
+/// Every output batch of an exactly-once run is transactional, under the
+/// ids of the processor's transactional producers (each restart fences
+/// the last); on Tansu each output partition ends with a marker. The mock
+/// writes no markers.
+async fn check_transactional_output(broker: &Broker, brokers: &str, output: &str) {
+    let client = rill_client::Client::new(ClientConfig::new(brokers).unwrap()).unwrap();
+    let mut markers = 0;
+    for partition in 0..OUTPUT_PARTITIONS {
+        let batches = rill_testkit::read::fetch_batches(
+            &client,
+            output,
+            partition,
+            |_, offset, high_watermark| offset >= high_watermark,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(!batches.is_empty(), "output partition {partition} is empty");
+        for batch in &batches {
+            assert!(batch.header.is_transactional(), "partition {partition}: {:?}", batch.header);
+            markers += usize::from(batch.header.is_control());
+        }
+        if let Broker::Tansu(_) = broker {
+            assert!(batches.iter().any(|b| b.header.is_control()), "partition {partition}: no transaction marker");
+        }
+    }
+    eprintln!("output: transactional batches, {markers} markers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,4 +308,21 @@ async fn sigkill_loses_nothing_with_the_consumer_group_protocol() {
 async fn sigterm_loses_nothing_and_duplicates_nothing_with_the_consumer_group_protocol() {
     let duplicates = run_with_restarts(Setup::Kip848, false, 3, 20_000).await;
     assert_eq!(duplicates, 0, "a clean stop drains and commits before it exits");
+}
+
+/// `rill weblog --exactly-once` killed six times while input arrives, then
+/// run to the end: every input has an output (read_uncommitted: Tansu
+/// stores no TxnOffsetCommit, so each restart reads from the start again
+/// and duplicates are expected), and the output is transactional with
+/// transaction markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_exactly_once() {
+    run_with_restarts(Setup::ClassicExactlyOnce, true, 6, 20_000).await;
+}
+
+/// The same on the mock cluster with KIP-848 (its commits carry the member
+/// epoch as the generation); the mock writes no markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_exactly_once_on_the_mock() {
+    run_with_restarts(Setup::Kip848ExactlyOnce, true, 6, 20_000).await;
 }

@@ -12,9 +12,9 @@ pub mod serde;
 pub mod tracker;
 
 pub use processor::{
-    BoxError, ErrorTolerance, Header, Health, Input, IntoOutputs, Keyless, Latency, LatencySnapshot, Metrics,
-    MetricsSnapshot, Order, Output, PartitionMetrics, PassHeaders, Processor, ProcessorBuilder, ProcessorError, Retry,
-    RunningProcessor, Stage, Stuck, TimedOut,
+    BoxError, ErrorTolerance, Guarantee, Header, Health, Input, IntoOutputs, Keyless, Latency, LatencySnapshot,
+    Metrics, MetricsSnapshot, Order, Output, PartitionMetrics, PassHeaders, Processor, ProcessorBuilder,
+    ProcessorError, Retry, RunningProcessor, Stage, Stuck, TimedOut,
 };
 pub use serde::{DefaultSerde, Ignore, Json, Preparation, Serde, SerdeError};
 pub use tracker::OffsetTracker;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rill::{
-    DefaultSerde, ErrorTolerance, Ignore, MetricsSnapshot, Output, Processor, ProcessorError, Retry, RunningProcessor,
-    Stage,
+    DefaultSerde, ErrorTolerance, Guarantee, Ignore, MetricsSnapshot, Output, Processor, ProcessorError, Retry,
+    RunningProcessor, Stage,
 };
 use rill_client::TopicPartition;
 use rill_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
@@ -67,6 +67,72 @@ async fn read_all(cluster: &TestCluster, topic: &str, partitions: i32, expected:
 }
 
 /// The group's committed offsets for `topic`.
+/// Exactly once, on the brokers here (neither stores a TxnOffsetCommit or
+/// filters aborted records, so what they can show is the wire flow): every
+/// input's outputs once after a clean stop, written as transactional
+/// batches under one producer id, with the input offsets sent in the
+/// transactions (TxnOffsetCommit answered); on Tansu every output batch is
+/// followed by a COMMIT marker (the mock writes none). A source is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_outputs_commit_in_transactions() {
+    common::logs();
+    each_broker(ClusterOptions::default(), async |cluster| {
+        let (input, output) = (unique_topic("eos-in"), unique_topic("eos-out"));
+        cluster.create_topic(&input, 3).await.unwrap();
+        cluster.create_topic(&output, 2).await.unwrap();
+        let lines: Vec<Vec<u8>> = (0..600).map(line).collect();
+        write(cluster, &input, 3, &lines).await;
+        let name = unique_topic("eos");
+        let processor = processor_for(cluster, &name, &input, &output)
+            .processing_guarantee(Guarantee::ExactlyOnce)
+            .commit_interval(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let metrics = processor.metrics();
+        let running = start(processor, "one");
+        until("every record", &metrics, |m| m.produced == 480 && m.filtered == 120).await;
+        running.stop().await.unwrap();
+        let got = read_all(cluster, &output, 2, 480).await;
+        assert_eq!(got.len(), 480, "no output twice");
+        let client = cluster.client();
+        let mut producers = std::collections::BTreeSet::new();
+        let mut markers = 0;
+        for partition in 0..2 {
+            let batches = rill_testkit::read::fetch_batches(
+                &client,
+                &output,
+                partition,
+                |_, offset, high_watermark| offset >= high_watermark,
+                Duration::from_secs(30),
+            )
+            .await;
+            for batch in &batches {
+                assert!(batch.header.is_transactional(), "{:?}", batch.header);
+                producers.insert(batch.header.producer_id);
+                markers += usize::from(batch.header.is_control());
+            }
+            if cluster.kind() == rill_testkit::BrokerKind::Tansu {
+                let last = batches.last().expect("outputs");
+                assert!(last.header.is_control(), "partition {partition}: the last transaction's marker ends the log");
+            }
+        }
+        assert_eq!(producers.len(), 1, "one transactional producer: {producers:?}");
+        eprintln!("{}: {markers} transaction markers in the output", cluster.kind());
+        if cluster.kind() == rill_testkit::BrokerKind::Tansu {
+            assert!(markers >= 2, "a COMMIT marker on each output partition");
+        }
+        let source = Processor::<Ignore, String, String, String>::builder()
+            .name(&name)
+            .bootstrap_servers(cluster.bootstrap())
+            .output_topic(&output)
+            .processing_guarantee(Guarantee::ExactlyOnce)
+            .source(|| async { Vec::<Output<String, String>>::new() })
+            .build();
+        assert!(source.is_err(), "a source has no input offsets to commit");
+    })
+    .await;
+}
+
 async fn committed(cluster: &TestCluster, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Option<i64>> {
     let consumer = Consumer::new(ConsumerConfig::new(cluster.client_config()).group(group)).unwrap();
     let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic, p)).collect();

@@ -305,6 +305,11 @@ pub(crate) struct WeblogArgs {
     /// Static membership (the instance id as group.instance.id): on or off.
     #[arg(long, default_value = "on")]
     pub(crate) static_membership: OnOff,
+    /// Exactly once: outputs and input offsets commit together in a
+    /// transaction every 100 ms (`-X processing.guarantee=exactly_once`).
+    /// Needs brokers that do transactions.
+    #[arg(long)]
+    pub(crate) exactly_once: bool,
     /// Serve the client's and the processor's metrics as Prometheus text
     /// at http://ADDR/metrics (port 0 picks one; the address is printed on
     /// stderr).
@@ -612,7 +617,7 @@ impl Common {
                 split.bootstrap = Some(value);
                 continue;
             }
-            if key.starts_with("processor.") {
+            if key.starts_with("processor.") || key == "processing.guarantee" || key == "commit.interval.ms" {
                 // Checked by the processor's build.
                 split.processor.push((key, value));
                 continue;

@@ -22,6 +22,9 @@ pub(crate) async fn run(common: &Common, args: &WeblogArgs) -> Result<(), CliErr
         .auto_offset_reset(&args.from)
         .static_membership(args.static_membership.0)
         .function(|input| weblog::process(&input.value));
+    if args.exactly_once {
+        builder = builder.processing_guarantee(rill::Guarantee::ExactlyOnce);
+    }
     // -X keys go to whichever client takes them (client keys to both).
     let properties = common.processor_properties(None)?;
     builder = properties.apply(builder.bootstrap_servers(properties.bootstrap()?));

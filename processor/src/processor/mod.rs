@@ -153,6 +153,18 @@ impl Retry {
 #[error("the call did not finish within {0:?}")]
 pub struct TimedOut(pub Duration);
 
+/// What a crash may cost ([`ProcessorBuilder::processing_guarantee`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// Every input's outputs are delivered before its offset is committed;
+    /// after a crash some inputs are processed again (duplicates).
+    #[default]
+    AtLeastOnce,
+    /// Outputs and input offsets commit in one transaction: read_committed
+    /// readers see each input's outputs exactly once.
+    ExactlyOnce,
+}
+
 /// Which input headers an output carries on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PassHeaders {
@@ -466,6 +478,8 @@ pub struct ProcessorBuilder<InK, InV, OutK, OutV> {
     stuck_timeout: Duration,
     properties: Vec<(String, String)>,
     pass_headers: PassHeaders,
+    guarantee: Guarantee,
+    commit_interval: Duration,
 }
 
 impl<InK, InV, OutK, OutV> std::fmt::Debug for ProcessorBuilder<InK, InV, OutK, OutV> {
@@ -483,7 +497,7 @@ fn last_number<T: std::str::FromStr>(properties: &[(String, String)], key: &str)
 /// Settings the processor owns: overriding them would break its guarantee.
 const OWNED_CONSUMER_KEYS: &[&str] =
     &["enable.auto.offset.store", "enable.auto.commit", "group.id", "group.instance.id", "client.id"];
-const OWNED_PRODUCER_KEYS: &[&str] = &["enable.idempotence", "client.id"];
+const OWNED_PRODUCER_KEYS: &[&str] = &["enable.idempotence", "client.id", "transactional.id"];
 
 impl<InK, InV, OutK, OutV> ProcessorBuilder<InK, InV, OutK, OutV>
 where
@@ -527,6 +541,8 @@ where
             stuck_timeout: Duration::from_secs(60),
             properties: Vec::new(),
             pass_headers: PassHeaders::Trace,
+            guarantee: Guarantee::AtLeastOnce,
+            commit_interval: Duration::from_millis(100),
         }
     }
 
@@ -812,6 +828,28 @@ where
         self
     }
 
+    /// At least once (the default: outputs are delivered, then their inputs'
+    /// offsets are committed; a crash repeats some outputs), or exactly
+    /// once (`processing.guarantee=exactly_once`): outputs, dead letters and
+    /// the input offsets commit together in one transaction per
+    /// [`Self::commit_interval`], so read_committed readers see each
+    /// input's outputs once whatever crashes. Needs brokers that do
+    /// transactions; the output producer's `transactional.id` is the
+    /// processor's name and instance id, and its consumer reads
+    /// read_committed.
+    pub fn processing_guarantee(mut self, guarantee: Guarantee) -> Self {
+        self.guarantee = guarantee;
+        self
+    }
+
+    /// With exactly once, how often the transaction commits
+    /// (`commit.interval.ms`, default 100 ms as Kafka Streams): each commit
+    /// first lets every record taken finish and its outputs be written.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
     /// How long shutting down may take in all (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -840,6 +878,20 @@ where
                 "processor.max.buffer.bytes" => {
                     self.max_buffer_bytes = usize::try_from(number()?).unwrap_or(usize::MAX).max(1);
                 }
+                "processing.guarantee" => {
+                    self.guarantee = match value.trim() {
+                        "at_least_once" => Guarantee::AtLeastOnce,
+                        "exactly_once" | "exactly_once_v2" => Guarantee::ExactlyOnce,
+                        _ => {
+                            return Err(ConfigError::InvalidValue {
+                                key,
+                                value,
+                                reason: "expected at_least_once or exactly_once".into(),
+                            });
+                        }
+                    };
+                }
+                "commit.interval.ms" => self.commit_interval = Duration::from_millis(number()?.max(1)),
                 _ => return Err(ConfigError::UnknownKey { key }),
             }
         }
@@ -862,6 +914,11 @@ where
         if self.acknowledge.is_some() && input.is_some() {
             return Err(ConfigError::Invalid(
                 "acknowledge is for a source; a processor's input is acknowledged by its committed offsets".into(),
+            ));
+        }
+        if self.guarantee == Guarantee::ExactlyOnce && input.is_none() {
+            return Err(ConfigError::Invalid(
+                "exactly_once commits input offsets with the outputs; a source has no input".into(),
             ));
         }
         if let ErrorTolerance::DeadLetter(topic) = &self.consume_tolerance
@@ -918,6 +975,8 @@ where
             acknowledge: self.acknowledge,
             stuck_timeout: self.stuck_timeout,
             pass_headers: self.pass_headers,
+            guarantee: self.guarantee,
+            commit_interval: self.commit_interval,
             metrics: Arc::new(Metrics::default()),
         };
         // Every setting is checked now, not at `run`.
@@ -1017,6 +1076,8 @@ pub struct Processor<InK, InV, OutK, OutV> {
     acknowledge: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     stuck_timeout: Duration,
     pass_headers: PassHeaders,
+    guarantee: Guarantee,
+    commit_interval: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -1086,6 +1147,12 @@ where
         if self.static_membership {
             properties.push(("group.instance.id".into(), instance.to_owned()));
         }
+        if self.guarantee == Guarantee::ExactlyOnce {
+            // Offsets commit inside the transactions, and only committed
+            // input is read.
+            properties.push(("enable.auto.commit".into(), "false".into()));
+            properties.push(("isolation.level".into(), "read_committed".into()));
+        }
         properties.extend(self.consumer_properties.iter().cloned());
         ConsumerConfig::from_properties(properties)
     }
@@ -1119,6 +1186,13 @@ where
             // and block the loop.
             ("buffer.memory".into(), self.max_buffer_bytes.max(1 << 20).to_string()),
         ];
+        if self.guarantee == Guarantee::ExactlyOnce {
+            // The same instance restarted fences its older self (and aborts
+            // what it left open); as Kafka Streams, a transaction open
+            // longer than 10 s is aborted by the coordinator.
+            properties.push(("transactional.id".into(), format!("{}-{instance}", self.name)));
+            properties.push(("transaction.timeout.ms".into(), "10000".into()));
+        }
         properties.extend(self.producer_properties.iter().cloned());
         ProducerConfig::from_properties(properties)
     }
@@ -1158,6 +1232,10 @@ where
             return source::run(self, source.clone(), producer, shutdown).await;
         }
         let input = self.input.as_deref().unwrap_or_default();
+        if self.guarantee == Guarantee::ExactlyOnce {
+            producer.init_transactions().await?;
+            producer.begin_transaction()?;
+        }
         let consumer = Consumer::new(self.consumer_config(instance_id)?)?;
         consumer.subscribe(&[input])?;
         info!(target: "rill::processor", name = %self.name, instance = instance_id, input,

@@ -22,7 +22,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rill_client::TopicPartition;
 use rill_client::consumer::{Consumer, ConsumerHandle, ConsumerRecord, Event, Resume};
-use rill_client::producer::{DeliveryFuture, Header, Producer, Record};
+use rill_client::producer::{DeliveryFuture, Header, Producer, Record, TxnError};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
@@ -33,8 +33,8 @@ use super::metrics::Stuck;
 use super::schedule::{Admit, Held, Id, Order, Scheduler};
 use super::trace::{self, TraceParent};
 use super::{
-    AsyncFn, BoxError, ErrorTolerance, Function, Input, Metrics, Output, PartitionMetrics, PassHeaders, Processor,
-    ProcessorError, Retry, Stage, TimedOut,
+    AsyncFn, BoxError, ErrorTolerance, Function, Guarantee, Input, Metrics, Output, PartitionMetrics, PassHeaders,
+    Processor, ProcessorError, Retry, Stage, TimedOut,
 };
 use crate::serde::SerdeError;
 use crate::tracker::OffsetTracker;
@@ -110,6 +110,8 @@ struct Tracked {
     generation: u64,
     tracker: OffsetTracker,
     stored: Option<i64>,
+    /// Exactly once: the offset last committed in a transaction.
+    committed: Option<i64>,
     liveness: Liveness,
     /// Bytes of its outputs sent and not yet settled.
     out_bytes: usize,
@@ -179,6 +181,9 @@ where
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(STORE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let exactly_once = self.processor.guarantee == Guarantee::ExactlyOnce;
+        let mut commit = tokio::time::interval(self.processor.commit_interval);
+        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -186,6 +191,7 @@ where
                     info!(target: "rill::processor", "shutdown requested");
                     return Ok(());
                 }
+                _ = commit.tick(), if exactly_once => self.commit_transaction().await?,
                 _ = tick.tick() => self.store_and_publish(),
                 Some(outcome) = self.pending.next(), if !self.pending.is_empty() => self.settle(outcome).await?,
                 Some(finished) = self.calls.next(), if !self.calls.is_empty() => self.finished(finished).await?,
@@ -251,7 +257,13 @@ where
             }
             Event::Revoked(revocation) => {
                 let partitions = self.ours(revocation.partitions());
-                self.drain(&partitions, self.processor.revoke_timeout).await?;
+                if self.processor.guarantee == Guarantee::ExactlyOnce {
+                    // The open transaction commits, with every partition's
+                    // offsets, before the partitions go to another member.
+                    self.commit_transaction().await?;
+                } else {
+                    self.drain(&partitions, self.processor.revoke_timeout).await?;
+                }
                 self.release(&partitions, true);
                 // Dropping the revocation lets the consumer commit what was
                 // stored and give the partitions up.
@@ -259,6 +271,18 @@ where
             }
             Event::Lost(partitions) => {
                 let partitions = self.ours(&partitions);
+                if self.processor.guarantee == Guarantee::ExactlyOnce && !partitions.is_empty() {
+                    // Outputs of the lost partitions' inputs are in the open
+                    // transaction, and their offsets can no longer commit:
+                    // it aborts, and the processor stops (a restart reads
+                    // on from the committed offsets).
+                    let _ = self.producer.abort_transaction().await;
+                    return Err(ProcessorError::Client(rill_client::Error::Transaction(TxnError::Abortable(format!(
+                        "partitions {partitions:?} of {} were lost (the group moved on without this member); \
+                         the open transaction was aborted",
+                        self.topic
+                    )))));
+                }
                 self.release(&partitions, false);
             }
             Event::Unreadable { partition, offset, skip_to, error } if partition.topic == self.topic => {
@@ -316,6 +340,7 @@ where
             generation: self.generation,
             tracker: OffsetTracker::new(),
             stored: None,
+            committed: None,
             liveness: Liveness::default(),
             out_bytes: 0,
         };
@@ -802,7 +827,7 @@ where
             // Before anything is stored: from the oldest record taken, or
             // the consumer's position when none is.
             let done_to = watermark.or_else(|| tracked.tracker.lowest_undone()).or_else(|| self.consumer.position(&tp));
-            let lag = self.handle.high_watermark(&tp).zip(done_to).map(|(end, mark)| (end - mark).max(0));
+            let lag = self.handle.readable_end(&tp).zip(done_to).map(|(end, mark)| (end - mark).max(0));
             let paused = self.budget.paused().contains(&partition);
             published.insert(tp, PartitionMetrics { watermark, in_flight: tracked.tracker.in_flight(), lag, paused });
         }
@@ -875,6 +900,62 @@ where
         Ok(())
     }
 
+    /// Exactly once: lets every record taken finish and its outputs be
+    /// written, then commits the transaction with every partition's offset
+    /// (the consumer's group metadata fences a zombie), and begins the
+    /// next. An abortable failure aborts the transaction and stops the
+    /// processor: a restart reads on from the offsets last committed.
+    async fn commit_transaction(&mut self) -> Result<(), ProcessorError> {
+        let deadline = Instant::now() + self.processor.revoke_timeout;
+        let all: Vec<i32> = self.trackers.keys().copied().collect();
+        self.drain_calls(deadline).await?;
+        let flushed = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.producer.flush());
+        let flushed = flushed.await.map_err(|_| rill_client::Error::Timeout {
+            operation: "writing a transaction's outputs".into(),
+            after: self.processor.revoke_timeout,
+        });
+        self.drain(&all, deadline.saturating_duration_since(Instant::now())).await?;
+        let mut offsets = Vec::new();
+        for (&partition, tracked) in &mut self.trackers {
+            if tracked.tracker.in_flight() > 0 || tracked.tracker.outputs_awaited() > 0 {
+                return self.abort_and_stop("records of the transaction still in flight at the deadline").await;
+            }
+            if let Some(watermark) = tracked.tracker.watermark()
+                && tracked.committed != Some(watermark)
+            {
+                offsets.push((TopicPartition::new(&self.topic, partition), watermark, None));
+                tracked.committed = Some(watermark);
+            }
+        }
+        let result = async {
+            flushed??;
+            if !offsets.is_empty() {
+                let group = self.consumer.group_metadata().expect("the processor's consumer has a group");
+                self.producer.send_offsets_to_transaction(&offsets, &group).await?;
+            }
+            self.producer.commit_transaction().await?;
+            self.producer.begin_transaction()
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.store_and_publish();
+                Ok(())
+            }
+            Err(rill_client::Error::Transaction(TxnError::Abortable(reason))) => self.abort_and_stop(&reason).await,
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn abort_and_stop(&mut self, reason: &str) -> Result<(), ProcessorError> {
+        warn!(target: "rill::processor", reason, "aborting the transaction");
+        let aborted = self.producer.abort_transaction().await;
+        Err(ProcessorError::Client(rill_client::Error::Transaction(TxnError::Abortable(format!(
+            "{reason}; the transaction was {}",
+            if aborted.is_ok() { "aborted" } else { "left to the coordinator's timeout" }
+        )))))
+    }
+
     /// Forgets partitions; with `store`, their watermarks are stored first.
     fn release(&mut self, partitions: &[i32], store: bool) {
         let mut last = Vec::new();
@@ -903,7 +984,9 @@ where
         let deadline = Instant::now() + self.processor.shutdown_timeout;
         let all: Vec<i32> = self.trackers.keys().copied().collect();
         let left = |now: Instant| deadline.saturating_duration_since(now);
-        if clean {
+        if clean && self.processor.guarantee == Guarantee::ExactlyOnce {
+            self.commit_transaction().await?;
+        } else if clean {
             // Calls first (their outputs are sent as they finish), then the
             // outputs waiting in the producer's buffer.
             self.drain_calls(deadline).await?;

@@ -22,6 +22,14 @@
 //! (delivered or not, as the article does). Each run is a child process;
 //! rounds alternate which client goes first; the table shows the median
 //! run by CPU per record (throughput) or by p99 (latency).
+//!
+//! `RILL_BENCH_GUARANTEE=exactly_once` runs both sides exactly once
+//! instead: Rill's processor with `processing.guarantee=exactly_once` (a
+//! transaction per 100 ms), and librdkafka's transactional loop as its
+//! documentation shows it (`examples/transactions.c`): a read_committed
+//! consumer without auto-commit, a transactional producer, and every
+//! 100 ms the consumer's positions sent to the transaction with its group
+//! metadata, then commit and begin again.
 
 mod common;
 
@@ -55,6 +63,8 @@ fn main() {
     let latency_messages = env_number("RILL_BENCH_LATENCY_MESSAGES", 50_000);
     let rate = env_number("RILL_BENCH_RATE", 5_000);
     let rounds = env_number("RILL_BENCH_ROUNDS", 3) as usize;
+    let guarantee = std::env::var("RILL_BENCH_GUARANTEE").unwrap_or_else(|_| "at_least_once".into());
+    assert!(matches!(guarantee.as_str(), "at_least_once" | "exactly_once"), "RILL_BENCH_GUARANTEE: {guarantee}");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (mut throughput, mut latency) = (Vec::new(), Vec::new());
 
@@ -67,7 +77,7 @@ fn main() {
             client.admin().create_topics(&new).await.expect("topics created");
         });
     };
-    let broker = Broker { bootstrap: bootstrap.clone(), create: &create };
+    let broker = Broker { bootstrap: bootstrap.clone(), create: &create, guarantee: &guarantee };
     throughput
         .extend(measure_throughput("tansu", &broker, &runtime, messages, rounds).into_iter().map(|r| ("tansu", r)));
     latency.extend(measure_latency("tansu", &broker, latency_messages, rate, rounds).into_iter().map(|r| ("tansu", r)));
@@ -80,7 +90,7 @@ fn main() {
             mock.borrow_mut().create(topic, PARTITIONS);
         }
     };
-    let broker = Broker { bootstrap, create: &create };
+    let broker = Broker { bootstrap, create: &create, guarantee: &guarantee };
     let label = "mock (3 brokers)";
     throughput.extend(measure_throughput("mock", &broker, &runtime, messages, rounds).into_iter().map(|r| (label, r)));
     latency.extend(measure_latency("mock", &broker, latency_messages, rate, rounds).into_iter().map(|r| (label, r)));
@@ -88,15 +98,16 @@ fn main() {
 
     print_table(
         &format!(
-            "Process (throughput): {messages} web-log lines, {PARTITIONS} → {PARTITIONS} partitions, clock from \
-             the first input record to the last output delivered; median of {rounds} runs per client by CPU."
+            "Process (throughput, {guarantee}): {messages} web-log lines, {PARTITIONS} → {PARTITIONS} partitions, \
+             clock from the first input record to the last output delivered; median of {rounds} runs per client \
+             by CPU."
         ),
         &throughput,
     );
     print_table(
         &format!(
-            "Process (latency): {latency_messages} lines written at {rate}/s while processing; input CreateTime → \
-             output delivered; median of {rounds} runs per client by p99."
+            "Process (latency, {guarantee}): {latency_messages} lines written at {rate}/s while processing; input \
+             CreateTime → output delivered; median of {rounds} runs per client by p99."
         ),
         &latency,
     );
@@ -105,6 +116,8 @@ fn main() {
 struct Broker<'a> {
     bootstrap: String,
     create: &'a dyn Fn(&[&str]),
+    /// `at_least_once` or `exactly_once`.
+    guarantee: &'a str,
 }
 
 fn measure_throughput(
@@ -124,7 +137,8 @@ fn measure_throughput(
     alternate(name, rounds, |client| {
         let output = unique_topic("bench-process-out");
         (broker.create)(&[&output]);
-        let mut report = run_child(&[client, &broker.bootstrap, &input, &output, &messages.to_string(), "0"]);
+        let mut report =
+            run_child(&[client, &broker.bootstrap, &input, &output, &messages.to_string(), "0", broker.guarantee]);
         // Latency behind a pre-written backlog is queueing, not the client.
         report.extra.clear();
         report
@@ -139,7 +153,8 @@ fn measure_latency(name: &str, broker: &Broker<'_>, messages: u64, rate: u64, ro
         |client| {
             let (input, output) = (unique_topic("bench-latency-in"), unique_topic("bench-latency-out"));
             (broker.create)(&[&input, &output]);
-            run_child(&[client, &broker.bootstrap, &input, &output, &messages.to_string(), &rate.to_string()])
+            let (messages, rate) = (messages.to_string(), rate.to_string());
+            run_child(&[client, &broker.bootstrap, &input, &output, &messages, &rate, broker.guarantee])
         },
     )
 }
@@ -151,6 +166,7 @@ fn child(args: &[String]) {
     let (bootstrap, input, output) = (&args[1], &args[2], &args[3]);
     let (messages, rate): (u64, u64) = (args[4].parse().unwrap(), args[5].parse().unwrap());
     let rate = (rate > 0).then_some(rate);
+    let exactly_once = args[6] == "exactly_once";
     let report = match args[0].as_str() {
         "rill" => {
             let load = ProcessLoad {
@@ -161,13 +177,18 @@ fn child(args: &[String]) {
                 rate,
                 consumer_properties: latency_settings(rate),
                 producer_properties: Vec::new(),
-                processor_properties: Vec::new(),
+                processor_properties: if exactly_once {
+                    vec![("processing.guarantee".to_owned(), "exactly_once".to_owned())]
+                } else {
+                    Vec::new()
+                },
                 work: Work::WebLog,
                 name: None,
             };
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(process_with_rill(&load)).expect("rill run")
         }
+        "librdkafka" if exactly_once => transactions_with_librdkafka(bootstrap, input, output, messages, rate),
         "librdkafka" => process_with_librdkafka(bootstrap, input, output, messages, rate),
         other => panic!("unknown child {other}"),
     };
@@ -279,6 +300,116 @@ fn process_with_librdkafka(bootstrap: &str, input: &str, output: &str, messages:
         eprintln!("librdkafka: the producer queue was full {queue_full} times");
     }
     producer.flush(Duration::from_secs(10)).expect("flushed");
+    if let Some(Some(feeder)) = feeder {
+        feeder.join().expect("the feeder finished");
+    }
+    report
+}
+
+/// Counts deliveries and records their latency (the transactional loop
+/// commits offsets in the transaction, not per delivery).
+struct CountOnDelivery {
+    delivered: Arc<AtomicU64>,
+    latency: Arc<Latency>,
+}
+
+impl ClientContext for CountOnDelivery {}
+
+impl ProducerContext for CountOnDelivery {
+    /// The input's timestamp.
+    type DeliveryOpaque = Box<i64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        if result.is_ok() {
+            self.latency.record_since(*opaque, SystemTime::now());
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// librdkafka's consume-transform-produce loop with transactions, as its
+/// `examples/transactions.c` writes it: commit every 100 ms.
+fn transactions_with_librdkafka(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    messages: u64,
+    rate: Option<u64>,
+) -> Report {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let mut config = RdConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-eos-{stamp}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.queue.backoff.ms", "10");
+    for (key, value) in latency_settings(rate) {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().expect("librdkafka consumer");
+    let delivered = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(Latency::default());
+    let context = CountOnDelivery { delivered: delivered.clone(), latency: latency.clone() };
+    let producer: ThreadedProducer<CountOnDelivery> = RdConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("bench-eos-{stamp}"))
+        .set("linger.ms", "5")
+        .create_with_context(context)
+        .expect("librdkafka producer");
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).expect("init_transactions");
+    producer.begin_transaction().expect("begin_transaction");
+    consumer.subscribe(&[input]).unwrap();
+    let (mut feeder, mut meter, mut queue_full, mut handled) = (None, None, 0u64, 0u64);
+    let mut last_commit = std::time::Instant::now();
+    let mut committed = 0u64;
+    // As the other loops: the clock stops at the last output delivered.
+    while delivered.load(Ordering::Relaxed) < messages {
+        if feeder.is_none() && consumer.assignment().is_ok_and(|a| a.count() == PARTITIONS as usize) {
+            feeder = Some(rate.map(|rate| start_feeder(bootstrap, input, messages, rate)));
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(10)) {
+            let message = message.expect("librdkafka consume");
+            meter.get_or_insert_with(Meter::start);
+            let line = message.payload().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or_default();
+            handled += 1;
+            if let Some(out) = rill_cli::weblog::process(line) {
+                let opaque = Box::new(message.timestamp().to_millis().unwrap_or(0));
+                let record = BaseRecord::with_opaque_to(output, opaque).key(&out.key).payload(&out.value);
+                queue_full += send_when_room(&producer, record);
+            }
+        }
+        if last_commit.elapsed() >= Duration::from_millis(100) && handled > committed {
+            let positions = consumer.position().expect("positions");
+            let group = consumer.group_metadata().expect("group metadata");
+            producer.send_offsets_to_transaction(&positions, &group, timeout).expect("send_offsets_to_transaction");
+            producer.commit_transaction(timeout).expect("commit_transaction");
+            producer.begin_transaction().expect("begin_transaction");
+            committed = handled;
+            last_commit = std::time::Instant::now();
+        }
+    }
+    let mut report = meter.expect("records were read").finish(
+        "librdkafka",
+        "process",
+        messages,
+        rill_cli::weblog::line(0).len(),
+        PARTITIONS as usize,
+    );
+    let snapshot = latency.snapshot();
+    report.extra.extend([
+        ("p50_ms".to_owned(), snapshot.p50.as_secs_f64() * 1e3),
+        ("p99_ms".to_owned(), snapshot.p99.as_secs_f64() * 1e3),
+        ("max_ms".to_owned(), snapshot.max.as_secs_f64() * 1e3),
+    ]);
+    if queue_full > 0 {
+        eprintln!("librdkafka: the producer queue was full {queue_full} times");
+    }
+    let _ = producer.commit_transaction(timeout);
     if let Some(Some(feeder)) = feeder {
         feeder.join().expect("the feeder finished");
     }

@@ -33,7 +33,7 @@
 //!   (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, INVALID_PRODUCER_ID_MAPPING,
 //!   TRANSACTIONAL_ID_AUTHORIZATION_FAILED, INVALID_TXN_STATE, an unknown
 //!   code) end the producer: nothing is sent again.
-//! - A failed batch ([`produce_action`]) is fatal only when the producer is
+//! - A failed batch ([`produce_is_fatal`]) is fatal only when the producer is
 //!   fenced or unauthorized; anything else (INVALID_PRODUCER_EPOCH from a
 //!   transaction the coordinator timed out included) is abortable, with an
 //!   epoch bump (KIP-360) where the broker can bump and the transaction is

@@ -927,7 +927,9 @@ where
             return Err(ConfigError::Invalid(format!("a source reads nothing to dead-letter to `{topic}`")));
         }
         for (key, _) in &self.consumer_properties {
-            if OWNED_CONSUMER_KEYS.contains(&key.as_str()) {
+            if OWNED_CONSUMER_KEYS.contains(&key.as_str())
+                || (self.guarantee == Guarantee::ExactlyOnce && key == "isolation.level")
+            {
                 return Err(ConfigError::Invalid(format!("`{key}` is set by the processor")));
             }
         }

@@ -323,6 +323,11 @@ where
         if !self.trackers.contains_key(&tp.partition) {
             return Ok(());
         }
+        if self.processor.guarantee == Guarantee::ExactlyOnce {
+            // Outputs of the records read again may be in the open
+            // transaction already.
+            return self.abort_and_stop(&format!("the input log of {tp} was truncated")).await;
+        }
         self.drain(&[tp.partition], self.processor.revoke_timeout).await?;
         self.release(&[tp.partition], false);
         if let Resume::At(offset) = resume {
@@ -400,6 +405,12 @@ where
                     last = tracked.tracker.last_begun(), "the input went back (an offset reset); the partition \
                     starts over from there");
                 self.metrics().rewound.fetch_add(1, Ordering::Relaxed);
+                if self.processor.guarantee == Guarantee::ExactlyOnce {
+                    // Outputs of the records read again may be in the open
+                    // transaction already.
+                    let reason = format!("the input {}/{partition} went back (an offset reset)", self.topic);
+                    return self.abort_and_stop(&reason).await;
+                }
                 self.release(&[partition], false);
                 self.store(&[(TopicPartition::new(&self.topic, partition), record.offset)]);
                 self.new_ledger(partition)
@@ -984,8 +995,10 @@ where
         let deadline = Instant::now() + self.processor.shutdown_timeout;
         let all: Vec<i32> = self.trackers.keys().copied().collect();
         let left = |now: Instant| deadline.saturating_duration_since(now);
-        if clean && self.processor.guarantee == Guarantee::ExactlyOnce {
-            self.commit_transaction().await?;
+        let exactly_once = self.processor.guarantee == Guarantee::ExactlyOnce;
+        let mut committed = Ok(());
+        if clean && exactly_once {
+            committed = self.commit_transaction().await;
         } else if clean {
             // Calls first (their outputs are sent as they finish), then the
             // outputs waiting in the producer's buffer.
@@ -999,11 +1012,18 @@ where
                 }
             }
         }
+        if exactly_once && (!clean || committed.is_err()) {
+            // An open transaction holds read_committed readers back until
+            // the coordinator's timeout: end it now (a failed one may have
+            // been aborted already).
+            let _ = tokio::time::timeout(left(Instant::now()), self.producer.abort_transaction()).await;
+        }
         self.store_and_publish();
         let consumer = self.consumer;
         let closed = consumer.close(left(Instant::now()).max(Duration::from_millis(100))).await;
         let producer_closed = self.producer.close(left(Instant::now()).max(Duration::from_millis(100))).await;
         info!(target: "rill::processor", name = %self.processor.name, "processor stopped");
+        committed?;
         closed?;
         producer_closed?;
         Ok(())

@@ -159,6 +159,34 @@ impl State {
             && self.sequencer.partitions_with_retries().is_empty()
     }
 
+    /// Releases finished batches' buffer space and, for a transactional
+    /// producer, tells the transaction what became of them, under the same
+    /// lock: a commit never sees the batches done before it knows one
+    /// failed. A producer the sequencer failed for good (fenced) fails the
+    /// transaction for good too.
+    pub(crate) fn release_finished(&mut self, finished: &[sequencer::Finished]) {
+        for f in finished {
+            self.accumulator.release(f.records, f.bytes);
+        }
+        let Some(txn) = &mut self.transactions else { return };
+        if let Some(fatal) = self.sequencer.fatal() {
+            txn.fail_for_good(fatal.to_string());
+        }
+        for f in finished {
+            match &f.outcome {
+                Ok(_) | Err(Error::Transaction(TxnError::Aborted)) => {}
+                Err(error) => {
+                    let code = match error {
+                        Error::Broker { code, .. } => Some(*code),
+                        _ => None,
+                    };
+                    txn.on_produce_error(code, error.to_string());
+                }
+            }
+        }
+        self.collect_txn_done();
+    }
+
     /// Moves what the state machine finished to the waiters' list.
     pub(crate) fn collect_txn_done(&mut self) {
         if let Some(txn) = &mut self.transactions {
@@ -201,6 +229,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Release);
         self.shared.wake.notify_one();
+        self.shared.txn_wake.notify_one();
     }
 }
 
@@ -219,6 +248,7 @@ impl Producer {
             max_record_bytes: config.max_message_bytes,
         };
         let sequencer = Sequencer::new(SequencerConfig {
+            transactional: config.transactional_id.is_some(),
             idempotent: config.idempotence,
             acks_all: config.acks == Acks::All,
             max_in_flight: config.max_in_flight,
@@ -567,6 +597,7 @@ impl Producer {
     pub async fn close(&self, timeout: Duration) -> Result<()> {
         let shared = self.shared();
         shared.closing.store(true, Ordering::Release);
+        shared.txn_wake.notify_one();
         let result = self.flush_timeout(timeout).await;
         if result.is_err() {
             self.abort();
@@ -584,6 +615,7 @@ impl Producer {
         shared.closing.store(true, Ordering::Release);
         shared.lock().abort = true;
         shared.wake.notify_one();
+        shared.txn_wake.notify_one();
     }
 }
 

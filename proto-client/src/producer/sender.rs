@@ -177,8 +177,13 @@ impl Sender {
                 finished.extend(state.sequencer.finish(batch, Err(error)));
             }
         }
-        if state.transactions.as_ref().is_some_and(|txn| txn.state() == TxnState::Aborting) {
-            // Aborted before they were sent: never written.
+        if state
+            .transactions
+            .as_ref()
+            .is_some_and(|txn| matches!(txn.state(), TxnState::Aborting | TxnState::AbortableError | TxnState::Fatal))
+        {
+            // Their transaction cannot commit: failed unsent, never written
+            // (as Java's abortUndrainedBatches).
             for batch in state.accumulator.take_all() {
                 finished.extend(state.sequencer.finish(batch, Err(Error::Transaction(TxnError::Aborted))));
             }
@@ -199,9 +204,7 @@ impl Sender {
                 let _ = events.send(Event::ProducerId(result));
             });
         }
-        for f in &finished {
-            state.accumulator.release(f.records, f.bytes);
-        }
+        state.release_finished(&finished);
         finished
     }
 
@@ -299,7 +302,11 @@ impl Sender {
             batch.stamped = Some(*stamp);
         }
         let mut batches: Vec<ProducerBatch> = batches.into_iter().map(|(batch, _)| batch).collect();
-        let version = match connection.version_for::<ProduceRequest>() {
+        // Produce v12 tells Kafka 4 the producer runs transactions v2
+        // (KIP-890), which this one does not: a transactional producer stays
+        // at v11, as Java's.
+        let max = if config.transactional_id.is_some() { 11 } else { i16::MAX };
+        let version = match connection.version_for::<ProduceRequest>().map(|v| v.min(max)) {
             Ok(version) if config.compression == Compression::Zstd && version < 7 => {
                 let error = Error::UnsupportedApi {
                     broker: connection.broker().to_owned(),
@@ -354,9 +361,7 @@ impl Sender {
         for batch in state.sequencer.fail(fatal.clone()) {
             finished.extend(state.sequencer.finish(batch, Err(fatal.clone())));
         }
-        for f in &finished {
-            state.accumulator.release(f.records, f.bytes);
-        }
+        state.release_finished(&finished);
         drop(state);
         self.deliver(finished);
         self.shared.wake.notify_one();
@@ -398,9 +403,7 @@ impl Sender {
                     for (batch, result) in results {
                         let (done, followup) = state.sequencer.on_result(batch, result, now.into_std(), jitter());
                         refresh |= followup.refresh_metadata;
-                        for f in &done {
-                            state.accumulator.release(f.records, f.bytes);
-                        }
+                        state.release_finished(&done);
                         finished.extend(done);
                     }
                 }
@@ -422,9 +425,7 @@ impl Sender {
                 let finished = {
                     let mut state = self.shared.lock();
                     let finished = state.sequencer.set_producer_id(id, epoch);
-                    for f in &finished {
-                        state.accumulator.release(f.records, f.bytes);
-                    }
+                    state.release_finished(&finished);
                     finished
                 };
                 if !finished.is_empty() {
@@ -453,25 +454,8 @@ impl Sender {
             return;
         }
         if self.shared.config.transactional_id.is_some() {
-            // A record of the transaction failed: the transaction cannot
-            // commit (or the producer is fenced).
-            let mut state = self.shared.lock();
-            if let Some(txn) = &mut state.transactions {
-                for f in &finished {
-                    match &f.outcome {
-                        Err(Error::Transaction(TxnError::Aborted)) | Ok(_) => {}
-                        Err(error) => {
-                            let code = match error {
-                                Error::Broker { code, .. } => Some(*code),
-                                _ => None,
-                            };
-                            txn.on_produce_error(code, error.to_string());
-                        }
-                    }
-                }
-                state.collect_txn_done();
-            }
-            drop(state);
+            // The transaction heard of these under the lock that finished
+            // them (`State::release_finished`); its waiters and driver look.
             self.shared.txn_done.notify_waiters();
             self.shared.txn_wake.notify_one();
         }

@@ -138,6 +138,10 @@ struct PartitionState {
 #[derive(Debug, Clone)]
 pub(crate) struct SequencerConfig {
     pub(crate) idempotent: bool,
+    /// A transactional producer: a lost sequence or epoch fails its batch
+    /// (the transaction aborts, and its manager bumps the epoch) instead of
+    /// being repaired here.
+    pub(crate) transactional: bool,
     /// acks=all: a leader may append, then answer NOT_LEADER_OR_FOLLOWER.
     pub(crate) acks_all: bool,
     pub(crate) max_in_flight: usize,
@@ -382,6 +386,19 @@ impl Sequencer {
                 Decision::Finish(Ok(Acked { base_offset: None, log_append_time: None }))
             }
             _ if self.fatal.is_some() => Decision::Finish(Err(self.fatal.clone().expect("checked"))),
+            BatchResult::Rejected {
+                code:
+                    code @ (ResponseError::OutOfOrderSequenceNumber
+                    | ResponseError::UnknownProducerId
+                    | ResponseError::InvalidProducerEpoch),
+                message,
+            } if self.config.transactional => {
+                // The transaction cannot commit: it aborts, and the bump
+                // after it restarts the sequences (as Java). An epoch the
+                // coordinator moved on (it timed the transaction out) is
+                // abortable too (KIP-588).
+                Decision::Finish(Err(rejected(&batch, code, message)))
+            }
             BatchResult::Rejected { code: ResponseError::OutOfOrderSequenceNumber, .. } if idempotent => {
                 // This attempt was not written. Behind an earlier failure
                 // that is normal (the earlier batch is resent first); on

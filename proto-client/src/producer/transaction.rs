@@ -433,6 +433,12 @@ impl Transactions {
         self.abortable(bump, reason);
     }
 
+    /// The producer cannot go on (the sequencer failed it: fenced or
+    /// unauthorized).
+    pub(crate) fn fail_for_good(&mut self, reason: String) {
+        self.fail(TxnError::Fatal(reason));
+    }
+
     fn fail(&mut self, error: TxnError) {
         if self.state == TxnState::Fatal {
             return;

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::Shared;
-use super::transaction::{Answer, Call, Coordinator};
+use super::transaction::{Answer, Call, Coordinator, TxnState};
 use crate::TopicPartition;
 use crate::consumer::coordinator::GroupCoordinator;
 use crate::error::{Error, Result};
@@ -62,20 +62,24 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         tokio::pin!(wake, progress);
         wake.as_mut().enable();
         progress.as_mut().enable();
-        let (call, wake_at) = {
+        let (call, wake_at, busy) = {
             let mut state = shared.lock();
             let idle = state.produce_idle();
             let Some(txn) = state.transactions.as_mut() else { return };
             let call = txn.next(Instant::now().into_std(), idle);
             let wake_at = txn.wake_at();
+            // An operation someone may be waiting for.
+            let busy = matches!(txn.state(), TxnState::Initializing | TxnState::Committing | TxnState::Aborting);
             state.collect_txn_done();
-            (call, wake_at)
+            (call, wake_at, busy)
         };
         shared.txn_done.notify_waiters();
+        if shared.closing.load(Ordering::Acquire) && !busy {
+            // Closed (or dropped): an open transaction is the coordinator's
+            // to time out, or the next instance's to abort.
+            return;
+        }
         let Some(call) = call else {
-            if shared.closing.load(Ordering::Acquire) {
-                return;
-            }
             tokio::select! {
                 () = &mut wake => {}
                 () = &mut progress => {}
@@ -95,9 +99,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 Some((id, epoch)) if after != before => state.sequencer.set_producer_id(id, epoch),
                 _ => Vec::new(),
             };
-            for f in &finished {
-                state.accumulator.release(f.records, f.bytes);
-            }
+            state.release_finished(&finished);
             state.collect_txn_done();
             finished
         };
@@ -134,8 +136,11 @@ async fn perform(
             group_coordinator.find_node().await.map(Answer::Found)
         }
         Call::InitProducerId { timeout_ms, current } => {
-            let (id, epoch) = current.unwrap_or((-1, -1));
-            let request = |_version: i16| {
+            let request = |version: i16| {
+                // A bump names the current id and epoch (KIP-360, v3+);
+                // before v3 the coordinator bumps a transactional id's epoch
+                // on any InitProducerId.
+                let (id, epoch) = current.filter(|_| version >= 3).unwrap_or((-1, -1));
                 InitProducerIdRequest::default()
                     .with_transactional_id(Some(txn_id()))
                     .with_transaction_timeout_ms(*timeout_ms)

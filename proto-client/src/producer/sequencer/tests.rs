@@ -10,6 +10,7 @@ const LEADER: i32 = 1;
 
 fn config(max_in_flight: usize) -> SequencerConfig {
     SequencerConfig {
+        transactional: false,
         idempotent: true,
         acks_all: true,
         max_in_flight,
@@ -809,5 +810,23 @@ proptest! {
             let batches: Vec<u64> = first_seen.iter().filter(|(_, i)| *i == 0).map(|(n, _)| *n).collect();
             prop_assert_eq!(batches, (0..next_number[partition as usize]).collect::<Vec<_>>());
         }
+    }
+}
+
+#[test]
+fn a_transactional_producer_fails_a_batch_whose_sequence_or_epoch_was_lost_instead_of_bumping() {
+    let now = Instant::now();
+    for code in
+        [ResponseError::UnknownProducerId, ResponseError::OutOfOrderSequenceNumber, ResponseError::InvalidProducerEpoch]
+    {
+        let mut sequencer = Sequencer::new(SequencerConfig { transactional: true, ..config(5) });
+        assert!(sequencer.set_producer_id(1000, 0).is_empty());
+        let mut b = batch(0, 0, 3, now);
+        sequencer.assign(&mut b, LEADER);
+        let (done, _) = sequencer.on_result(b, rejected(code), now, 0.5);
+        let error = done[0].outcome.as_ref().unwrap_err();
+        assert!(matches!(error, Error::Broker { code: c, .. } if *c == code), "{code:?}: {error:?}");
+        assert!(sequencer.bumping_from().is_none(), "{code:?}: the transaction manager bumps, after its abort");
+        assert!(sequencer.fatal().is_none(), "{code:?}");
     }
 }

@@ -283,22 +283,7 @@ fn process_with_librdkafka(bootstrap: &str, input: &str, output: &str, messages:
         let record = BaseRecord::with_opaque_to(output, opaque).key(&out.key).payload(&out.value);
         queue_full += send_when_room(&producer, record);
     }
-    let mut report = meter.expect("records were read").finish(
-        "librdkafka",
-        "process",
-        messages,
-        rill_cli::weblog::line(0).len(),
-        PARTITIONS as usize,
-    );
-    let snapshot = latency.snapshot();
-    report.extra.extend([
-        ("p50_ms".to_owned(), snapshot.p50.as_secs_f64() * 1e3),
-        ("p99_ms".to_owned(), snapshot.p99.as_secs_f64() * 1e3),
-        ("max_ms".to_owned(), snapshot.max.as_secs_f64() * 1e3),
-    ]);
-    if queue_full > 0 {
-        eprintln!("librdkafka: the producer queue was full {queue_full} times");
-    }
+    let report = librdkafka_report(meter, &latency, messages, queue_full);
     producer.flush(Duration::from_secs(10)).expect("flushed");
     if let Some(Some(feeder)) = feeder {
         feeder.join().expect("the feeder finished");
@@ -393,6 +378,16 @@ fn transactions_with_librdkafka(
             last_commit = std::time::Instant::now();
         }
     }
+    let report = librdkafka_report(meter, &latency, messages, queue_full);
+    let _ = producer.commit_transaction(timeout);
+    if let Some(Some(feeder)) = feeder {
+        feeder.join().expect("the feeder finished");
+    }
+    report
+}
+
+/// The librdkafka side's report: the meter's numbers and the latency.
+fn librdkafka_report(meter: Option<Meter>, latency: &Latency, messages: u64, queue_full: u64) -> Report {
     let mut report = meter.expect("records were read").finish(
         "librdkafka",
         "process",
@@ -408,10 +403,6 @@ fn transactions_with_librdkafka(
     ]);
     if queue_full > 0 {
         eprintln!("librdkafka: the producer queue was full {queue_full} times");
-    }
-    let _ = producer.commit_transaction(timeout);
-    if let Some(Some(feeder)) = feeder {
-        feeder.join().expect("the feeder finished");
     }
     report
 }

@@ -234,20 +234,8 @@ impl ProducerContext for StoreOnDelivery {
 
 fn process_with_librdkafka(bootstrap: &str, input: &str, output: &str, messages: u64, rate: Option<u64>) -> Report {
     let group = format!("bench-article-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
-    let mut config = RdConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", &group)
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        // The default (1 s) idles the loop whenever the local queue passed
-        // queued.min.messages; 200,000 records trip it in about half the runs.
-        .set("fetch.queue.backoff.ms", "10");
-    for (key, value) in latency_settings(rate) {
-        config.set(key, value);
-    }
+    let mut config = consumer_settings(bootstrap, &group, rate);
+    config.set("enable.auto.offset.store", "false");
     let consumer: Arc<BaseConsumer> = Arc::new(config.create().expect("librdkafka consumer"));
     let delivered = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(Latency::default());
@@ -322,19 +310,8 @@ fn transactions_with_librdkafka(
     rate: Option<u64>,
 ) -> Report {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let mut config = RdConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("bench-eos-{stamp}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.queue.backoff.ms", "10");
-    for (key, value) in latency_settings(rate) {
-        config.set(key, value);
-    }
+    let mut config = consumer_settings(bootstrap, &format!("bench-eos-{stamp}"), rate);
+    config.set("enable.auto.commit", "false").set("isolation.level", "read_committed");
     let consumer: BaseConsumer = config.create().expect("librdkafka consumer");
     let delivered = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(Latency::default());
@@ -384,6 +361,24 @@ fn transactions_with_librdkafka(
         feeder.join().expect("the feeder finished");
     }
     report
+}
+
+/// Both librdkafka loops' consumer: a fresh group from the earliest offset.
+fn consumer_settings(bootstrap: &str, group: &str, rate: Option<u64>) -> RdConfig {
+    let mut config = RdConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        // The default (1 s) idles the loop whenever the local queue passed
+        // queued.min.messages; 200,000 records trip it in about half the runs.
+        .set("fetch.queue.backoff.ms", "10");
+    for (key, value) in latency_settings(rate) {
+        config.set(key, value);
+    }
+    config
 }
 
 /// The librdkafka side's report: the meter's numbers and the latency.

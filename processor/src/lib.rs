@@ -14,7 +14,7 @@ pub mod tracker;
 pub use processor::{
     BoxError, ErrorTolerance, Guarantee, Header, Health, Input, IntoOutputs, Keyless, Latency, LatencySnapshot,
     Metrics, MetricsSnapshot, Order, Output, PartitionMetrics, PassHeaders, Processor, ProcessorBuilder,
-    ProcessorError, Retry, RunningProcessor, Stage, Stuck, TimedOut,
+    ProcessorError, Retry, RunningProcessor, Stage, Stuck, TimedOut, is_processor_property,
 };
 pub use serde::{DefaultSerde, Ignore, Json, Preparation, Serde, SerdeError};
 pub use tracker::OffsetTracker;

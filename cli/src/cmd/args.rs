@@ -528,7 +528,7 @@ pub(crate) struct ProcessorProperties {
     pub(crate) bootstrap: Option<String>,
     pub(crate) consumer: Vec<(String, String)>,
     pub(crate) producer: Vec<(String, String)>,
-    /// `processor.*` keys, the processor's own.
+    /// The processor's own keys ([`rill::is_processor_property`]).
     pub(crate) processor: Vec<(String, String)>,
 }
 
@@ -617,7 +617,7 @@ impl Common {
                 split.bootstrap = Some(value);
                 continue;
             }
-            if key.starts_with("processor.") || key == "processing.guarantee" || key == "commit.interval.ms" {
+            if rill::is_processor_property(&key) {
                 // Checked by the processor's build.
                 split.processor.push((key, value));
                 continue;

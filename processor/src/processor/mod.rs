@@ -494,6 +494,13 @@ fn last_number<T: std::str::FromStr>(properties: &[(String, String)], key: &str)
     properties.iter().rev().find(|(k, _)| k == key).and_then(|(_, value)| value.trim().parse().ok())
 }
 
+/// Whether a property is the processor's own ([`ProcessorBuilder::property`]):
+/// `processor.*`, `processing.guarantee` and `commit.interval.ms` (Kafka
+/// Streams' names), as opposed to a consumer's or a producer's.
+pub fn is_processor_property(key: &str) -> bool {
+    key.starts_with("processor.") || matches!(key, "processing.guarantee" | "commit.interval.ms")
+}
+
 /// Settings the processor owns: overriding them would break its guarantee.
 const OWNED_CONSUMER_KEYS: &[&str] =
     &["enable.auto.offset.store", "enable.auto.commit", "group.id", "group.instance.id", "client.id"];
@@ -1358,6 +1365,30 @@ mod tests {
             builder().property("processor.stuck.timeout.ms", "1500").build().unwrap().stuck_timeout,
             Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn exactly_once_is_set_by_property_and_owns_its_settings() {
+        for key in ["processing.guarantee", "commit.interval.ms", "processor.max.buffer.bytes"] {
+            assert!(is_processor_property(key), "{key}");
+        }
+        assert!(!is_processor_property("isolation.level") && !is_processor_property("transactional.id"));
+        let eos = builder()
+            .property("processing.guarantee", "exactly_once")
+            .property("commit.interval.ms", "250")
+            .build()
+            .unwrap();
+        assert_eq!((eos.guarantee, eos.commit_interval), (Guarantee::ExactlyOnce, Duration::from_millis(250)));
+        let consumer = eos.consumer_config("i").unwrap();
+        assert!(format!("{consumer:?}").contains("ReadCommitted"), "{consumer:?}");
+        let producer = eos.producer_config("i").unwrap();
+        assert!(format!("{producer:?}").contains("transactional_id: Some("), "{producer:?}");
+        assert!(refused(builder().property("processing.guarantee", "maybe")).contains("exactly_once"));
+        let reads_uncommitted = builder()
+            .processing_guarantee(Guarantee::ExactlyOnce)
+            .consumer_property("isolation.level", "read_uncommitted");
+        assert!(refused(reads_uncommitted).contains("`isolation.level` is set by the processor"));
+        assert!(refused(builder().producer_property("transactional.id", "t")).contains("is set by the processor"));
     }
 
     #[test]

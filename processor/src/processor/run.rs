@@ -918,14 +918,10 @@ where
     /// processor: a restart reads on from the offsets last committed.
     async fn commit_transaction(&mut self) -> Result<(), ProcessorError> {
         let deadline = Instant::now() + self.processor.revoke_timeout;
-        let all: Vec<i32> = self.trackers.keys().copied().collect();
-        self.drain_calls(deadline).await?;
-        let flushed = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.producer.flush());
-        let flushed = flushed.await.map_err(|_| rill_client::Error::Timeout {
+        let flushed = self.finish_all(deadline).await?.map_err(|_| rill_client::Error::Timeout {
             operation: "writing a transaction's outputs".into(),
             after: self.processor.revoke_timeout,
         });
-        self.drain(&all, deadline.saturating_duration_since(Instant::now())).await?;
         let mut offsets = Vec::new();
         for (&partition, tracked) in &mut self.trackers {
             if tracked.tracker.in_flight() > 0 || tracked.tracker.outputs_awaited() > 0 {
@@ -993,18 +989,14 @@ where
     /// already completed is stored.
     pub(super) async fn shut_down(mut self, clean: bool) -> Result<(), ProcessorError> {
         let deadline = Instant::now() + self.processor.shutdown_timeout;
-        let all: Vec<i32> = self.trackers.keys().copied().collect();
         let left = |now: Instant| deadline.saturating_duration_since(now);
         let exactly_once = self.processor.guarantee == Guarantee::ExactlyOnce;
         let mut committed = Ok(());
         if clean && exactly_once {
             committed = self.commit_transaction().await;
         } else if clean {
-            // Calls first (their outputs are sent as they finish), then the
-            // outputs waiting in the producer's buffer.
-            self.drain_calls(deadline).await?;
-            let _ = tokio::time::timeout(left(Instant::now()), self.producer.flush()).await;
-            self.drain(&all, left(Instant::now())).await?;
+            // Whatever the flush says, outcomes settle as they come.
+            let _ = self.finish_all(deadline).await?;
         } else {
             while let Some(Some(outcome)) = self.pending.next().now_or_never() {
                 if self.settle(outcome).await.is_err() {
@@ -1027,6 +1019,22 @@ where
         closed?;
         producer_closed?;
         Ok(())
+    }
+
+    /// Lets everything taken finish by `deadline`: calls first (their
+    /// outputs are sent as they finish), then the outputs waiting in the
+    /// producer's buffer, then every outcome. The inner result is the
+    /// flush's (`Err` when it did not end by the deadline).
+    async fn finish_all(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Result<rill_client::Result<()>, tokio::time::error::Elapsed>, ProcessorError> {
+        let all: Vec<i32> = self.trackers.keys().copied().collect();
+        self.drain_calls(deadline).await?;
+        let flushed =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.producer.flush()).await;
+        self.drain(&all, deadline.saturating_duration_since(Instant::now())).await?;
+        Ok(flushed)
     }
 
     /// Lets every call under way finish (until `deadline`), settling

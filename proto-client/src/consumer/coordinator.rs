@@ -75,6 +75,14 @@ impl GroupCoordinator {
         GroupCoordinator { client, group, key_type: 0, current: Mutex::new(None) }
     }
 
+    /// Whose coordinator this is, for messages.
+    fn what(&self) -> String {
+        match self.key_type {
+            0 => format!("group {}", self.group),
+            _ => format!("transactional id {}", self.group),
+        }
+    }
+
     /// The transaction coordinator of `transactional_id`.
     pub(crate) fn for_transactions(client: Client, transactional_id: String) -> Self {
         GroupCoordinator { client, group: transactional_id, key_type: 1, current: Mutex::new(None) }
@@ -129,13 +137,11 @@ impl GroupCoordinator {
                 response.port,
             )
         };
-        crate::error::check_with_message(ApiKey::FindCoordinator, code, message.as_deref(), || {
-            format!("group {}", self.group)
-        })?;
+        crate::error::check_with_message(ApiKey::FindCoordinator, code, message.as_deref(), || self.what())?;
         let port = u16::try_from(port)
             .map_err(|_| Error::protocol(connection.broker(), format!("coordinator port {port}")))?;
         let link = self.client.cluster().coordinator_link(node, BrokerAddress::new(host.as_str(), port));
-        debug!(target: "rill::cgrp", group = %self.group, coordinator = node, address = %link.address(), "coordinator found");
+        debug!(target: "rill::cgrp", of = %self.what(), coordinator = node, address = %link.address(), "coordinator found");
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
         Ok(link)
     }

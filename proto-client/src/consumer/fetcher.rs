@@ -102,7 +102,7 @@ pub(crate) async fn run(shared: Arc<Shared>, broker: i32) {
                 let answered = Instant::now();
                 let (wire, decoded) = apply(&shared, &partitions, response, granted);
                 let round_trip = (decoded > 0).then(|| answered - sent);
-                ahead.sample_answer(answered, shared.budget.taken(), round_trip, wire, decoded);
+                ahead.sample(answered, shared.budget.taken(), round_trip, wire, decoded);
             }
             Err(error) => {
                 session.on_failure();

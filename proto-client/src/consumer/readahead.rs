@@ -49,15 +49,9 @@ impl ReadAhead {
     }
 
     /// An answer arrived at `now` after `round_trip` (`None` when it held no
-    /// records); the reader had taken `taken` bytes in all by then.
-    #[cfg(test)]
-    fn sample(&mut self, now: Instant, taken: u64, round_trip: Option<Duration>) {
-        self.sample_answer(now, taken, round_trip, 0, 0);
-    }
-
-    /// As [`Self::sample`], with the answer's size: `wire` bytes of record
-    /// data that became `decoded` budget bytes.
-    pub(crate) fn sample_answer(
+    /// records): `wire` bytes of record data became `decoded` budget bytes;
+    /// the reader had taken `taken` bytes in all by then.
+    pub(crate) fn sample(
         &mut self,
         now: Instant,
         taken: u64,
@@ -134,7 +128,7 @@ mod tests {
         for step in 0..12u32 {
             let got = ahead.ask(0);
             taken += got as u64;
-            ahead.sample(start + round_trip * (step + 1), taken, Some(round_trip));
+            ahead.sample(start + round_trip * (step + 1), taken, Some(round_trip), 0, 0);
             targets.push(ahead.target() / MIB);
         }
         assert_eq!(targets[..8], [1, 2, 4, 8, 16, 32, 64, 64]);
@@ -148,7 +142,7 @@ mod tests {
         let start = Instant::now();
         for step in 0..50u32 {
             let now = start + Duration::from_millis(10) * step;
-            ahead.sample(now, u64::from(step) * 1_000_000, Some(Duration::from_millis(10)));
+            ahead.sample(now, u64::from(step) * 1_000_000, Some(Duration::from_millis(10)), 0, 0);
         }
         assert!((1_990_000..=2_010_000).contains(&ahead.target()), "{}", ahead.target());
     }
@@ -160,7 +154,7 @@ mod tests {
         let mut taken = 0;
         for step in 0..10u32 {
             taken += 40 * MIB as u64;
-            ahead.sample(start + Duration::from_millis(10) * step, taken, Some(Duration::from_millis(10)));
+            ahead.sample(start + Duration::from_millis(10) * step, taken, Some(Duration::from_millis(10)), 0, 0);
         }
         assert_eq!(ahead.target(), 64 * MIB, "4 GiB/s × 10 ms × 2 is past the budget");
         // The reader stops; long polls come back empty after 500 ms.
@@ -168,7 +162,7 @@ mod tests {
         let mut targets = Vec::new();
         for _ in 0..20 {
             now += Duration::from_millis(500);
-            ahead.sample(now, taken, None);
+            ahead.sample(now, taken, None, 0, 0);
             targets.push(ahead.target());
         }
         assert!(targets.windows(2).all(|w| w[1] <= w[0]), "{targets:?}");
@@ -187,14 +181,14 @@ mod tests {
         let mut ahead = ReadAhead::new(MIB, 64 * MIB);
         let start = Instant::now();
         // 1 MiB on the wire became 10 MiB of records.
-        ahead.sample_answer(start, 0, Some(Duration::from_millis(5)), MIB, 10 * MIB);
+        ahead.sample(start, 0, Some(Duration::from_millis(5)), MIB, 10 * MIB);
         assert_eq!(ahead.fetch_bytes(10 * MIB, 50 * MIB), MIB);
         // Less expansion later is believed a quarter at a time.
-        ahead.sample_answer(start + Duration::from_millis(5), 0, None, MIB, MIB);
+        ahead.sample(start + Duration::from_millis(5), 0, None, MIB, MIB);
         assert_eq!(ahead.fetch_bytes(10 * MIB, 50 * MIB), (10.0 / 7.75 * MIB as f64).ceil() as usize);
         // Data that shrinks when decoded (never below 1).
         let mut plain = ReadAhead::new(MIB, 64 * MIB);
-        plain.sample_answer(start, 0, None, 2 * MIB, MIB);
+        plain.sample(start, 0, None, 2 * MIB, MIB);
         assert_eq!(plain.fetch_bytes(MIB, 50 * MIB), MIB);
     }
 
@@ -219,7 +213,7 @@ mod tests {
                 at += step_ms;
                 taken += took;
                 let round_trip = round_trip_ms.map(Duration::from_millis);
-                ahead.sample_answer(start + Duration::from_millis(at), taken, round_trip, wire, decoded);
+                ahead.sample(start + Duration::from_millis(at), taken, round_trip, wire, decoded);
                 let target = ahead.target();
                 prop_assert!(target >= floor.min(ceiling).max(1) && target <= ceiling);
             }

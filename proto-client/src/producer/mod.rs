@@ -203,6 +203,27 @@ impl State {
 }
 
 impl Shared {
+    /// Hands finished batches' outcomes to their records (their space was
+    /// released, and a transaction told, by `State::release_finished`), and
+    /// wakes whoever waits on progress: flushes, full buffers, and for a
+    /// transactional producer its waiters and driver.
+    pub(crate) fn complete(&self, finished: Vec<sequencer::Finished>) {
+        if finished.is_empty() {
+            return;
+        }
+        if self.config.transactional_id.is_some() {
+            self.txn_done.notify_waiters();
+            self.txn_wake.notify_one();
+        }
+        for f in finished {
+            if let Err(error) = &f.outcome {
+                tracing::debug!(target: "rill::producer", %error, records = f.records, "batch failed");
+            }
+            f.delivery.complete(f.outcome);
+        }
+        self.progress.notify_waiters();
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state consistent before anything
         // that could panic; a poisoned lock is still usable.
@@ -369,9 +390,14 @@ impl Producer {
         let random = || (jitter() * u32::MAX as f64) as u64;
         match state.accumulator.append(record.topic, target, appended, now, random) {
             Ok(outcome) => {
-                if let Some(txn) = &mut state.transactions {
-                    // In the transaction (checked above); added before any
-                    // batch of the partition goes out.
+                // A batch's first record puts its partition in the
+                // transaction (checked above); added before the batch goes
+                // out. Once per batch, not per record: a batch never spans
+                // transactions (a commit sends every batch first, an abort
+                // fails the unsent ones).
+                if outcome.index == 0
+                    && let Some(txn) = &mut state.transactions
+                {
                     let _ = txn.record_to(&crate::TopicPartition::new(record.topic, outcome.partition));
                     shared.txn_wake.notify_one();
                 }
@@ -477,17 +503,12 @@ impl Producer {
     /// record of it is written, then ends it. An abortable error (a record
     /// that failed) leaves the transaction to abort.
     pub async fn commit_transaction(&self) -> Result<()> {
-        {
-            let mut state = self.shared().lock();
-            let txn = state.transactions()?;
-            if txn.state() != TxnState::InTransaction {
-                return Err(Error::Transaction(txn.commit().expect_err("not in a transaction")));
-            }
-        }
-        // Without waiting for linger; the records' own failures are the
-        // transaction's (the commit then fails as abortable).
+        self.start(Transactions::commit)?;
+        // What is queued goes without waiting for linger; the records' own
+        // failures are the transaction's (the commit then fails as
+        // abortable).
         let _ = self.flush().await;
-        self.transact(Done::Committed, Transactions::commit).await
+        self.finished(Done::Committed).await
     }
 
     /// Aborts the transaction: records not yet sent fail
@@ -504,6 +525,13 @@ impl Producer {
         done: Done,
         operation: impl FnOnce(&mut Transactions) -> std::result::Result<(), TxnError>,
     ) -> Result<()> {
+        self.start(operation)?;
+        self.finished(done).await
+    }
+
+    /// Starts a transactional operation: the state machine takes it, and
+    /// the driver and sender look.
+    fn start(&self, operation: impl FnOnce(&mut Transactions) -> std::result::Result<(), TxnError>) -> Result<()> {
         let shared = self.shared();
         {
             let mut state = shared.lock();
@@ -512,6 +540,13 @@ impl Producer {
         }
         shared.txn_wake.notify_one();
         shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Waits for a transactional operation's outcome (or the producer's
+    /// fatal error).
+    async fn finished(&self, done: Done) -> Result<()> {
+        let shared = self.shared();
         loop {
             let finished = shared.txn_done.notified();
             tokio::pin!(finished);

@@ -101,7 +101,7 @@ impl Sender {
                 let finished = self.housekeeping(&mut state, now);
                 (self.plan(&mut state, now), finished)
             };
-            self.deliver(finished);
+            self.shared.complete(finished);
             let sent_any = !plan.is_empty();
             for planned in plan {
                 self.dispatch(planned).await;
@@ -363,7 +363,7 @@ impl Sender {
         }
         state.release_finished(&finished);
         drop(state);
-        self.deliver(finished);
+        self.shared.complete(finished);
         self.shared.wake.notify_one();
     }
 
@@ -410,7 +410,7 @@ impl Sender {
                 if refresh {
                     self.shared.client.cluster().request_refresh();
                 }
-                self.deliver(finished);
+                self.shared.complete(finished);
             }
         }
     }
@@ -432,7 +432,7 @@ impl Sender {
                     let records: i32 = finished.iter().map(|f| f.records).sum();
                     warn!(target: "rill::producer", records, "records that may have been written are not resent under new sequences");
                 }
-                self.deliver(finished);
+                self.shared.complete(finished);
                 return;
             }
             Err(error) if error.action() == ErrorAction::Fatal => error,
@@ -449,25 +449,6 @@ impl Sender {
     }
 
     /// Hands outcomes to the records' futures and wakes waiting senders.
-    fn deliver(&self, finished: Vec<Finished>) {
-        if finished.is_empty() {
-            return;
-        }
-        if self.shared.config.transactional_id.is_some() {
-            // The transaction heard of these under the lock that finished
-            // them (`State::release_finished`); its waiters and driver look.
-            self.shared.txn_done.notify_waiters();
-            self.shared.txn_wake.notify_one();
-        }
-        for f in finished {
-            if let Err(error) = &f.outcome {
-                debug!(target: "rill::producer", %error, records = f.records, "batch failed");
-            }
-            f.delivery.complete(f.outcome);
-        }
-        self.shared.progress.notify_waiters();
-    }
-
     /// The next time something may need doing without an event.
     fn next_deadline(&self, state: &State, now: Instant) -> Option<Instant> {
         let std_now = now.into_std();

@@ -52,7 +52,7 @@
 //! - Once aborting, no batch goes out that was not already in flight (the
 //!   driver fails the rest unsent).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
@@ -125,7 +125,7 @@ pub(crate) enum Call {
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Answer {
-    /// FindCoordinator: the coordinator's node id.
+    /// FindCoordinator: the coordinator's node id (for the log).
     Found(i32),
     /// InitProducerId: the id and epoch.
     Producer { id: i64, epoch: i16 },
@@ -252,8 +252,10 @@ pub(crate) struct Transactions {
     config: TxnConfig,
     state: TxnState,
     producer: Option<(i64, i16)>,
-    txn_coordinator: Option<i32>,
-    group_coordinators: BTreeMap<String, i32>,
+    /// The transaction coordinator was found (the driver keeps its link).
+    txn_coordinator: bool,
+    /// Groups whose coordinator was found.
+    group_coordinators: BTreeSet<String>,
     /// Partitions in this transaction, those still to be added, and those
     /// sent in an AddPartitionsToTxn whose answer was lost.
     added: BTreeSet<TopicPartition>,
@@ -281,8 +283,8 @@ impl Transactions {
             config,
             state: TxnState::Uninitialized,
             producer: None,
-            txn_coordinator: None,
-            group_coordinators: BTreeMap::new(),
+            txn_coordinator: false,
+            group_coordinators: BTreeSet::new(),
             added: BTreeSet::new(),
             to_add: BTreeSet::new(),
             in_doubt: BTreeSet::new(),
@@ -500,7 +502,7 @@ impl Transactions {
             TxnState::Committing | TxnState::Aborting => true,
             _ => false,
         };
-        if needs_txn_coordinator && self.txn_coordinator.is_none() {
+        if needs_txn_coordinator && !self.txn_coordinator {
             return Some(Call::FindCoordinator(Coordinator::Transaction));
         }
         let timeout_ms = i32::try_from(self.config.timeout.as_millis()).unwrap_or(i32::MAX);
@@ -517,7 +519,7 @@ impl Transactions {
                         return Some(Call::AddOffsets { producer, group_id: pending.group.group_id.clone() });
                     }
                     let group_id = pending.group.group_id.clone();
-                    if !self.group_coordinators.contains_key(&group_id) {
+                    if !self.group_coordinators.contains(&group_id) {
                         return Some(Call::FindCoordinator(Coordinator::Group(group_id)));
                     }
                     return Some(Call::TxnOffsetCommit {
@@ -621,9 +623,9 @@ impl Transactions {
         self.retry_at = None;
         self.failures = 0;
         match (call, answer) {
-            (Call::FindCoordinator(Coordinator::Transaction), Answer::Found(node)) => self.txn_coordinator = Some(node),
-            (Call::FindCoordinator(Coordinator::Group(group)), Answer::Found(node)) => {
-                self.group_coordinators.insert(group, node);
+            (Call::FindCoordinator(Coordinator::Transaction), Answer::Found(_)) => self.txn_coordinator = true,
+            (Call::FindCoordinator(Coordinator::Group(group)), Answer::Found(_)) => {
+                self.group_coordinators.insert(group);
             }
             (Call::InitProducerId { current, .. }, Answer::Producer { id, epoch }) => {
                 self.producer = Some((id, epoch));
@@ -647,7 +649,7 @@ impl Transactions {
                         }
                         Some(TxnAction::Retry) => retry = true,
                         Some(TxnAction::FindCoordinator) => {
-                            self.txn_coordinator = None;
+                            self.txn_coordinator = false;
                             retry = true;
                         }
                         Some(TxnAction::Abortable { bump }) => {
@@ -788,7 +790,7 @@ impl Transactions {
             Call::TxnOffsetCommit { group, .. } => {
                 self.group_coordinators.remove(&group.group_id);
             }
-            _ => self.txn_coordinator = None,
+            _ => self.txn_coordinator = false,
         }
     }
 }

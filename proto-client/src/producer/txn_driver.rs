@@ -103,10 +103,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             state.collect_txn_done();
             finished
         };
-        for f in finished {
-            f.delivery.complete(f.outcome);
-        }
-        shared.progress.notify_waiters();
+        shared.complete(finished);
         shared.txn_done.notify_waiters();
         // Partitions added or a new epoch: batches may go now.
         shared.wake.notify_one();
